@@ -1,0 +1,6 @@
+//! The bgsession harness library: what the `session-harness` binary is made of.
+//!
+//! Modules are added as the pieces land: the origin server, the benchmarks, the crash
+//! orchestrator, its worker and its verifier.
+
+#![warn(missing_docs)]
