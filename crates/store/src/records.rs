@@ -125,15 +125,22 @@ pub struct SessionRecord {
     pub id: SessionId,
     /// The state of the current generation.
     pub state: SessionState,
-    /// The current generation, from 1; new work on a finished session opens the next.
+    /// The current generation; 0 until the first work arrives, then from 1. New work on
+    /// a session whose generation has ended opens the next one.
     pub generation: u64,
+    /// Tasks not yet terminal (they all belong to the current generation).
+    pub tasks_open: u64,
+    /// Tasks with a transfer in flight; at most `tasks_open`.
+    pub tasks_running: u64,
     /// The sequence number the next appended event gets; events are numbered from 0.
     pub next_event_seq: u64,
     /// Events with a sequence number below this one have been delivered.
     pub delivered_seq: u64,
     /// The completion stored for the open generation (or for the next one, when the
-    /// session is finished) and not yet appended to the outbox.
+    /// current generation has ended) and not yet appended to the outbox.
     pub completion: Option<StoredCompletion>,
+    /// Whether the current generation's completion event is already in the outbox.
+    pub completion_appended: bool,
     /// Limits and retry policy.
     pub config: SessionConfig,
     /// When the session was first created, Unix milliseconds.
@@ -141,10 +148,46 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
+    /// A session that has had no work yet: generation 0, finished, no events.
+    pub fn new(id: SessionId, config: SessionConfig, created_ms: u64) -> Self {
+        SessionRecord {
+            id,
+            state: SessionState::Finished,
+            generation: 0,
+            tasks_open: 0,
+            tasks_running: 0,
+            next_event_seq: 0,
+            delivered_seq: 0,
+            completion: None,
+            completion_appended: false,
+            config,
+            created_ms,
+        }
+    }
+
     /// Checks the record's internal consistency.
     pub fn validate(&self) -> Result<(), String> {
-        if self.generation == 0 {
-            return Err("generation is 0; generations start at 1".into());
+        if self.generation == 0
+            && (self.state != SessionState::Finished || self.next_event_seq != 0)
+        {
+            return Err("generation 0 (no work yet) must be finished with no events".into());
+        }
+        if self.tasks_running > self.tasks_open {
+            return Err(format!(
+                "tasks_running {} exceeds tasks_open {}",
+                self.tasks_running, self.tasks_open
+            ));
+        }
+        let counts_fit_state = match self.state {
+            SessionState::Queued => self.tasks_open > 0 && self.tasks_running == 0,
+            SessionState::Running => self.tasks_running > 0,
+            SessionState::AwaitingEvents | SessionState::Finished => self.tasks_open == 0,
+        };
+        if !counts_fit_state {
+            return Err(format!(
+                "state {:?} does not fit {} open and {} running tasks",
+                self.state, self.tasks_open, self.tasks_running
+            ));
         }
         if self.delivered_seq > self.next_event_seq {
             return Err(format!(
