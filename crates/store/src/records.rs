@@ -136,11 +136,13 @@ pub struct SessionRecord {
     pub next_event_seq: u64,
     /// Events with a sequence number below this one have been delivered.
     pub delivered_seq: u64,
-    /// The completion stored for the open generation (or for the next one, when the
-    /// current generation has ended) and not yet appended to the outbox.
+    /// The completion stored for the open generation, not yet appended to the outbox
+    /// (it is appended right after the generation's `DidFinishEvents`).
     pub completion: Option<StoredCompletion>,
-    /// Whether the current generation's completion event is already in the outbox.
-    pub completion_appended: bool,
+    /// The last generation whose completion was appended to the outbox (0: none yet).
+    /// Setting a completion for that generation or an older one again is a no-op, which
+    /// makes re-issuing everything after a relaunch safe.
+    pub completion_generation: u64,
     /// Limits and retry policy.
     pub config: SessionConfig,
     /// When the session was first created, Unix milliseconds.
@@ -159,7 +161,7 @@ impl SessionRecord {
             next_event_seq: 0,
             delivered_seq: 0,
             completion: None,
-            completion_appended: false,
+            completion_generation: 0,
             config,
             created_ms,
         }
@@ -198,7 +200,19 @@ impl SessionRecord {
         if self.state == SessionState::Finished && self.delivered_seq != self.next_event_seq {
             return Err("finished with undelivered events".into());
         }
+        if self.completion_generation > self.generation {
+            return Err(format!(
+                "completion_generation {} is past generation {}",
+                self.completion_generation, self.generation
+            ));
+        }
         if let Some(completion) = &self.completion {
+            if !matches!(self.state, SessionState::Queued | SessionState::Running) {
+                return Err(format!(
+                    "a completion is stored but the generation has ended ({:?})",
+                    self.state
+                ));
+            }
             completion.validate()?;
         }
         self.config.validate()
