@@ -1,0 +1,261 @@
+//! The pure session state machine (DESIGN section 4).
+//!
+//! [`apply`] takes the records an input concerns and returns the new records, the events
+//! to append and the actions to perform after the commit. It does no I/O and reads no
+//! clock (the time and the jitter come in a [`Context`]), so it is property-tested on its
+//! own; the actor runs it inside a writer unit so that a state change and the events it
+//! produces commit in one transaction. Invalid transitions are [`MachineError`]s.
+//!
+//! One file per transition: `open`, `enqueue`, `start`, `result` (transfer results and
+//! deadlines), `cancel`, `deliver`, `completion`, `restart`; `step` holds the bookkeeping
+//! they share and `backoff` the retry delay.
+
+mod backoff;
+mod cancel;
+mod completion;
+mod deliver;
+mod enqueue;
+mod error;
+mod open;
+mod restart;
+mod result;
+mod start;
+mod step;
+
+use std::collections::BTreeMap;
+
+use session_store::{
+    EventRecord, Failure, ResponseSummary, SessionConfig, SessionId, SessionRecord,
+    StoredCompletion, TaskId, TaskKind, TaskRecord,
+};
+
+pub use backoff::retry_delay_ms;
+pub use error::MachineError;
+
+/// What the machine needs to know besides the records: the time and a random number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context {
+    /// The current time, Unix milliseconds.
+    pub now_ms: u64,
+    /// A uniformly random number in `0..1000`, used to jitter retry delays.
+    pub jitter_permille: u16,
+}
+
+/// The records an input concerns: the session (absent before it is first opened) and
+/// the tasks the input names. `Restart` and `Invalidate` need every task of the session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Records {
+    /// The session record, if it exists.
+    pub session: Option<SessionRecord>,
+    /// The relevant task records, by task identifier.
+    pub tasks: BTreeMap<TaskId, TaskRecord>,
+}
+
+/// What one attempt of a transfer came to, as the machine sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferResult {
+    /// The server accepted it and the transfer verified.
+    Success(ResponseSummary),
+    /// The server refused it (a 4xx other than 408 and 429).
+    Rejected(ResponseSummary),
+    /// Transient: try again, not before `retry_after_ms` if the server said so.
+    Retry {
+        /// The server's Retry-After as an absolute time, Unix milliseconds.
+        retry_after_ms: Option<u64>,
+        /// What happened, for a person.
+        message: String,
+    },
+    /// Permanent failure.
+    Failed(Failure),
+}
+
+/// An input to the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Create the session if it does not exist, or update its configuration.
+    Open {
+        /// The session's identifier.
+        id: SessionId,
+        /// The configuration to persist.
+        config: SessionConfig,
+    },
+    /// Add a task; re-issuing a known identifier with the same request reconnects.
+    Enqueue {
+        /// The application's task identifier.
+        task: TaskId,
+        /// Download, upload or data.
+        kind: TaskKind,
+        /// The serialized transfer description.
+        request: Vec<u8>,
+    },
+    /// Start a pending task's next attempt.
+    Start {
+        /// The task.
+        task: TaskId,
+    },
+    /// A transfer attempt ended.
+    Result {
+        /// The task.
+        task: TaskId,
+        /// The attempt that ended; a result for any other attempt is stale.
+        attempt: u32,
+        /// What it came to.
+        result: TransferResult,
+    },
+    /// The task's resource deadline timer fired.
+    Expire {
+        /// The task.
+        task: TaskId,
+    },
+    /// The application cancelled a task.
+    Cancel {
+        /// The task.
+        task: TaskId,
+    },
+    /// Cancel every task that is not terminal (the session is being invalidated).
+    Invalidate,
+    /// The next event in sequence was delivered (its effects commit in the same unit).
+    Deliver {
+        /// The event, as read from the outbox.
+        event: EventRecord,
+    },
+    /// Store the completion handler for a generation.
+    SetCompletion {
+        /// The generation it is for (a task handle reports its generation).
+        generation: u64,
+        /// The handler's name and payload.
+        completion: StoredCompletion,
+    },
+    /// The process (or the actor) restarted: transfers in flight were lost.
+    Restart,
+}
+
+/// The result of a transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The session record to write.
+    pub session: SessionRecord,
+    /// The task records that changed, to write.
+    pub tasks: Vec<TaskRecord>,
+    /// The events to append, in sequence order.
+    pub events: Vec<EventRecord>,
+    /// What to do once the unit has committed.
+    pub actions: Vec<Action>,
+}
+
+impl Transition {
+    /// Whether the transition changes nothing (a reconnect or a repeated request).
+    pub fn is_noop(&self, before: &SessionRecord) -> bool {
+        self.tasks.is_empty() && self.events.is_empty() && &self.session == before
+    }
+}
+
+/// Work for the actor after the commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start the task when its time comes (now, or arm a timer for `not_before_ms`).
+    Schedule {
+        /// The task.
+        task: TaskId,
+        /// Not before this time, Unix milliseconds.
+        not_before_ms: u64,
+    },
+    /// The task is now running this attempt: perform the transfer.
+    Transfer {
+        /// The task.
+        task: TaskId,
+        /// The attempt number.
+        attempt: u32,
+    },
+    /// Stop the task's transfer in flight, if any (it was cancelled or expired).
+    AbortTransfer {
+        /// The task.
+        task: TaskId,
+    },
+    /// Arm the task's resource deadline timer.
+    ArmDeadline {
+        /// The task.
+        task: TaskId,
+        /// The deadline, Unix milliseconds.
+        at_ms: u64,
+    },
+    /// The task reached its outcome: wake whoever waits on it in this process.
+    TaskTerminal {
+        /// The task.
+        task: TaskId,
+    },
+    /// Events wait in the outbox: deliver the next one.
+    DeliverEvents,
+    /// Remove a downloaded file whose delivery has committed.
+    RemoveFile {
+        /// The file.
+        path: String,
+    },
+}
+
+/// Applies one input to the records.
+///
+/// # Errors
+/// A [`MachineError`] when the input is not valid in the records' state; nothing is
+/// then to be written.
+pub fn apply(records: Records, input: Input, context: &Context) -> Result<Transition, MachineError> {
+    let Records { session, tasks } = records;
+    if let Some(session) = &session {
+        session.validate().map_err(MachineError::InvalidRecord)?;
+    }
+    match input {
+        Input::Open { id, config } => open::open(session, id, config, context),
+        Input::Enqueue {
+            task,
+            kind,
+            request,
+        } => {
+            let existing = tasks.get(&task).cloned();
+            enqueue::enqueue(require(session)?, existing, task, kind, request, context)
+        }
+        Input::Start { task } => {
+            let record = require_task(&tasks, &task)?;
+            start::start(require(session)?, record, context)
+        }
+        Input::Result {
+            task,
+            attempt,
+            result,
+        } => {
+            let record = require_task(&tasks, &task)?;
+            result::result(require(session)?, record, attempt, result, context)
+        }
+        Input::Expire { task } => {
+            let record = require_task(&tasks, &task)?;
+            result::expire(require(session)?, record, context)
+        }
+        Input::Cancel { task } => {
+            let record = require_task(&tasks, &task)?;
+            cancel::cancel(require(session)?, record)
+        }
+        Input::Invalidate => cancel::invalidate(require(session)?, tasks),
+        Input::Deliver { event } => deliver::deliver(require(session)?, event),
+        Input::SetCompletion {
+            generation,
+            completion,
+        } => completion::set_completion(require(session)?, generation, completion),
+        Input::Restart => restart::restart(require(session)?, tasks, context),
+    }
+}
+
+fn require(session: Option<SessionRecord>) -> Result<SessionRecord, MachineError> {
+    session.ok_or(MachineError::NoSession)
+}
+
+fn require_task(
+    tasks: &BTreeMap<TaskId, TaskRecord>,
+    task: &TaskId,
+) -> Result<TaskRecord, MachineError> {
+    tasks
+        .get(task)
+        .cloned()
+        .ok_or_else(|| MachineError::UnknownTask { task: task.clone() })
+}
+
+#[cfg(test)]
+mod tests;

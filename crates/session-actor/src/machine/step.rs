@@ -1,0 +1,100 @@
+//! The bookkeeping every transition shares: task counters, the outbox, the end of a
+//! generation, and the session state derived from the counters.
+
+use session_store::{
+    EventBody, EventRecord, Outcome, SessionRecord, SessionState, TaskRecord, TaskState,
+};
+
+use super::{Action, Transition};
+
+/// A transition being built.
+pub(super) struct Step {
+    pub(super) session: SessionRecord,
+    pub(super) tasks: Vec<TaskRecord>,
+    pub(super) events: Vec<EventRecord>,
+    pub(super) actions: Vec<Action>,
+}
+
+impl Step {
+    pub(super) fn new(session: SessionRecord) -> Self {
+        Step {
+            session,
+            tasks: Vec::new(),
+            events: Vec::new(),
+            actions: Vec::new(),
+        }
+    }
+
+    pub(super) fn append_event(&mut self, body: EventBody) -> u64 {
+        let seq = self.session.next_event_seq;
+        self.events.push(EventRecord {
+            session: self.session.id.clone(),
+            seq,
+            generation: self.session.generation,
+            body,
+        });
+        self.session.next_event_seq += 1;
+        seq
+    }
+
+    /// Moves an open task to its outcome: one event, written with the task's terminal
+    /// state; if it was the generation's last open task, the generation ends.
+    pub(super) fn complete(&mut self, mut task: TaskRecord, outcome: Outcome) {
+        debug_assert!(!task.state.is_terminal(), "completing a terminal task");
+        if matches!(task.state, TaskState::Running { .. }) {
+            self.session.tasks_running -= 1;
+        }
+        self.session.tasks_open -= 1;
+        let event_seq = self.append_event(EventBody::TaskCompleted {
+            task: task.id.clone(),
+            kind: task.kind,
+            outcome: outcome.clone(),
+        });
+        task.state = TaskState::Completed { outcome, event_seq };
+        self.actions.push(Action::TaskTerminal {
+            task: task.id.clone(),
+        });
+        self.tasks.push(task);
+        if self.session.tasks_open == 0 {
+            self.end_generation();
+        }
+    }
+
+    /// Every task of the generation is terminal: "did finish events" goes into the
+    /// outbox after the generation's last task event, then the stored completion.
+    fn end_generation(&mut self) {
+        self.append_event(EventBody::DidFinishEvents);
+        if let Some(completion) = self.session.completion.take() {
+            self.append_event(EventBody::Completion(completion));
+            self.session.completion_generation = self.session.generation;
+        }
+    }
+
+    /// Derives the session state from the counters and the cursor, and closes the step.
+    pub(super) fn finish(mut self) -> Transition {
+        let session = &mut self.session;
+        session.state = if session.tasks_running > 0 {
+            SessionState::Running
+        } else if session.tasks_open > 0 {
+            SessionState::Queued
+        } else if session.has_undelivered_events() {
+            SessionState::AwaitingEvents
+        } else {
+            SessionState::Finished
+        };
+        if !self.events.is_empty() {
+            self.actions.push(Action::DeliverEvents);
+        }
+        debug_assert!(
+            self.session.validate().is_ok(),
+            "invariant violation: transition produced an invalid session: {:?}",
+            self.session.validate()
+        );
+        Transition {
+            session: self.session,
+            tasks: self.tasks,
+            events: self.events,
+            actions: self.actions,
+        }
+    }
+}
