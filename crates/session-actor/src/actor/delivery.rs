@@ -1,0 +1,148 @@
+//! Handing events to the delegate: exactly once through a transactional delegate, at
+//! least once through an async one. Stored completions always run transactionally.
+
+use actix::prelude::*;
+use session_store::EventBody;
+
+use super::SessionActor;
+use crate::delegate::{Delegate, Delivery, DeliveryKey};
+use crate::error::UnitError;
+use crate::machine::Transition;
+use crate::units::{Delivered, advance_cursor, deliver_transactional, event_for_delegate};
+
+impl SessionActor {
+    /// Delivers the next events if a delegate is attached and nothing is in flight.
+    pub(super) fn deliver(&mut self, ctx: &mut Context<Self>) {
+        if self.delivering || self.faulted.is_some() || self.delivery_blocked.is_some() {
+            return;
+        }
+        let Some(delegate) = self.delegate.clone() else {
+            // Events wait in the outbox until the application attaches a delegate.
+            return;
+        };
+        self.delivering = true;
+        match delegate {
+            Delegate::Transactional(delegate) => {
+                let id = self.id.clone();
+                let shared = self.shared.clone();
+                let pending = self.shared.store.write_async(move |scope| {
+                    let completions = shared.completions();
+                    let context = shared.machine_context();
+                    deliver_transactional(scope, &id, Some(&*delegate), &completions, &context)
+                });
+                ctx.spawn(pending.into_actor(self).map(|result, act, ctx| {
+                    act.delivering = false;
+                    act.delivered(result, ctx);
+                }));
+            }
+            Delegate::AtLeastOnce(delegate) => self.deliver_at_least_once(delegate, ctx),
+        }
+    }
+
+    fn delivered(&mut self, result: Result<Delivered, UnitError>, ctx: &mut Context<Self>) {
+        match result {
+            Ok(delivered) => {
+                tracing::debug!(parent: &self.span, events = delivered.count, "delivered");
+                let transition = Transition {
+                    session: match self.shared.store.snapshot().and_then(|s| s.session(&self.id)) {
+                        Ok(Some(session)) => session,
+                        Ok(None) => return,
+                        Err(error) => return self.fail(format!("reading the session: {error}"), ctx),
+                    },
+                    tasks: Vec::new(),
+                    events: Vec::new(),
+                    actions: delivered.actions,
+                };
+                self.perform(&transition, ctx);
+            }
+            Err(UnitError::UnknownCompletion(name)) => {
+                tracing::error!(parent: &self.span, %name,
+                    "no completion handler with this name is registered; the session waits");
+                self.delivery_blocked = Some(format!("unknown completion handler {name:?}"));
+            }
+            Err(error) => {
+                let error = error.into_error(&self.id, 0);
+                self.fail(format!("delivery: {error}"), ctx);
+            }
+        }
+    }
+
+    /// At least once: the delegate runs outside any transaction, then the cursor
+    /// advance commits. A crash in between delivers the same key again.
+    fn deliver_at_least_once(
+        &mut self,
+        delegate: std::sync::Arc<dyn crate::delegate::AsyncDelegate>,
+        ctx: &mut Context<Self>,
+    ) {
+        let next = self.shared.store.snapshot().and_then(|snapshot| {
+            let Some(session) = snapshot.session(&self.id)? else {
+                return Ok(None);
+            };
+            if !session.has_undelivered_events() {
+                return Ok(None);
+            }
+            snapshot.event(&self.id, session.delivered_seq)
+        });
+        let event = match next {
+            Ok(Some(event)) => event,
+            Ok(None) => {
+                self.delivering = false;
+                return;
+            }
+            Err(error) => {
+                self.delivering = false;
+                return self.fail(format!("reading the outbox: {error}"), ctx);
+            }
+        };
+        if let EventBody::Completion(_) = event.body {
+            // Completions are transactional whatever the delegate.
+            let id = self.id.clone();
+            let shared = self.shared.clone();
+            let pending = self.shared.store.write_async(move |scope| {
+                let completions = shared.completions();
+                let context = shared.machine_context();
+                deliver_transactional(scope, &id, None, &completions, &context)
+            });
+            ctx.spawn(pending.into_actor(self).map(|result, act, ctx| {
+                act.delivering = false;
+                act.delivered(result, ctx);
+            }));
+            return;
+        }
+        let seq = event.seq;
+        let delivery = Delivery {
+            key: DeliveryKey {
+                session: self.id.clone(),
+                generation: event.generation,
+                seq,
+            },
+            event: event_for_delegate(&event.body),
+        };
+        let id = self.id.clone();
+        let store = self.shared.store.clone();
+        let shared = self.shared.clone();
+        let run = async move {
+            delegate
+                .deliver(delivery)
+                .await
+                .map_err(|error| UnitError::Delegate(error.0))?;
+            fail::fail_point!("actor-after-delegate-before-commit", |arg| {
+                Err(crate::units::fail_point_fired(
+                    "actor-after-delegate-before-commit",
+                    arg,
+                ))
+            });
+            store
+                .write_async(move |scope| {
+                    let context = shared.machine_context();
+                    advance_cursor(scope, &id, seq, &context)
+                })
+                .await
+        };
+        ctx.spawn(run.into_actor(self).map(|result, act, ctx| {
+            act.delivering = false;
+            act.delivered(result, ctx);
+        }));
+    }
+}
+

@@ -1,0 +1,236 @@
+//! The messages a session actor handles.
+
+use actix::prelude::*;
+use session_http::Progress;
+use session_store::{Outcome, SessionRecord, StoredCompletion, TaskId, TaskKind, TaskRecord};
+use tokio::sync::{oneshot, watch};
+
+use super::SessionActor;
+use crate::delegate::Delegate;
+use crate::error::Error;
+use crate::machine::{Input, Transition};
+
+/// Add a task or reconnect to it; replies with its record after the commit.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<TaskRecord, Error>")]
+pub(crate) struct Enqueue {
+    pub(crate) task: TaskId,
+    pub(crate) kind: TaskKind,
+    pub(crate) request: Vec<u8>,
+}
+
+/// Store a completion for a generation.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), Error>")]
+pub(crate) struct SetCompletion {
+    pub(crate) generation: u64,
+    pub(crate) completion: StoredCompletion,
+}
+
+/// Cancel one task.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), Error>")]
+pub(crate) struct Cancel {
+    pub(crate) task: TaskId,
+}
+
+/// Cancel every open task.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), Error>")]
+pub(crate) struct Invalidate;
+
+/// Ask to be told a task's outcome.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<oneshot::Receiver<Outcome>, Error>")]
+pub(crate) struct Wait {
+    pub(crate) task: TaskId,
+}
+
+/// Ask for a task's progress channel.
+#[derive(Debug, Message)]
+#[rtype(result = "watch::Receiver<Progress>")]
+pub(crate) struct Watch {
+    pub(crate) task: TaskId,
+}
+
+/// Attach (or replace) the delegate; delivery starts or resumes.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct SetDelegate(pub(crate) Delegate);
+
+/// Try delivering again (a completion handler was registered).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Poke;
+
+/// Where the session is, for a person or a test.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<SessionStatus, Error>")]
+pub(crate) struct Status;
+
+/// A session's persisted record and its health in this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionStatus {
+    /// The persisted record (`None` before the session has been opened).
+    pub record: Option<SessionRecord>,
+    /// Supervised restarts in this process.
+    pub restarts: u32,
+    /// Why the session is parked, if it is.
+    pub faulted: Option<String>,
+    /// Why delivery waits, if it does (an unknown completion name).
+    pub delivery_blocked: Option<String>,
+    /// Whether a delegate is attached.
+    pub has_delegate: bool,
+}
+
+impl SessionActor {
+    fn refuse_if_faulted(&self) -> Result<(), Error> {
+        match &self.faulted {
+            Some(reason) => Err(Error::Faulted {
+                session: self.id.clone(),
+                restarts: self.restarts,
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Submits an input for a message and replies once its transition is performed.
+    fn reply_with<T: 'static>(
+        &mut self,
+        input: Input,
+        reply: impl FnOnce(&Transition) -> T + 'static,
+    ) -> ResponseActFuture<Self, Result<T, Error>> {
+        if let Err(error) = self.refuse_if_faulted() {
+            return Box::pin(actix::fut::ready(Err(error)));
+        }
+        Box::pin(self.submit(input).map(move |result, act, ctx| {
+            let transition = result?;
+            act.perform(&transition, ctx);
+            Ok(reply(&transition))
+        }))
+    }
+}
+
+impl Handler<Enqueue> for SessionActor {
+    type Result = ResponseActFuture<Self, Result<TaskRecord, Error>>;
+
+    fn handle(&mut self, message: Enqueue, _: &mut Self::Context) -> Self::Result {
+        let task = message.task.clone();
+        let input = Input::Enqueue {
+            task: message.task,
+            kind: message.kind,
+            request: message.request,
+        };
+        let store = self.shared.store.clone();
+        let session = self.id.clone();
+        let reply = self.reply_with(input, move |transition| {
+            transition.tasks.iter().find(|t| t.id == task).cloned().ok_or(task)
+        });
+        // A reconnect writes no task record: read the existing one.
+        Box::pin(reply.map(move |result, _, _| match result? {
+            Ok(record) => Ok(record),
+            Err(task) => store
+                .snapshot()?
+                .task(&session, &task)?
+                .ok_or(Error::Refused {
+                    session,
+                    source: crate::machine::MachineError::UnknownTask { task },
+                }),
+        }))
+    }
+}
+
+impl Handler<SetCompletion> for SessionActor {
+    type Result = ResponseActFuture<Self, Result<(), Error>>;
+
+    fn handle(&mut self, message: SetCompletion, _: &mut Self::Context) -> Self::Result {
+        self.reply_with(
+            Input::SetCompletion {
+                generation: message.generation,
+                completion: message.completion,
+            },
+            |_| (),
+        )
+    }
+}
+
+impl Handler<Cancel> for SessionActor {
+    type Result = ResponseActFuture<Self, Result<(), Error>>;
+
+    fn handle(&mut self, message: Cancel, _: &mut Self::Context) -> Self::Result {
+        self.reply_with(Input::Cancel { task: message.task }, |_| ())
+    }
+}
+
+impl Handler<Invalidate> for SessionActor {
+    type Result = ResponseActFuture<Self, Result<(), Error>>;
+
+    fn handle(&mut self, _: Invalidate, _: &mut Self::Context) -> Self::Result {
+        self.reply_with(Input::Invalidate, |_| ())
+    }
+}
+
+impl Handler<Wait> for SessionActor {
+    type Result = Result<oneshot::Receiver<Outcome>, Error>;
+
+    fn handle(&mut self, message: Wait, _: &mut Self::Context) -> Self::Result {
+        let (sender, receiver) = oneshot::channel();
+        // Committed outcomes are in the store; later ones arrive as TaskTerminal actions,
+        // which this actor performs after this handler returns.
+        match self.task_outcome(&message.task)? {
+            Some(outcome) => {
+                let _ = sender.send(outcome);
+            }
+            None => self.waiters.entry(message.task).or_default().push(sender),
+        }
+        Ok(receiver)
+    }
+}
+
+impl Handler<Watch> for SessionActor {
+    type Result = MessageResult<Watch>;
+
+    fn handle(&mut self, message: Watch, _: &mut Self::Context) -> Self::Result {
+        let sender = self.progress.entry(message.task).or_insert_with(|| {
+            watch::channel(Progress {
+                bytes_done: 0,
+                bytes_expected: None,
+            })
+            .0
+        });
+        MessageResult(sender.subscribe())
+    }
+}
+
+impl Handler<SetDelegate> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, message: SetDelegate, ctx: &mut Self::Context) {
+        self.delegate = Some(message.0);
+        self.deliver(ctx);
+    }
+}
+
+impl Handler<Poke> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Poke, ctx: &mut Self::Context) {
+        self.delivery_blocked = None;
+        self.deliver(ctx);
+    }
+}
+
+impl Handler<Status> for SessionActor {
+    type Result = Result<SessionStatus, Error>;
+
+    fn handle(&mut self, _: Status, _: &mut Self::Context) -> Self::Result {
+        Ok(SessionStatus {
+            record: self.shared.store.snapshot()?.session(&self.id)?,
+            restarts: self.restarts,
+            faulted: self.faulted.clone(),
+            delivery_blocked: self.delivery_blocked.clone(),
+            has_delegate: self.delegate.is_some(),
+        })
+    }
+}

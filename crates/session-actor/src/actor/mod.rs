@@ -1,0 +1,299 @@
+//! The session actor: one actix actor per session, under a `Supervisor`.
+//!
+//! The actor owns nothing durable. Every change goes through a writer unit that runs
+//! the state machine against the records in the transaction; the actor performs the
+//! machine's actions only after that unit committed. On a restart (`restarting`) it
+//! keeps no state but its waiters and counters, and reloads the rest from the store.
+//!
+//! - `messages`: what the `Session` handle and the actor itself send.
+//! - `transfer`: running a transfer attempt on the engine and classifying its result.
+//! - `delivery`: handing events to the delegate.
+
+mod delivery;
+mod messages;
+mod transfer;
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use session_http::Progress;
+use session_store::{Outcome, SessionId, TaskId, TaskState};
+use tokio::sync::{oneshot, watch};
+
+use crate::delegate::Delegate;
+use crate::error::{Error, UnitError};
+use crate::machine::{Action, Input, MachineError, Transition};
+use crate::shared::Shared;
+use crate::units::run_input;
+
+pub(crate) use messages::{
+    Cancel, Enqueue, Invalidate, Poke, SetCompletion, SetDelegate, Status, Wait, Watch,
+};
+pub use messages::SessionStatus;
+
+/// One background session.
+pub(crate) struct SessionActor {
+    id: SessionId,
+    shared: Arc<Shared>,
+    delegate: Option<Delegate>,
+    /// Actions from the recovery at open, performed when the actor first starts.
+    recovered: Option<Vec<Action>>,
+    /// Bumped at every (re)start: results of transfers begun before are ignored.
+    epoch: u64,
+    restarts: u32,
+    faulted: Option<String>,
+    last_failure: Option<String>,
+    transfers: HashMap<TaskId, SpawnHandle>,
+    start_timers: HashMap<TaskId, SpawnHandle>,
+    deadline_timers: HashMap<TaskId, SpawnHandle>,
+    deadlines_ms: HashMap<TaskId, u64>,
+    waiters: HashMap<TaskId, Vec<oneshot::Sender<Outcome>>>,
+    progress: HashMap<TaskId, watch::Sender<Progress>>,
+    delivering: bool,
+    /// Why delivery is stopped (an unknown completion name), until poked.
+    delivery_blocked: Option<String>,
+    span: tracing::Span,
+}
+
+impl SessionActor {
+    pub(crate) fn new(
+        id: SessionId,
+        shared: Arc<Shared>,
+        delegate: Option<Delegate>,
+        recovered: Option<Vec<Action>>,
+    ) -> Self {
+        let span = tracing::info_span!("session", id = %id);
+        SessionActor {
+            id,
+            shared,
+            delegate,
+            recovered,
+            epoch: 0,
+            restarts: 0,
+            faulted: None,
+            last_failure: None,
+            transfers: HashMap::new(),
+            start_timers: HashMap::new(),
+            deadline_timers: HashMap::new(),
+            deadlines_ms: HashMap::new(),
+            waiters: HashMap::new(),
+            progress: HashMap::new(),
+            delivering: false,
+            delivery_blocked: None,
+            span,
+        }
+    }
+
+    /// Submits one machine input as a writer unit; resolves after the durable commit.
+    fn submit(
+        &self,
+        input: Input,
+    ) -> impl ActorFuture<Self, Output = Result<Transition, Error>> + 'static {
+        let id = self.id.clone();
+        let shared = self.shared.clone();
+        let pending = self.shared.store.write_async(move |scope| {
+            run_input(scope, &id, input.clone(), &shared.machine_context())
+        });
+        let id = self.id.clone();
+        async move {
+            pending
+                .await
+                .map_err(|error: UnitError| error.into_error(&id, 0))
+        }
+        .into_actor(self)
+    }
+
+    /// Submits an input whose transition the actor only needs to act on.
+    fn submit_and_perform(&mut self, input: Input, ctx: &mut Context<Self>) {
+        let what = format!("{input:?}");
+        let what = what.split([' ', '{', '(']).next().unwrap_or_default().to_owned();
+        ctx.spawn(self.submit(input).map(move |result, act, ctx| match result {
+            Ok(transition) => act.perform(&transition, ctx),
+            Err(Error::Refused {
+                source:
+                    MachineError::StaleResult { .. }
+                    | MachineError::NotPending { .. }
+                    | MachineError::UnknownTask { .. }
+                    | MachineError::NoSession,
+                ..
+            }) => {
+                // A timer or result that raced another change: the store says no.
+                tracing::debug!(parent: &act.span, input = %what, "input no longer applies");
+            }
+            Err(error) => act.fail(format!("{what}: {error}"), ctx),
+        }));
+    }
+
+    /// Performs a committed transition's actions; a panic here restarts the actor.
+    fn perform(&mut self, transition: &Transition, ctx: &mut Context<Self>) {
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            for action in &transition.actions {
+                self.perform_one(action, transition, ctx);
+            }
+        }));
+        if let Err(panic) = outcome {
+            self.fail(format!("panic while acting: {}", panic_message(&*panic)), ctx);
+        }
+    }
+
+    fn perform_one(&mut self, action: &Action, transition: &Transition, ctx: &mut Context<Self>) {
+        match action {
+            Action::Schedule {
+                task,
+                not_before_ms,
+            } => self.schedule(task.clone(), *not_before_ms, ctx),
+            Action::Transfer { task, attempt } => {
+                match transition.tasks.iter().find(|record| &record.id == task) {
+                    Some(record) => self.transfer(record.clone(), *attempt, ctx),
+                    None => self.fail(format!("transfer of {task} without its record"), ctx),
+                }
+            }
+            Action::AbortTransfer { task } => {
+                if let Some(handle) = self.transfers.remove(task) {
+                    ctx.cancel_future(handle);
+                }
+            }
+            Action::ArmDeadline { task, at_ms } => {
+                self.deadlines_ms.insert(task.clone(), *at_ms);
+            }
+            Action::TaskTerminal { task } => self.task_terminal(task, ctx),
+            Action::DeliverEvents => self.deliver(ctx),
+            Action::RemoveFile { path } => match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    tracing::warn!(parent: &self.span, %path, %error, "could not remove a delivered file");
+                }
+            },
+        }
+    }
+
+    fn schedule(&mut self, task: TaskId, not_before_ms: u64, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.start_timers.remove(&task) {
+            ctx.cancel_future(handle);
+        }
+        let now_ms = self.shared.clock.now_ms();
+        let delay = Duration::from_millis(not_before_ms.saturating_sub(now_ms));
+        let key = task.clone();
+        let handle = ctx.run_later(delay, move |act, ctx| {
+            act.start_timers.remove(&task);
+            act.submit_and_perform(Input::Start { task }, ctx);
+        });
+        self.start_timers.insert(key, handle);
+    }
+
+    fn task_terminal(&mut self, task: &TaskId, ctx: &mut Context<Self>) {
+        for map in [&mut self.start_timers, &mut self.deadline_timers] {
+            if let Some(handle) = map.remove(task) {
+                ctx.cancel_future(handle);
+            }
+        }
+        self.deadlines_ms.remove(task);
+        self.progress.remove(task);
+        let Some(waiters) = self.waiters.remove(task) else {
+            return;
+        };
+        match self.task_outcome(task) {
+            Ok(Some(outcome)) => {
+                for waiter in waiters {
+                    let _ = waiter.send(outcome.clone());
+                }
+            }
+            Ok(None) => {
+                self.waiters.insert(task.clone(), waiters);
+            }
+            Err(error) => tracing::warn!(parent: &self.span, %task, %error, "reading an outcome"),
+        }
+    }
+
+    fn task_outcome(&self, task: &TaskId) -> Result<Option<Outcome>, Error> {
+        let record = self.shared.store.snapshot()?.task(&self.id, task)?;
+        Ok(record.and_then(|record| match record.state {
+            TaskState::Completed { outcome, .. } => Some(outcome),
+            TaskState::Pending { .. } | TaskState::Running { .. } => None,
+        }))
+    }
+
+    /// Stops the actor so its supervisor restarts it; the store is the only truth.
+    fn fail(&mut self, reason: String, ctx: &mut Context<Self>) {
+        tracing::warn!(parent: &self.span, %reason, "session failed; restarting");
+        self.last_failure = Some(reason);
+        ctx.stop();
+    }
+
+    fn forget_in_flight(&mut self, ctx: &mut Context<Self>) {
+        self.epoch += 1;
+        for (_, handle) in self
+            .transfers
+            .drain()
+            .chain(self.start_timers.drain())
+            .chain(self.deadline_timers.drain())
+        {
+            ctx.cancel_future(handle);
+        }
+        self.delivering = false;
+    }
+}
+
+impl Actor for SessionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        if self.faulted.is_some() {
+            return;
+        }
+        match self.recovered.take() {
+            // The recovery at open already moved lost transfers back to pending.
+            Some(actions) => {
+                let transition = Transition {
+                    session: match self.shared.store.snapshot().and_then(|s| s.session(&self.id)) {
+                        Ok(Some(session)) => session,
+                        Ok(None) => return,
+                        Err(error) => return self.fail(format!("reading the session: {error}"), ctx),
+                    },
+                    tasks: Vec::new(),
+                    events: Vec::new(),
+                    actions,
+                };
+                self.perform(&transition, ctx);
+            }
+            None => self.submit_and_perform(Input::Restart, ctx),
+        }
+    }
+}
+
+/// The mailbox capacity of a session actor (messages from `Session` handles).
+pub(crate) const MAILBOX_CAPACITY: usize = 256;
+
+impl Supervised for SessionActor {
+    fn restarting(&mut self, ctx: &mut Self::Context) {
+        self.forget_in_flight(ctx);
+        self.restarts += 1;
+        let reason = self
+            .last_failure
+            .clone()
+            .unwrap_or_else(|| "stopped".to_owned());
+        tracing::info!(parent: &self.span, restarts = self.restarts, %reason, "session restarting");
+        self.shared.note_restart();
+        if self.restarts > self.shared.restart_limit {
+            tracing::error!(parent: &self.span, restarts = self.restarts, %reason,
+                "session parked as faulted: too many restarts");
+            self.shared.set_faulted(&self.id, &reason);
+            self.faulted = Some(reason);
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}

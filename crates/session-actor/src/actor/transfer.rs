@@ -1,0 +1,159 @@
+//! Running one transfer attempt and turning the engine's classification into a machine
+//! input.
+
+use std::time::{Duration, SystemTime};
+
+use actix::prelude::*;
+use session_http::{Classified, FailReason, Progress, Response, Target, TransferRequest};
+use session_store::{
+    Failure, FailureReason, FAILURE_MESSAGE_BYTES_MAX, RESPONSE_HEADERS_MAX, ResponseSummary,
+    TaskId, TaskRecord,
+};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use super::SessionActor;
+use crate::clock::unix_ms;
+use crate::machine::{Input, TransferResult};
+
+impl SessionActor {
+    /// Starts the transfer of a task that just moved to `Running { attempt }`.
+    pub(super) fn transfer(&mut self, record: TaskRecord, attempt: u32, ctx: &mut Context<Self>) {
+        let task = record.id.clone();
+        let request: TransferRequest = match bincode::deserialize(&record.request) {
+            Ok(request) => request,
+            Err(error) => {
+                let result = TransferResult::Failed(Failure {
+                    reason: FailureReason::InvalidRequest,
+                    message: format!("the stored transfer description does not decode: {error}"),
+                    attempts: attempt,
+                });
+                return self.submit_and_perform(Input::Result { task, attempt, result }, ctx);
+            }
+        };
+        let target = Target {
+            download_dir: self.shared.download_dir(&self.id),
+            name: task.to_string(),
+            idempotency_key: Some(format!("{}/{}", self.id, task)),
+        };
+        let progress = self
+            .progress
+            .entry(task.clone())
+            .or_insert_with(|| {
+                watch::channel(Progress {
+                    bytes_done: 0,
+                    bytes_expected: None,
+                })
+                .0
+            })
+            .clone();
+        let engine = self.shared.engine.clone();
+        let epoch = self.epoch;
+        let span = tracing::info_span!(parent: &self.span, "task", id = %task, attempt);
+        let running = async move { engine.run(&request, &target, Some(&progress)).await }
+            .instrument(span)
+            .into_actor(self)
+            .map(move |classified, act, ctx| {
+                let task_done = task.clone();
+                act.transfers.remove(&task_done);
+                if let Some(handle) = act.deadline_timers.remove(&task_done) {
+                    ctx.cancel_future(handle);
+                }
+                if epoch != act.epoch {
+                    return;
+                }
+                fail::fail_point!("actor-between-transfer-and-result", |arg| {
+                    if arg.as_deref() == Some("abort") {
+                        std::process::abort();
+                    }
+                });
+                let result = classify(classified, act.shared.clock.now_ms());
+                act.submit_and_perform(
+                    Input::Result {
+                        task: task_done,
+                        attempt,
+                        result,
+                    },
+                    ctx,
+                );
+            });
+        let handle = ctx.spawn(running);
+        self.transfers.insert(record.id.clone(), handle);
+        self.arm_deadline(record.id, ctx);
+    }
+
+    fn arm_deadline(&mut self, task: TaskId, ctx: &mut Context<Self>) {
+        let Some(at_ms) = self.deadlines_ms.get(&task).copied() else {
+            return;
+        };
+        let delay = Duration::from_millis(at_ms.saturating_sub(self.shared.clock.now_ms()));
+        let key = task.clone();
+        let handle = ctx.run_later(delay, move |act, ctx| {
+            act.deadline_timers.remove(&task);
+            act.submit_and_perform(Input::Expire { task }, ctx);
+        });
+        if let Some(old) = self.deadline_timers.insert(key, handle) {
+            ctx.cancel_future(old);
+        }
+    }
+}
+
+/// The engine's classification as a machine input. Exhaustive on purpose.
+pub(crate) fn classify(classified: Classified, now_ms: u64) -> TransferResult {
+    match classified {
+        Classified::Success(response) => TransferResult::Success(summary(response)),
+        Classified::Rejected(response) => TransferResult::Rejected(summary(response)),
+        Classified::Retry {
+            retry_after,
+            reason,
+            message,
+        } => {
+            let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
+            TransferResult::Retry {
+                retry_after_ms: retry_after.map(|after| unix_ms(after.not_before(now))),
+                message: truncate(format!("{reason:?}: {message}")),
+            }
+        }
+        Classified::Failed { reason, message } => {
+            let reason_kind = match reason {
+                FailReason::InvalidRequest | FailReason::InvalidUrl => FailureReason::InvalidRequest,
+                FailReason::DeadlineExceeded => FailureReason::DeadlineExceeded,
+                FailReason::TooManyRedirects
+                | FailReason::InvalidRedirect
+                | FailReason::Tls
+                | FailReason::LocalDisk
+                | FailReason::Verification(_)
+                | FailReason::ResponseTooLarge
+                | FailReason::UnexpectedStatus(_) => FailureReason::Transfer,
+            };
+            TransferResult::Failed(Failure {
+                reason: reason_kind,
+                message: truncate(format!("{reason:?}: {message}")),
+                attempts: 0,
+            })
+        }
+    }
+}
+
+fn summary(response: Response) -> ResponseSummary {
+    let mut headers = response.headers;
+    headers.truncate(RESPONSE_HEADERS_MAX);
+    ResponseSummary {
+        status: response.status,
+        headers,
+        body: response.body,
+        file: response.file.map(|path| path.to_string_lossy().into_owned()),
+        bytes: response.bytes,
+    }
+}
+
+fn truncate(mut message: String) -> String {
+    if message.len() > FAILURE_MESSAGE_BYTES_MAX {
+        let mut end = FAILURE_MESSAGE_BYTES_MAX;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+    message
+}

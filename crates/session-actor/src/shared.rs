@@ -1,0 +1,102 @@
+//! What every session actor of one `Sessions` shares.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use session_http::Engine;
+use session_store::{SessionId, Store};
+
+use crate::clock::Clock;
+use crate::delegate::CompletionHandler;
+use crate::machine::Context as MachineContext;
+use crate::units::Completions;
+
+pub(crate) struct Shared {
+    pub(crate) store: Store,
+    pub(crate) engine: Engine,
+    pub(crate) root: PathBuf,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) restart_limit: u32,
+    completions: RwLock<Completions>,
+    faulted: Mutex<HashMap<SessionId, String>>,
+    restarts: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        store: Store,
+        engine: Engine,
+        root: PathBuf,
+        clock: Arc<dyn Clock>,
+        restart_limit: u32,
+        completions: Completions,
+    ) -> Self {
+        Shared {
+            store,
+            engine,
+            root,
+            clock,
+            restart_limit,
+            completions: RwLock::new(completions),
+            faulted: Mutex::new(HashMap::new()),
+            restarts: AtomicU64::new(0),
+        }
+    }
+
+    /// Where a session's downloads live: `<root>/downloads/<session>`. Session
+    /// identifiers are validated to a path-safe alphabet, so this stays under the root.
+    pub(crate) fn download_dir(&self, session: &SessionId) -> PathBuf {
+        self.root.join("downloads").join(session.as_str())
+    }
+
+    pub(crate) fn machine_context(&self) -> MachineContext {
+        MachineContext {
+            now_ms: self.clock.now_ms(),
+            jitter_permille: rand::random::<u16>() % 1000,
+        }
+    }
+
+    /// A copy of the registered completion handlers (cheap: `Arc`s).
+    pub(crate) fn completions(&self) -> Completions {
+        self.completions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn register_completion(&self, name: String, handler: Arc<dyn CompletionHandler>) {
+        self.completions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name, handler);
+    }
+
+    pub(crate) fn set_faulted(&self, session: &SessionId, reason: &str) {
+        self.faulted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(session.clone(), reason.to_owned());
+    }
+
+    pub(crate) fn faulted(&self) -> Vec<(SessionId, String)> {
+        let mut faulted: Vec<_> = self
+            .faulted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, reason)| (id.clone(), reason.clone()))
+            .collect();
+        faulted.sort();
+        faulted
+    }
+
+    pub(crate) fn note_restart(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+}
