@@ -1,0 +1,233 @@
+//! The outcome of an attempt and the exhaustive status table (DESIGN section 7).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::retry_after::RetryAfter;
+
+/// The longest message kept in an outcome, in bytes (the store keeps at most 4 KiB).
+pub const MESSAGE_BYTES_MAX: usize = 4096;
+
+/// What one attempt came to. Every attempt ends in exactly one of these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Classified {
+    /// The server accepted the request (2xx) and, for a download, the file is complete,
+    /// verified, fsynced and at its final path.
+    Success(Response),
+    /// The server answered and refused: other 4xx, 3xx left unfollowed, and the 5xx that
+    /// retrying cannot fix (see [`classify_status`]).
+    Rejected(Response),
+    /// A transient failure; try again, not before `retry_after` if the server said so.
+    Retry {
+        /// The server's `Retry-After`, when it sent a valid one.
+        retry_after: Option<RetryAfter>,
+        /// What went wrong.
+        reason: RetryReason,
+        /// Details for humans (never a credential).
+        message: String,
+    },
+    /// A failure that another attempt would repeat.
+    Failed {
+        /// What went wrong.
+        reason: FailReason,
+        /// Details for humans (never a credential).
+        message: String,
+    },
+}
+
+impl Classified {
+    /// A `Retry` with a message cut to [`MESSAGE_BYTES_MAX`].
+    pub(crate) fn retry(
+        reason: RetryReason,
+        retry_after: Option<RetryAfter>,
+        message: impl Into<String>,
+    ) -> Classified {
+        Classified::Retry {
+            retry_after,
+            reason,
+            message: bounded(message.into()),
+        }
+    }
+
+    /// A `Failed` with a message cut to [`MESSAGE_BYTES_MAX`].
+    pub(crate) fn failed(reason: FailReason, message: impl Into<String>) -> Classified {
+        Classified::Failed {
+            reason,
+            message: bounded(message.into()),
+        }
+    }
+}
+
+fn bounded(mut message: String) -> String {
+    if message.len() > MESSAGE_BYTES_MAX {
+        let mut end = MESSAGE_BYTES_MAX;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+    message
+}
+
+/// A server's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The status code of the final response (after redirects). A download found already
+    /// complete on disk reports 200 without a request.
+    pub status: u16,
+    /// Response headers, lower-case names, at most [`crate::Limits::response_headers_max`];
+    /// never `Authorization`, `Cookie` or `Set-Cookie`.
+    pub headers: Vec<(String, String)>,
+    /// The body of a data task, or the first bytes of a rejection or upload answer (capped).
+    /// Empty for downloads.
+    pub body: Vec<u8>,
+    /// For a download, the final path of the complete file.
+    pub file: Option<PathBuf>,
+    /// Bytes transferred: the file's length for a download, the body's for other kinds.
+    pub bytes: u64,
+}
+
+/// Why an attempt should be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RetryReason {
+    /// The server answered with a transient status (408, 429, 500, 502, 503, 504).
+    Status(u16),
+    /// Connecting failed or timed out (including name resolution).
+    Connect,
+    /// The connection was reset or closed before a response arrived.
+    Reset,
+    /// Nothing moved on the connection for the idle timeout.
+    IdleTimeout,
+    /// The body ended before its announced length.
+    TruncatedBody,
+    /// A `206` started at another offset than asked; the partial file was removed.
+    RangeMismatch,
+    /// The server could not serve the rest of a partial file (`416`) and the file was not
+    /// complete; it was removed so the next attempt starts from zero.
+    RangeNotSatisfiable,
+    /// The response was malformed (could be a middlebox; bounded by the caller's attempts).
+    Protocol,
+    /// A transport error the client did not attribute (bounded by the caller's attempts).
+    Transport,
+}
+
+/// Why an attempt failed for good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailReason {
+    /// The URL is unusable (unparsable, not http(s), carries credentials, too long).
+    InvalidUrl,
+    /// The request is unusable (headers, body, kind); see [`crate::Error`].
+    InvalidRequest,
+    /// More redirects than allowed, or a redirect loop.
+    TooManyRedirects,
+    /// A redirect to something that cannot be followed (another scheme, a bad location).
+    InvalidRedirect,
+    /// The TLS handshake failed (certificate, protocol).
+    Tls,
+    /// A local file could not be read or written (full disk, permission, missing file).
+    LocalDisk,
+    /// The downloaded file is not what was expected; the partial file was removed.
+    Verification(Mismatch),
+    /// The response is larger than the limit for its kind.
+    ResponseTooLarge,
+    /// A status that is never a valid final answer (1xx, or outside 100..=599).
+    UnexpectedStatus(u16),
+    /// The attempt ran past its resource deadline.
+    DeadlineExceeded,
+}
+
+/// How a downloaded file differed from what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mismatch {
+    /// Its length.
+    Length {
+        /// The length expected (from the request, `Content-Length` or `Content-Range`).
+        expected_bytes: u64,
+        /// The length received.
+        actual_bytes: u64,
+    },
+    /// Its SHA-256.
+    Sha256 {
+        /// Expected, lower-case hexadecimal.
+        expected: String,
+        /// Computed over the whole file, lower-case hexadecimal.
+        actual: String,
+    },
+}
+
+/// What a status code means for a transfer, before any kind-specific handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StatusClass {
+    /// 2xx.
+    Success,
+    /// Transient: try again (honouring `Retry-After`).
+    Retry,
+    /// The server's definitive refusal.
+    Rejected,
+    /// Not a valid final answer.
+    Failed,
+}
+
+/// Classifies a final status code. Every code has one explicit answer:
+///
+/// - 1xx: `Failed`. hyper consumes interim responses itself; a 1xx as the final answer
+///   (an unrequested `101`) is a protocol violation that another attempt would repeat.
+/// - 2xx: `Success`.
+/// - 3xx: `Rejected`. Redirects are followed before this point, so a 3xx here has no
+///   usable `Location`, or is a `300`/`304` we cannot act on: the server's definitive
+///   answer, passed to the application with its headers. (Too many redirects is not a
+///   status; it fails as [`FailReason::TooManyRedirects`].)
+/// - 408, 429: `Retry`. Every other 4xx: `Rejected`.
+/// - 500, 502, 503, 504: `Retry`. Every other 5xx (501, 505, 506, 507, 508, 510, 511,
+///   unassigned): `Rejected`, since the server has said it cannot do this request and
+///   repeating it would get the same answer; the application sees the status.
+/// - Below 100 or above 599: `Failed` (hyper accepts any three digits).
+pub fn classify_status(status: u16) -> StatusClass {
+    match status {
+        0..=99 => StatusClass::Failed,
+        100..=199 => StatusClass::Failed,
+        200..=299 => StatusClass::Success,
+        300..=399 => StatusClass::Rejected,
+        408 | 429 => StatusClass::Retry,
+        400..=407 | 409..=428 | 430..=499 => StatusClass::Rejected,
+        500 | 502 | 503 | 504 => StatusClass::Retry,
+        501 | 505..=599 => StatusClass::Rejected,
+        600..=u16::MAX => StatusClass::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole status table: every u16 maps as DESIGN section 7 and the doc of
+    /// `classify_status` say, checked code by code against an independent statement.
+    #[test]
+    fn status_table() {
+        for status in 0..=u16::MAX {
+            let expected = if (200..300).contains(&status) {
+                StatusClass::Success
+            } else if [408, 429, 500, 502, 503, 504].contains(&status) {
+                StatusClass::Retry
+            } else if (300..600).contains(&status) {
+                StatusClass::Rejected
+            } else {
+                StatusClass::Failed
+            };
+            assert_eq!(classify_status(status), expected, "status {status}");
+        }
+    }
+
+    /// Messages are cut at a character boundary to the stored limit.
+    #[test]
+    fn messages_are_bounded() {
+        let long = "é".repeat(MESSAGE_BYTES_MAX);
+        let Classified::Failed { message, .. } = Classified::failed(FailReason::LocalDisk, long)
+        else {
+            panic!("failed() builds Failed");
+        };
+        assert!(message.len() <= MESSAGE_BYTES_MAX);
+        assert!(message.len() >= MESSAGE_BYTES_MAX - 1);
+    }
+}

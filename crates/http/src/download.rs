@@ -1,0 +1,786 @@
+//! Resumable, verified downloads (DESIGN section 7).
+//!
+//! Bytes stream into `<dir>/<safe name>.part`. Before the first body byte of a response
+//! that starts the file, the response's validator (a strong `ETag`, else `Last-Modified`)
+//! is written and fsynced to `<safe name>.validator`; a later attempt, possibly in a new
+//! process after a SIGKILL, resumes from the `.part` length with `Range` and `If-Range`.
+//! A `206` must start exactly there; a `200` restarts from zero. When the body ends, the
+//! length and the optional SHA-256 (of the whole file, resumed prefix included) are
+//! checked, the file is fsynced, renamed to its final path, and the directory fsynced.
+//! A file that fails verification is removed, so the next attempt starts afresh.
+//!
+//! Writes go to a blocking thread in 1 MiB blocks, double-buffered: one block fills from
+//! the network while the previous one is written (and hashed). Memory stays at two blocks
+//! whatever the size of the file.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use reqwest::header::{CONTENT_RANGE, ETAG, HeaderMap, IF_RANGE, LAST_MODIFIED, RANGE};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::classify::{
+    Classified, FailReason, Mismatch, Response, RetryReason, StatusClass, classify_status,
+};
+use crate::engine::{Inner, Progress};
+use crate::paths::{download_paths, download_validator_path};
+use crate::request::{Target, TransferRequest};
+use crate::transport::{self, Activity};
+
+/// The size of one write to the `.part` file, in bytes.
+const WRITE_BLOCK_BYTES: usize = 1024 * 1024;
+/// The largest validator file read back, in bytes.
+const VALIDATOR_FILE_BYTES_MAX: u64 = 16 * 1024;
+
+/// What the finished file must be.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Expected<'a> {
+    pub(crate) sha256: Option<&'a str>,
+    pub(crate) bytes: Option<u64>,
+}
+
+/// The files of one download.
+#[derive(Debug)]
+struct Files {
+    dir: PathBuf,
+    part: PathBuf,
+    complete: PathBuf,
+    validator: PathBuf,
+}
+
+impl Files {
+    fn new(target: &Target) -> Files {
+        let (part, complete) = download_paths(&target.download_dir, &target.name);
+        Files {
+            dir: target.download_dir.clone(),
+            validator: download_validator_path(&target.download_dir, &target.name),
+            part,
+            complete,
+        }
+    }
+
+    /// Removes the partial file and its validator, so the next attempt starts from zero.
+    async fn discard_part(&self) -> Result<(), Classified> {
+        remove_if_present(&self.part).await?;
+        remove_if_present(&self.validator).await
+    }
+}
+
+/// What a partial file's bytes were served with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Validator {
+    ETag(String),
+    LastModified(String),
+}
+
+impl Validator {
+    /// The response's validator usable in `If-Range`: a strong ETag (RFC 9110 section
+    /// 13.1.5 forbids weak ones there), else Last-Modified.
+    fn from_headers(headers: &HeaderMap) -> Option<Validator> {
+        let text = |name| {
+            headers
+                .get(name)
+                .and_then(|value: &reqwest::header::HeaderValue| value.to_str().ok())
+                .map(str::trim)
+                .filter(|value| !value.is_empty() && value.len() < 1024)
+                .map(str::to_owned)
+        };
+        if let Some(etag) = text(ETAG).filter(|etag| !etag.starts_with("W/")) {
+            return Some(Validator::ETag(etag));
+        }
+        text(LAST_MODIFIED).map(Validator::LastModified)
+    }
+
+    fn value(&self) -> &str {
+        match self {
+            Validator::ETag(value) | Validator::LastModified(value) => value,
+        }
+    }
+
+    fn encode(&self) -> String {
+        match self {
+            Validator::ETag(value) => format!("etag\n{value}\n"),
+            Validator::LastModified(value) => format!("last-modified\n{value}\n"),
+        }
+    }
+
+    fn decode(text: &str) -> Option<Validator> {
+        let mut lines = text.split('\n');
+        let kind = lines.next()?;
+        let value = lines.next()?.to_owned();
+        if value.is_empty() || lines.next() != Some("") || lines.next().is_some() {
+            return None;
+        }
+        match kind {
+            "etag" => Some(Validator::ETag(value)),
+            "last-modified" => Some(Validator::LastModified(value)),
+            _ => None,
+        }
+    }
+}
+
+/// Runs one attempt of a download.
+pub(crate) async fn run(
+    engine: &Inner,
+    request: &TransferRequest,
+    url: reqwest::Url,
+    target: &Target,
+    progress: Option<&watch::Sender<Progress>>,
+    expected: Expected<'_>,
+) -> Classified {
+    let files = Files::new(target);
+    match attempt(engine, request, url, target, progress, expected, &files).await {
+        Ok(outcome) | Err(outcome) => outcome,
+    }
+}
+
+async fn attempt(
+    engine: &Inner,
+    request: &TransferRequest,
+    url: reqwest::Url,
+    target: &Target,
+    progress: Option<&watch::Sender<Progress>>,
+    expected: Expected<'_>,
+    files: &Files,
+) -> Result<Classified, Classified> {
+    let config = &engine.config;
+    tokio::fs::create_dir_all(&files.dir)
+        .await
+        .map_err(|error| disk("creating", &files.dir, error))?;
+
+    // A crash after the rename and before the caller recorded it leaves the final file:
+    // finishing again is then a success without a request.
+    if let Some(outcome) = already_complete(files, expected).await? {
+        return Ok(outcome);
+    }
+
+    let part_bytes = match tokio::fs::metadata(&files.part).await {
+        Ok(metadata) => metadata.len(),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => 0,
+        Err(error) => return Err(disk("reading the length of", &files.part, error)),
+    };
+    let validator = read_validator(&files.validator).await?;
+    let resume_from = match &validator {
+        Some(_) if part_bytes > 0 && expected.bytes.is_none_or(|bytes| part_bytes <= bytes) => {
+            part_bytes
+        }
+        Some(_) | None => 0,
+    };
+
+    let mut builder = transport::request_builder(&engine.client, request, url, target);
+    if let (Some(validator), true) = (&validator, resume_from > 0) {
+        builder = builder
+            .header(RANGE, format!("bytes={resume_from}-"))
+            .header(IF_RANGE, validator.value());
+    }
+    tracing::debug!(name = %target.name, resume_from, "download request");
+    let activity = Activity::new();
+    let mut response = transport::send(builder, config.read_idle_timeout, &activity).await?;
+    let status = response.status().as_u16();
+    match classify_status(status) {
+        StatusClass::Success => {}
+        StatusClass::Rejected if status == 416 && resume_from > 0 => {
+            let total = content_range(response.headers()).and_then(|range| range.total);
+            return range_not_satisfiable(files, expected, resume_from, total, progress).await;
+        }
+        // Not a body for the file: keep the partial file for the next attempt.
+        StatusClass::Retry | StatusClass::Rejected | StatusClass::Failed => {
+            return Ok(transport::answer(response, config).await);
+        }
+    }
+
+    // Where this response's bytes go, and how long the file will be.
+    let (offset, total) = if status == 206 {
+        match content_range(response.headers()) {
+            Some(range) if range.start == resume_from => (resume_from, range.total),
+            found => {
+                files.discard_part().await?;
+                return Err(Classified::retry(
+                    RetryReason::RangeMismatch,
+                    None,
+                    format!("asked for bytes from {resume_from}, got Content-Range {found:?}"),
+                ));
+            }
+        }
+    } else {
+        (0, response.content_length())
+    };
+    let total_max = config.limits.download_bytes_max;
+    if let Some(total) = total.filter(|total| *total > total_max) {
+        return Err(Classified::failed(
+            FailReason::ResponseTooLarge,
+            format!("the download is {total} bytes, over the limit of {total_max}"),
+        ));
+    }
+    let bytes_expected = total.or(expected.bytes);
+    let report = |bytes_done| {
+        if let Some(progress) = progress {
+            progress.send_replace(Progress {
+                bytes_done,
+                bytes_expected,
+            });
+        }
+    };
+    report(offset);
+
+    let new_validator = if offset == 0 {
+        Validator::from_headers(response.headers())
+    } else {
+        None
+    };
+    let (file, hasher) = open_part(files, offset, new_validator, expected.sha256.is_some()).await?;
+    let mut writer = PartWriter::new(file, hasher, &files.part);
+    let mut block = Vec::with_capacity(WRITE_BLOCK_BYTES);
+    let mut received: u64 = 0;
+    loop {
+        let chunk = match transport::next_chunk(&mut response, config.read_idle_timeout).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(outcome) => {
+                // Keep what arrived: the next attempt resumes after it.
+                writer.write(block).await?;
+                writer.finish(false).await?;
+                return Err(outcome);
+            }
+        };
+        received += chunk.len() as u64;
+        if offset + received > total_max {
+            drop(writer);
+            files.discard_part().await?;
+            return Err(Classified::failed(
+                FailReason::ResponseTooLarge,
+                format!("the download passed the limit of {total_max} bytes"),
+            ));
+        }
+        if block.len() + chunk.len() > WRITE_BLOCK_BYTES {
+            block = writer.write(block).await?;
+            report(offset + received - chunk.len() as u64);
+        }
+        block.extend_from_slice(&chunk);
+    }
+    writer.write(block).await?;
+    let (file, hasher) = writer.finish(false).await?;
+    let length = offset + received;
+    report(length);
+    if let Some(total) = total
+        && length < total
+    {
+        // A range shorter than the rest of the file (or a short close-delimited body):
+        // the bytes are good, ask for the rest next time.
+        return Err(Classified::retry(
+            RetryReason::TruncatedBody,
+            None,
+            format!("the body ended at {length} of {total} bytes"),
+        ));
+    }
+    let headers =
+        transport::response_headers(response.headers(), config.limits.response_headers_max);
+    complete(
+        files, file, hasher, length, total, expected, status, headers,
+    )
+    .await
+}
+
+/// Finishes a download whose `.part` holds the whole body: verify, fsync, rename, fsync
+/// the directory, hit the fail point.
+#[allow(clippy::too_many_arguments)]
+async fn complete(
+    files: &Files,
+    file: File,
+    hasher: Option<Sha256>,
+    length: u64,
+    total: Option<u64>,
+    expected: Expected<'_>,
+    status: u16,
+    headers: Vec<(String, String)>,
+) -> Result<Classified, Classified> {
+    if let Some(mismatch) = verify(length, total.or(expected.bytes), hasher, expected) {
+        drop(file);
+        files.discard_part().await?;
+        return Err(Classified::failed(
+            FailReason::Verification(mismatch.clone()),
+            format!("the download does not verify: {mismatch:?}"),
+        ));
+    }
+    let part = files.part.clone();
+    blocking(move || file.sync_all())
+        .await
+        .map_err(|error| disk("fsyncing", &part, error))?;
+    tokio::fs::rename(&files.part, &files.complete)
+        .await
+        .map_err(|error| disk("renaming into place", &files.complete, error))?;
+    sync_dir(&files.dir).await?;
+    remove_if_present(&files.validator).await?;
+    after_fsync_fail_point()?;
+    tracing::debug!(file = %files.complete.display(), length, "download complete");
+    Ok(Classified::Success(Response {
+        status,
+        headers,
+        body: Vec::new(),
+        file: Some(files.complete.clone()),
+        bytes: length,
+    }))
+}
+
+/// The fail point right after fsync and rename, before the caller records the result.
+/// `return(abort)` aborts the process; any other `return` loses the result like a crash
+/// would (the next attempt finds the file complete).
+fn after_fsync_fail_point() -> Result<(), Classified> {
+    // The name is spelled out: without the feature the macro expands to nothing, and it
+    // must stay equal to `crate::FAIL_POINT_DOWNLOAD_AFTER_FSYNC`.
+    fail::fail_point!("http-download-after-fsync", |arg: Option<String>| {
+        if arg.as_deref() == Some("abort") {
+            std::process::abort();
+        }
+        Err(Classified::retry(
+            RetryReason::Transport,
+            None,
+            "fail point http-download-after-fsync".to_owned(),
+        ))
+    });
+    Ok(())
+}
+
+/// A `416` to a resume: the `.part` is either already the whole file (finish it) or
+/// stale (remove it, start over next time).
+async fn range_not_satisfiable(
+    files: &Files,
+    expected: Expected<'_>,
+    resume_from: u64,
+    total: Option<u64>,
+    progress: Option<&watch::Sender<Progress>>,
+) -> Result<Classified, Classified> {
+    if total == Some(resume_from) {
+        let (file, hasher) = open_part(files, resume_from, None, expected.sha256.is_some()).await?;
+        if let Some(progress) = progress {
+            progress.send_replace(Progress {
+                bytes_done: resume_from,
+                bytes_expected: total,
+            });
+        }
+        // The status describes the file, which is complete: a synthesized 200.
+        return complete(
+            files,
+            file,
+            hasher,
+            resume_from,
+            total,
+            expected,
+            200,
+            Vec::new(),
+        )
+        .await;
+    }
+    files.discard_part().await?;
+    Err(Classified::retry(
+        RetryReason::RangeNotSatisfiable,
+        None,
+        format!("416 for bytes from {resume_from} (total {total:?}); starting over"),
+    ))
+}
+
+/// The final file, when it is already there and verifies.
+async fn already_complete(
+    files: &Files,
+    expected: Expected<'_>,
+) -> Result<Option<Classified>, Classified> {
+    let metadata = match tokio::fs::metadata(&files.complete).await {
+        Ok(metadata) if metadata.is_file() => metadata,
+        Ok(_) => {
+            return Err(Classified::failed(
+                FailReason::LocalDisk,
+                format!("{} exists and is not a file", files.complete.display()),
+            ));
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(disk("reading", &files.complete, error)),
+    };
+    let length = metadata.len();
+    let hasher = match expected.sha256 {
+        Some(_) => {
+            let path = files.complete.clone();
+            let digest = blocking(move || {
+                let mut file = File::open(&path)?;
+                hash_prefix(&mut file, length)
+            })
+            .await
+            .map_err(|error| disk("hashing", &files.complete, error))?;
+            Some(digest)
+        }
+        None => None,
+    };
+    if verify(length, expected.bytes, hasher, expected).is_some() {
+        // Not the file asked for (a leftover of another request under the same name).
+        remove_if_present(&files.complete).await?;
+        return Ok(None);
+    }
+    files.discard_part().await?;
+    tracing::debug!(file = %files.complete.display(), "download already complete");
+    Ok(Some(Classified::Success(Response {
+        status: 200,
+        headers: Vec::new(),
+        body: Vec::new(),
+        file: Some(files.complete.clone()),
+        bytes: length,
+    })))
+}
+
+/// The first difference between the file and what it must be.
+fn verify(
+    length: u64,
+    expected_bytes: Option<u64>,
+    hasher: Option<Sha256>,
+    expected: Expected<'_>,
+) -> Option<Mismatch> {
+    for wanted in [expected_bytes, expected.bytes].into_iter().flatten() {
+        if wanted != length {
+            return Some(Mismatch::Length {
+                expected_bytes: wanted,
+                actual_bytes: length,
+            });
+        }
+    }
+    if let (Some(wanted), Some(hasher)) = (expected.sha256, hasher) {
+        let actual = hex(&hasher.finalize());
+        if !actual.eq_ignore_ascii_case(wanted) {
+            return Some(Mismatch::Sha256 {
+                expected: wanted.to_ascii_lowercase(),
+                actual,
+            });
+        }
+    }
+    None
+}
+
+/// Opens the `.part` for writing at `offset`. At zero, the file is truncated durably and
+/// the new validator written durably before any body byte, so a crash can never pair old
+/// bytes with a new validator. Past zero, the prefix is hashed when a hash is wanted.
+async fn open_part(
+    files: &Files,
+    offset: u64,
+    validator: Option<Validator>,
+    hash: bool,
+) -> Result<(File, Option<Sha256>), Classified> {
+    let part = files.part.clone();
+    let validator_path = files.validator.clone();
+    let opened = blocking(move || {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&part)?;
+        let mut hasher = None;
+        if offset == 0 {
+            if file.metadata()?.len() > 0 {
+                file.set_len(0)?;
+                file.sync_all()?;
+            }
+            match &validator {
+                Some(validator) => {
+                    let mut sidecar = File::create(&validator_path)?;
+                    sidecar.write_all(validator.encode().as_bytes())?;
+                    sidecar.sync_all()?;
+                }
+                None => match std::fs::remove_file(&validator_path) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                    Err(error) => return Err(error),
+                },
+            }
+            if hash {
+                hasher = Some(Sha256::new());
+            }
+        } else if hash {
+            hasher = Some(hash_prefix(&mut file, offset)?);
+        }
+        file.seek(SeekFrom::Start(offset))?;
+        Ok((file, hasher))
+    })
+    .await;
+    opened.map_err(|error| disk("opening", &files.part, error))
+}
+
+/// The SHA-256 state after the first `length` bytes of `file`.
+fn hash_prefix(file: &mut File, length: u64) -> io::Result<Sha256> {
+    let mut hasher = Sha256::new();
+    file.seek(SeekFrom::Start(0))?;
+    let mut buffer = vec![0; WRITE_BLOCK_BYTES];
+    let mut remaining = length;
+    while remaining > 0 {
+        let want = usize::try_from(remaining.min(WRITE_BLOCK_BYTES as u64)).unwrap_or(0);
+        file.read_exact(&mut buffer[..want])?;
+        hasher.update(&buffer[..want]);
+        remaining -= want as u64;
+    }
+    Ok(hasher)
+}
+
+async fn read_validator(path: &Path) -> Result<Option<Validator>, Classified> {
+    let owned = path.to_owned();
+    let text = blocking(move || {
+        let file = match File::open(&owned) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let mut text = String::new();
+        // Garbage (not UTF-8, too long) just means "cannot resume".
+        match file
+            .take(VALIDATOR_FILE_BYTES_MAX)
+            .read_to_string(&mut text)
+        {
+            Ok(_) => Ok(Some(text)),
+            Err(error) if error.kind() == io::ErrorKind::InvalidData => Ok(None),
+            Err(error) => Err(error),
+        }
+    })
+    .await
+    .map_err(|error| disk("reading", path, error))?;
+    Ok(text.as_deref().and_then(Validator::decode))
+}
+
+/// A parsed `Content-Range: bytes start-end/total` (or `bytes */total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ContentRange {
+    start: u64,
+    total: Option<u64>,
+}
+
+fn content_range(headers: &HeaderMap) -> Option<ContentRange> {
+    let value = headers.get(CONTENT_RANGE)?.to_str().ok()?.trim();
+    let rest = value.strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let total = match total.trim() {
+        "*" => None,
+        digits => Some(digits.parse::<u64>().ok()?),
+    };
+    let range = range.trim();
+    if range == "*" {
+        return Some(ContentRange {
+            start: total?,
+            total,
+        });
+    }
+    let (start, end) = range.split_once('-')?;
+    let start = start.trim().parse::<u64>().ok()?;
+    let end = end.trim().parse::<u64>().ok()?;
+    if end < start || total.is_some_and(|total| end >= total) {
+        return None;
+    }
+    Some(ContentRange { start, total })
+}
+
+/// Writes blocks to the `.part` on a blocking thread, one in flight while the next fills,
+/// hashing them there too.
+struct PartWriter<'a> {
+    file: Option<File>,
+    hasher: Option<Sha256>,
+    in_flight: Option<JoinHandle<Written>>,
+    path: &'a Path,
+}
+
+type Written = (File, Option<Sha256>, Vec<u8>, io::Result<()>);
+
+impl<'a> PartWriter<'a> {
+    fn new(file: File, hasher: Option<Sha256>, path: &'a Path) -> PartWriter<'a> {
+        PartWriter {
+            file: Some(file),
+            hasher,
+            in_flight: None,
+            path,
+        }
+    }
+
+    /// Starts writing `block` and returns an empty buffer to fill next.
+    async fn write(&mut self, block: Vec<u8>) -> Result<Vec<u8>, Classified> {
+        let spare = self.settle().await?;
+        if block.is_empty() {
+            return Ok(block);
+        }
+        let Some(mut file) = self.file.take() else {
+            return Err(disk(
+                "writing",
+                self.path,
+                io::Error::other("invariant violation: no file after the last write settled"),
+            ));
+        };
+        let mut hasher = self.hasher.take();
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let result = file.write_all(&block);
+            if let (Ok(()), Some(hasher)) = (&result, &mut hasher) {
+                hasher.update(&block);
+            }
+            (file, hasher, block, result)
+        }));
+        Ok(spare)
+    }
+
+    /// Waits for the write in flight; returns its buffer, emptied (or a new one).
+    async fn settle(&mut self) -> Result<Vec<u8>, Classified> {
+        let Some(handle) = self.in_flight.take() else {
+            return Ok(Vec::with_capacity(WRITE_BLOCK_BYTES));
+        };
+        let (file, hasher, mut block, result) = handle
+            .await
+            .map_err(|error| disk("writing", self.path, io::Error::other(error)))?;
+        self.file = Some(file);
+        self.hasher = hasher;
+        result.map_err(|error| disk("writing", self.path, error))?;
+        block.clear();
+        Ok(block)
+    }
+
+    /// Waits for the last write; optionally fsyncs.
+    async fn finish(mut self, sync: bool) -> Result<(File, Option<Sha256>), Classified> {
+        self.settle().await?;
+        let Some(file) = self.file.take() else {
+            return Err(disk(
+                "writing",
+                self.path,
+                io::Error::other("invariant violation: no file after the last write settled"),
+            ));
+        };
+        let file = if sync {
+            let path = self.path.to_owned();
+            blocking(move || file.sync_all().map(|()| file))
+                .await
+                .map_err(|error| disk("fsyncing", &path, error))?
+        } else {
+            file
+        };
+        Ok((file, self.hasher.take()))
+    }
+}
+
+async fn sync_dir(dir: &Path) -> Result<(), Classified> {
+    let owned = dir.to_owned();
+    blocking(move || File::open(&owned)?.sync_all())
+        .await
+        .map_err(|error| disk("fsyncing the directory", dir, error))
+}
+
+async fn remove_if_present(path: &Path) -> Result<(), Classified> {
+    match tokio::fs::remove_file(path).await {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(disk("removing", path, error)),
+    }
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// A local disk failure: terminal (a full disk, a permission, a missing directory).
+fn disk(action: &str, path: &Path, error: io::Error) -> Classified {
+    Classified::failed(
+        FailReason::LocalDisk,
+        format!("{action} {}: {error} ({:?})", path.display(), error.kind()),
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().expect("valid header value"));
+        }
+        map
+    }
+
+    /// Content-Range parsing accepts the RFC forms and refuses inconsistent ones.
+    #[test]
+    fn content_range_forms() {
+        let parse = |value| content_range(&headers(&[("content-range", value)]));
+        assert_eq!(
+            parse("bytes 10-19/20"),
+            Some(ContentRange {
+                start: 10,
+                total: Some(20)
+            })
+        );
+        assert_eq!(
+            parse("bytes 0-9/*"),
+            Some(ContentRange {
+                start: 0,
+                total: None
+            })
+        );
+        assert_eq!(
+            parse("bytes */20"),
+            Some(ContentRange {
+                start: 20,
+                total: Some(20)
+            })
+        );
+        for bad in [
+            "bytes 10-9/20",
+            "bytes 0-20/20",
+            "items 0-1/2",
+            "bytes x-1/2",
+            "bytes */*",
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+    }
+
+    /// Only strong ETags are used for If-Range; a weak one falls back to Last-Modified,
+    /// and the sidecar encoding round-trips while garbage decodes to nothing.
+    #[test]
+    fn validators() {
+        let strong = headers(&[
+            ("etag", "\"abc\""),
+            ("last-modified", "Tue, 02 Jan 2024 03:04:05 GMT"),
+        ]);
+        assert_eq!(
+            Validator::from_headers(&strong),
+            Some(Validator::ETag("\"abc\"".into()))
+        );
+        let weak = headers(&[
+            ("etag", "W/\"abc\""),
+            ("last-modified", "Tue, 02 Jan 2024 03:04:05 GMT"),
+        ]);
+        let fallback = Validator::from_headers(&weak);
+        assert_eq!(
+            fallback,
+            Some(Validator::LastModified(
+                "Tue, 02 Jan 2024 03:04:05 GMT".into()
+            ))
+        );
+        assert_eq!(Validator::from_headers(&headers(&[])), None);
+        for validator in [strong, weak].iter().filter_map(Validator::from_headers) {
+            assert_eq!(Validator::decode(&validator.encode()), Some(validator));
+        }
+        for garbage in [
+            "",
+            "etag",
+            "etag\n",
+            "etag\n\"a\"",
+            "size\n1\n",
+            "etag\n\"a\"\nmore\n",
+        ] {
+            assert_eq!(Validator::decode(garbage), None, "{garbage:?}");
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Talking to the server: building a request, sending it under the idle timer, reading
+//! bounded bodies, and classifying every transport error.
+//!
+//! The idle timer is the engine's own rather than reqwest's `read_timeout`: reqwest's
+//! timer for the response head starts when the request starts and is not reset while a
+//! request body is being sent, so it would cut a long upload. Here the timer is reset
+//! whenever a request body chunk is taken or a response chunk arrives.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use reqwest::header::{ACCEPT_ENCODING, HeaderMap, RETRY_AFTER};
+use tokio::time::Instant;
+
+use crate::classify::{
+    Classified, FailReason, Response, RetryReason, StatusClass, classify_status,
+};
+use crate::is_sensitive_header;
+use crate::limits::EngineConfig;
+use crate::request::{Target, TransferRequest};
+use crate::retry_after::RetryAfter;
+
+/// The header carrying a target's idempotency key.
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// When the connection last moved, shared with a request body stream.
+#[derive(Debug, Clone)]
+pub(crate) struct Activity {
+    base: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Activity {
+        Activity {
+            base: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Records that the connection moved now.
+    pub(crate) fn touch(&self) {
+        let elapsed_ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(elapsed_ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Why the redirect policy refused to follow.
+#[derive(Debug)]
+pub(crate) enum RedirectRefused {
+    TooMany { redirects_max: usize },
+    Loop,
+    Scheme(String),
+}
+
+impl fmt::Display for RedirectRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RedirectRefused::TooMany { redirects_max } => {
+                write!(f, "more than {redirects_max} redirects")
+            }
+            RedirectRefused::Loop => f.write_str("redirect loop"),
+            RedirectRefused::Scheme(scheme) => write!(f, "redirect to a {scheme:?} URL"),
+        }
+    }
+}
+
+impl StdError for RedirectRefused {}
+
+/// The redirect policy: at most `redirects_max`, http(s) only, no loops. reqwest itself
+/// removes `Authorization`, `Cookie` and `Proxy-Authorization` when a redirect changes
+/// scheme, host or port (its `remove_sensitive_headers`), and the tests check it.
+pub(crate) fn redirect_policy(redirects_max: usize) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() > redirects_max {
+            let error = RedirectRefused::TooMany { redirects_max };
+            return attempt.error(error);
+        }
+        let scheme = attempt.url().scheme().to_owned();
+        if scheme != "http" && scheme != "https" {
+            return attempt.error(RedirectRefused::Scheme(scheme));
+        }
+        if attempt.previous().contains(attempt.url()) {
+            return attempt.error(RedirectRefused::Loop);
+        }
+        attempt.follow()
+    })
+}
+
+/// A request with the caller's headers and the engine's own: `Accept-Encoding: identity`
+/// (offsets must be offsets into the file) and the target's `Idempotency-Key`.
+pub(crate) fn request_builder(
+    client: &reqwest::Client,
+    request: &TransferRequest,
+    url: reqwest::Url,
+    target: &Target,
+) -> reqwest::RequestBuilder {
+    let mut builder = client.request(request.method.to_reqwest(), url);
+    for (name, value) in &request.headers {
+        if target.idempotency_key.is_some() && name.eq_ignore_ascii_case(IDEMPOTENCY_KEY) {
+            continue;
+        }
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    builder = builder.header(ACCEPT_ENCODING, "identity");
+    if let Some(key) = &target.idempotency_key {
+        builder = builder.header(IDEMPOTENCY_KEY, key.as_str());
+    }
+    builder
+}
+
+/// Sends a request and waits for the response head, failing when nothing has moved for
+/// `idle` (request body chunks taken count as movement).
+pub(crate) async fn send(
+    builder: reqwest::RequestBuilder,
+    idle: Duration,
+    activity: &Activity,
+) -> Result<reqwest::Response, Classified> {
+    activity.touch();
+    let send = builder.send();
+    tokio::pin!(send);
+    loop {
+        let deadline = activity.last() + idle;
+        tokio::select! {
+            biased;
+            result = &mut send => return result.map_err(|error| classify_error(&error)),
+            () = tokio::time::sleep_until(deadline) => {
+                if activity.last() + idle <= Instant::now() {
+                    return Err(Classified::retry(
+                        RetryReason::IdleTimeout,
+                        None,
+                        format!("no response within {idle:?} of the last request byte"),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The next response body chunk, failing when none arrives within `idle`.
+pub(crate) async fn next_chunk(
+    response: &mut reqwest::Response,
+    idle: Duration,
+) -> Result<Option<Bytes>, Classified> {
+    match tokio::time::timeout(idle, response.chunk()).await {
+        Ok(Ok(chunk)) => Ok(chunk),
+        Ok(Err(error)) => Err(classify_error(&error)),
+        Err(_elapsed) => Err(Classified::retry(
+            RetryReason::IdleTimeout,
+            None,
+            format!("no response bytes for {idle:?}"),
+        )),
+    }
+}
+
+/// Reads a body up to `cap` bytes; the flag says whether more was there.
+pub(crate) async fn read_body_capped(
+    response: &mut reqwest::Response,
+    cap: u64,
+    idle: Duration,
+) -> Result<(Vec<u8>, bool), Classified> {
+    let mut body = Vec::new();
+    while let Some(chunk) = next_chunk(response, idle).await? {
+        let room = usize::try_from(cap.saturating_sub(body.len() as u64)).unwrap_or(usize::MAX);
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
+/// Response headers as kept in a [`Response`]: lower-case names, sensitive ones dropped,
+/// at most `max`.
+pub(crate) fn response_headers(headers: &HeaderMap, max: usize) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| !is_sensitive_header(name.as_str()))
+        .take(max)
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_owned(), value)
+        })
+        .collect()
+}
+
+/// The outcome of a response by its status alone: the caller has already handled the
+/// kind-specific successes, so a `Success` here keeps a capped body like a rejection.
+pub(crate) async fn answer(mut response: reqwest::Response, config: &EngineConfig) -> Classified {
+    let status = response.status().as_u16();
+    match classify_status(status) {
+        StatusClass::Retry => {
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| RetryAfter::parse(value, SystemTime::now()));
+            Classified::retry(
+                RetryReason::Status(status),
+                retry_after,
+                format!("the server answered {status}"),
+            )
+        }
+        StatusClass::Failed => Classified::failed(
+            FailReason::UnexpectedStatus(status),
+            format!("{status} is not a final HTTP status"),
+        ),
+        class @ (StatusClass::Rejected | StatusClass::Success) => {
+            let headers = response_headers(response.headers(), config.limits.response_headers_max);
+            let cap = config.limits.error_body_bytes_max;
+            let body = match read_body_capped(&mut response, cap, config.read_idle_timeout).await {
+                Ok((body, _more)) => body,
+                // The status is the answer; a body cut short does not change it.
+                Err(_) => Vec::new(),
+            };
+            let response = Response {
+                status,
+                headers,
+                bytes: body.len() as u64,
+                body,
+                file: None,
+            };
+            if class == StatusClass::Success {
+                Classified::Success(response)
+            } else {
+                Classified::Rejected(response)
+            }
+        }
+    }
+}
+
+/// Classifies a reqwest error. reqwest exposes its kinds only as `is_*` predicates, so
+/// this is an ordered chain of tests; the last case is an explicit, documented decision.
+pub(crate) fn classify_error(error: &reqwest::Error) -> Classified {
+    let message = error_chain(error);
+    if let Some(refused) = find_source::<RedirectRefused>(error) {
+        let reason = match refused {
+            RedirectRefused::TooMany { .. } | RedirectRefused::Loop => FailReason::TooManyRedirects,
+            RedirectRefused::Scheme(_) => FailReason::InvalidRedirect,
+        };
+        return Classified::failed(reason, message);
+    }
+    if error.is_redirect() {
+        return Classified::failed(FailReason::InvalidRedirect, message);
+    }
+    if error.is_builder() {
+        return Classified::failed(FailReason::InvalidRequest, message);
+    }
+    let https = error.url().is_some_and(|url| url.scheme() == "https");
+    let io_kind = find_source::<io::Error>(error).map(io::Error::kind);
+    if error.is_connect() {
+        // rustls errors reach us as io::Error(InvalidData) from the TLS stream.
+        if https && io_kind == Some(io::ErrorKind::InvalidData) {
+            return Classified::failed(FailReason::Tls, message);
+        }
+        return Classified::retry(RetryReason::Connect, None, message);
+    }
+    if error.is_timeout() {
+        return Classified::retry(RetryReason::IdleTimeout, None, message);
+    }
+    if error.is_body() || error.is_decode() {
+        let reason = if is_reset(io_kind) {
+            RetryReason::Reset
+        } else {
+            RetryReason::TruncatedBody
+        };
+        return Classified::retry(reason, None, message);
+    }
+    if error.is_request() {
+        // hyper's error kinds are private; the reason is only informative, both retry.
+        let closed = message.contains("closed") || message.contains("canceled");
+        let reason = if is_reset(io_kind) || io_kind == Some(io::ErrorKind::UnexpectedEof) || closed
+        {
+            RetryReason::Reset
+        } else {
+            RetryReason::Protocol
+        };
+        return Classified::retry(reason, None, message);
+    }
+    // Status errors are never produced (no error_for_status) and upgrades are never
+    // requested; anything else is a transport failure we cannot attribute: retried,
+    // bounded by the caller's attempt limit.
+    Classified::retry(RetryReason::Transport, None, message)
+}
+
+fn is_reset(kind: Option<io::ErrorKind>) -> bool {
+    matches!(
+        kind,
+        Some(
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+        )
+    )
+}
+
+fn find_source<'a, T: StdError + 'static>(error: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(error) = current {
+        if let Some(found) = error.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = error.source();
+    }
+    None
+}
+
+/// The error and its causes on one line.
+pub(crate) fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut current = error.source();
+    while let Some(cause) = current {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        current = cause.source();
+    }
+    message
+}
