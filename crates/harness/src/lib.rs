@@ -4,3 +4,6 @@
 //! orchestrator, its worker and its verifier.
 
 #![warn(missing_docs)]
+
+/// Benchmarks that print figures.
+pub mod bench;

@@ -22,12 +22,24 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-enum BenchCommand {}
+enum BenchCommand {
+    /// Delivery throughput of waiting events to a transactional delegate.
+    Events(session_harness::bench::events::EventsArgs),
+    /// Recovery time and memory for a large store.
+    Recovery(session_harness::bench::recovery::RecoveryArgs),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<ExitCode> = match cli.command {
-        Command::Bench { which } => match which {},
+        Command::Bench { which } => match which {
+            BenchCommand::Events(args) => {
+                session_harness::bench::events::run(&args).map(|_| ExitCode::SUCCESS)
+            }
+            BenchCommand::Recovery(args) => {
+                session_harness::bench::recovery::run(&args).map(|_| ExitCode::SUCCESS)
+            }
+        },
     };
     match result {
         Ok(code) => code,

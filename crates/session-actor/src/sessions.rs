@@ -284,6 +284,12 @@ impl Sessions {
         self.actors.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
+    /// How many session actors have started at least once (recovery is complete when
+    /// this reaches the number recovered at open).
+    pub fn actors_started(&self) -> u64 {
+        self.shared.actors_started()
+    }
+
     /// Whether every actor of this `Sessions` is alive (not stopped for good).
     pub fn all_connected(&self) -> bool {
         self.actors

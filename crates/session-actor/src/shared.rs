@@ -22,6 +22,7 @@ pub(crate) struct Shared {
     completions: RwLock<Completions>,
     faulted: Mutex<HashMap<SessionId, String>>,
     restarts: AtomicU64,
+    actors_started: AtomicU64,
 }
 
 impl Shared {
@@ -42,6 +43,7 @@ impl Shared {
             completions: RwLock::new(completions),
             faulted: Mutex::new(HashMap::new()),
             restarts: AtomicU64::new(0),
+            actors_started: AtomicU64::new(0),
         }
     }
 
@@ -94,6 +96,14 @@ impl Shared {
 
     pub(crate) fn note_restart(&self) {
         self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn note_actor_started(&self) {
+        self.actors_started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn actors_started(&self) -> u64 {
+        self.actors_started.load(Ordering::Relaxed)
     }
 
     pub(crate) fn restarts(&self) -> u64 {

@@ -243,6 +243,9 @@ impl Actor for SessionActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        if self.epoch == 0 {
+            self.shared.note_actor_started();
+        }
         if self.faulted.is_some() {
             return;
         }

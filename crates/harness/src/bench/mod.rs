@@ -1,0 +1,10 @@
+//! Benchmarks: commands that measure and print figures (one JSON object with `--json`),
+//! each against a baseline measured in the same run where one exists.
+//!
+//! - `events`: delivery throughput to a transactional delegate.
+//! - `recovery`: opening a large store and bringing every session back up.
+//! - `rss`: memory figures of the running process.
+
+pub mod events;
+pub mod recovery;
+pub mod rss;
