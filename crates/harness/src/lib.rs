@@ -7,3 +7,5 @@
 
 /// Benchmarks that print figures.
 pub mod bench;
+/// The origin server: deterministic content and fault programs on 127.0.0.1.
+pub mod origin;

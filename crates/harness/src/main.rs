@@ -19,6 +19,15 @@ enum Command {
         #[command(subcommand)]
         which: BenchCommand,
     },
+    /// Runs the origin server on 127.0.0.1 in the foreground and prints its address.
+    Origin {
+        /// The port to listen on (0 picks a free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// The content seed: object bytes are a function of (seed, name, offset).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -32,6 +41,12 @@ enum BenchCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<ExitCode> = match cli.command {
+        Command::Origin { port, seed } => {
+            let config = session_harness::origin::OriginConfig { seed, port };
+            session_harness::origin::Origin::run_foreground(config)
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(anyhow::Error::from)
+        }
         Command::Bench { which } => match which {
             BenchCommand::Events(args) => {
                 session_harness::bench::events::run(&args).map(|_| ExitCode::SUCCESS)

@@ -1,0 +1,121 @@
+//! What the origin saw, readable by tests and the harness.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The most distinct URLs counted; later ones are served as if seen before the fault
+/// window (request number `u64::MAX`), so memory stays bounded.
+const URLS_MAX: usize = 65_536;
+/// The most served ranges remembered per object.
+const RANGES_PER_OBJECT_MAX: usize = 256;
+
+/// One object response: which bytes it announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedRange {
+    /// The status sent (200, 206, 416, or a fault's).
+    pub status: u16,
+    /// The first byte announced.
+    pub start: u64,
+    /// One past the last byte announced.
+    pub end: u64,
+}
+
+/// A copy of the origin's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountersSnapshot {
+    /// Requests whose head was parsed.
+    pub requests_total: u64,
+    /// Requests per URL (path and query, as received).
+    pub requests_by_url: BTreeMap<String, u64>,
+    /// Requests per object or upload name.
+    pub requests_by_object: BTreeMap<String, u64>,
+    /// Body bytes written to the socket per object.
+    pub body_bytes_by_object: BTreeMap<String, u64>,
+    /// The ranges announced per object, in order (the first 256).
+    pub ranges_by_object: BTreeMap<String, Vec<ServedRange>>,
+    /// Connections reset on purpose (fault `reset`).
+    pub resets: u64,
+    /// Complete upload bodies received that were not duplicates.
+    pub uploads_received: u64,
+    /// Uploads received whose bytes matched, per name.
+    pub uploads_by_object: BTreeMap<String, u64>,
+    /// Uploads whose `Idempotency-Key` was seen before: answered like the first, not
+    /// stored again.
+    pub duplicate_uploads_suppressed: u64,
+    /// Uploads whose bytes or length differed from the object's.
+    pub upload_mismatches: u64,
+}
+
+impl CountersSnapshot {
+    /// Requests for one object or upload name.
+    pub fn requests_for(&self, name: &str) -> u64 {
+        self.requests_by_object.get(name).copied().unwrap_or(0)
+    }
+
+    /// Body bytes served for one object.
+    pub fn body_bytes_for(&self, name: &str) -> u64 {
+        self.body_bytes_by_object.get(name).copied().unwrap_or(0)
+    }
+
+    /// The ranges served for one object.
+    pub fn ranges_for(&self, name: &str) -> &[ServedRange] {
+        self.ranges_by_object
+            .get(name)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+}
+
+/// The live counters (behind the origin's mutex).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) snapshot: CountersSnapshot,
+}
+
+impl Counters {
+    /// Counts a request and returns its number for this URL, from 1.
+    pub(crate) fn request(&mut self, url: &str, object: Option<&str>) -> u64 {
+        let counters = &mut self.snapshot;
+        counters.requests_total += 1;
+        if let Some(object) = object {
+            *counters
+                .requests_by_object
+                .entry(object.to_owned())
+                .or_default() += 1;
+        }
+        let urls = counters.requests_by_url.len();
+        match counters.requests_by_url.get_mut(url) {
+            Some(count) => {
+                *count += 1;
+                *count
+            }
+            None if urls < URLS_MAX => {
+                counters.requests_by_url.insert(url.to_owned(), 1);
+                1
+            }
+            None => u64::MAX,
+        }
+    }
+
+    pub(crate) fn served(&mut self, object: &str, range: ServedRange) {
+        let ranges = self
+            .snapshot
+            .ranges_by_object
+            .entry(object.to_owned())
+            .or_default();
+        if ranges.len() < RANGES_PER_OBJECT_MAX {
+            ranges.push(range);
+        }
+    }
+
+    pub(crate) fn body_bytes(&mut self, object: &str, bytes: u64) {
+        let by_object = &mut self.snapshot.body_bytes_by_object;
+        match by_object.get_mut(object) {
+            Some(total) => *total += bytes,
+            None => {
+                by_object.insert(object.to_owned(), bytes);
+            }
+        }
+    }
+}

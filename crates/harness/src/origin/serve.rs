@@ -1,0 +1,391 @@
+//! One connection: read the head, route it, answer (faults included), close.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::Shared;
+use super::content::{self, content};
+use super::counters::ServedRange;
+use super::fault::Fault;
+use super::wire::{self, HeadError, RangeRequest, RequestHead, write_head, write_simple};
+
+/// The largest object served, in bytes (1 TiB).
+const OBJECT_BYTES_MAX: u64 = 1 << 40;
+/// The largest upload accepted, in bytes.
+const UPLOAD_BYTES_MAX: u64 = 1 << 40;
+/// One body write, in bytes.
+const BODY_CHUNK_BYTES: u64 = 256 * 1024;
+/// How long a reset waits after the last byte before aborting, so the bytes written
+/// before the reset reach the client rather than being discarded with the socket.
+const RESET_GRACE: Duration = Duration::from_millis(50);
+/// The longest a stalled response holds its connection.
+const STALL_MAX: Duration = Duration::from_secs(120);
+
+/// Serves one connection; errors end it quietly (the client went away).
+pub(crate) async fn connection(mut stream: TcpStream, shared: Arc<Shared>) {
+    if let Err(error) = handle(&mut stream, &shared).await {
+        tracing::debug!(%error, "origin connection ended");
+    }
+}
+
+async fn handle(stream: &mut TcpStream, shared: &Shared) -> io::Result<()> {
+    let (head, early_body) = match wire::read_head(stream).await {
+        Ok(read) => read,
+        Err(HeadError::Closed) => return Ok(()),
+        Err(HeadError::TooLarge) => {
+            return write_simple(stream, 431, &[], b"request head too large\n").await;
+        }
+        Err(HeadError::Malformed(message)) => {
+            return write_simple(stream, 400, &[], message.as_bytes()).await;
+        }
+        Err(HeadError::Io(error)) => return Err(error),
+    };
+    let path = head.path.clone();
+    if let Some(name) = single_segment(&path, "/objects/") {
+        return object(stream, shared, &head, &name).await;
+    }
+    if let Some(name) = single_segment(&path, "/uploads/") {
+        return upload(stream, shared, &head, &name, early_body).await;
+    }
+    shared.count(&head.target, None);
+    match path.as_str() {
+        "/redirect" => redirect(stream, &head).await,
+        "/loop" => write_simple(stream, 302, &[("Location", "/loop".to_owned())], b"").await,
+        "/echo" => echo(stream, &head).await,
+        _ => write_simple(stream, 404, &[], b"no such resource\n").await,
+    }
+}
+
+fn single_segment(path: &str, prefix: &str) -> Option<String> {
+    let name = path.strip_prefix(prefix)?;
+    (!name.is_empty() && !name.contains('/')).then(|| wire::percent_decode(name))
+}
+
+/// The request number, the fault (if this request is within its window) and `size`.
+struct Program {
+    size: u64,
+    fault: Option<Fault>,
+    number: u64,
+}
+
+fn program(head: &RequestHead, number: u64, size_max: u64) -> Result<Program, String> {
+    let size = head
+        .param("size")
+        .ok_or("the size parameter is missing")?
+        .parse::<u64>()
+        .map_err(|error| format!("bad size: {error}"))?;
+    if size > size_max {
+        return Err(format!("size {size} is over {size_max}"));
+    }
+    let times = match head.param("times") {
+        Some(times) => times
+            .parse::<u64>()
+            .map_err(|error| format!("bad times: {error}"))?,
+        None => 1,
+    };
+    let fault = head.param("fault").map(Fault::parse).transpose()?;
+    Ok(Program {
+        size,
+        fault: fault.filter(|_| number <= times),
+        number,
+    })
+}
+
+async fn object(
+    stream: &mut TcpStream,
+    shared: &Shared,
+    head: &RequestHead,
+    name: &str,
+) -> io::Result<()> {
+    let number = shared.count(&head.target, Some(name));
+    let is_head = match head.method.as_str() {
+        "GET" => false,
+        "HEAD" => true,
+        _ => {
+            let allow = [("Allow", "GET, HEAD".to_owned())];
+            return write_simple(stream, 405, &allow, b"").await;
+        }
+    };
+    let program = match program(head, number, OBJECT_BYTES_MAX) {
+        Ok(program) => program,
+        // No size: no such object.
+        Err(message) if head.param("size").is_none() => {
+            return write_simple(stream, 404, &[], message.as_bytes()).await;
+        }
+        Err(message) => return write_simple(stream, 400, &[], message.as_bytes()).await,
+    };
+    let size = program.size;
+    if let Some(Fault::Status { code, retry_after }) = &program.fault {
+        shared.served(
+            name,
+            ServedRange {
+                status: *code,
+                start: 0,
+                end: 0,
+            },
+        );
+        let mut headers = Vec::new();
+        if let Some(form) = retry_after {
+            headers.push(("Retry-After", form.header_value(SystemTime::now())));
+        }
+        return write_simple(stream, *code, &headers, b"").await;
+    }
+
+    let version = (head.param("etag") == Some("per-request")).then_some(program.number);
+    let etag = content::etag(shared.seed, name, size, version);
+    let last_modified = content::last_modified(shared.seed, name, version);
+    let (send_etag, send_last_modified, weak) = match head.param("validators").unwrap_or("both") {
+        "both" => (true, true, false),
+        "etag" => (true, false, false),
+        "last-modified" => (false, true, false),
+        "none" => (false, false, false),
+        "weak" => (true, true, true),
+        other => {
+            let message = format!("bad validators {other:?}");
+            return write_simple(stream, 400, &[], message.as_bytes()).await;
+        }
+    };
+    let ranges_ignored = head.param("ranges") == Some("ignore");
+    // If-Range needs a strong match (RFC 9110 section 13.1.5).
+    let if_range_holds = match head.header("if-range") {
+        None => true,
+        Some(value) => {
+            (send_etag && !weak && value == etag) || (send_last_modified && value == last_modified)
+        }
+    };
+    let range = match head.header("range") {
+        Some(value) if !ranges_ignored && if_range_holds => wire::parse_range(value, size),
+        Some(_) | None => RangeRequest::Full,
+    };
+
+    let mut headers = vec![("Content-Type", "application/octet-stream".to_owned())];
+    if !ranges_ignored {
+        headers.push(("Accept-Ranges", "bytes".to_owned()));
+    }
+    if send_etag {
+        let shown = if weak { format!("W/{etag}") } else { etag };
+        headers.push(("ETag", shown));
+    }
+    if send_last_modified {
+        headers.push(("Last-Modified", last_modified));
+    }
+    let (status, start, end) = match range {
+        RangeRequest::Unsatisfiable => {
+            shared.served(
+                name,
+                ServedRange {
+                    status: 416,
+                    start: size,
+                    end: size,
+                },
+            );
+            headers.push(("Content-Range", format!("bytes */{size}")));
+            return write_simple(stream, 416, &headers, b"").await;
+        }
+        RangeRequest::Full => (200, 0, size),
+        RangeRequest::Partial { start, end } => {
+            headers.push(("Content-Range", format!("bytes {start}-{}/{size}", end - 1)));
+            (206, start, end)
+        }
+    };
+    headers.push(("Content-Length", (end - start).to_string()));
+    shared.served(name, ServedRange { status, start, end });
+    write_head(stream, status, &headers).await?;
+    if is_head {
+        return stream.flush().await;
+    }
+    send_body(stream, shared, name, start, end, program.fault).await
+}
+
+async fn send_body(
+    stream: &mut TcpStream,
+    shared: &Shared,
+    name: &str,
+    start: u64,
+    end: u64,
+    fault: Option<Fault>,
+) -> io::Result<()> {
+    let length = end - start;
+    let (limit, piece, interval) = match &fault {
+        Some(Fault::Reset { after_bytes })
+        | Some(Fault::Lie {
+            sent_bytes: after_bytes,
+        })
+        | Some(Fault::Stall { after_bytes }) => {
+            ((*after_bytes).min(length), BODY_CHUNK_BYTES, None)
+        }
+        Some(Fault::Drip { bytes, interval }) => {
+            (length, (*bytes).min(BODY_CHUNK_BYTES), Some(*interval))
+        }
+        Some(Fault::Status { .. }) | None => (length, BODY_CHUNK_BYTES, None),
+    };
+    let mut buffer = vec![0u8; usize::try_from(piece.min(limit)).unwrap_or(0)];
+    let mut sent = 0;
+    while sent < limit {
+        let take = usize::try_from((limit - sent).min(buffer.len() as u64)).unwrap_or(0);
+        content(shared.seed, name, start + sent, &mut buffer[..take]);
+        stream.write_all(&buffer[..take]).await?;
+        sent += take as u64;
+        shared.body_bytes(name, take as u64);
+        if let (Some(interval), true) = (interval, sent < limit) {
+            stream.flush().await?;
+            tokio::time::sleep(interval).await;
+        }
+    }
+    stream.flush().await?;
+    match fault {
+        Some(Fault::Reset { .. }) => {
+            tokio::time::sleep(RESET_GRACE).await;
+            shared.reset();
+            // Closing with a zero linger sends RST instead of FIN.
+            stream.set_zero_linger()
+        }
+        Some(Fault::Stall { .. }) => hold(stream).await,
+        // A lying Content-Length ends like an honest one: a clean close, too early.
+        Some(Fault::Lie { .. }) | Some(Fault::Drip { .. }) | Some(Fault::Status { .. }) | None => {
+            stream.shutdown().await
+        }
+    }
+}
+
+/// Keeps a connection open and silent until the client leaves (or [`STALL_MAX`]).
+async fn hold(stream: &mut TcpStream) -> io::Result<()> {
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(STALL_MAX, async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    Ok(())
+}
+
+async fn upload(
+    stream: &mut TcpStream,
+    shared: &Shared,
+    head: &RequestHead,
+    name: &str,
+    early_body: Vec<u8>,
+) -> io::Result<()> {
+    let number = shared.count(&head.target, Some(name));
+    if head.method != "PUT" && head.method != "POST" {
+        let allow = [("Allow", "PUT, POST".to_owned())];
+        return write_simple(stream, 405, &allow, b"").await;
+    }
+    let program = match program(head, number, UPLOAD_BYTES_MAX) {
+        Ok(program) => program,
+        Err(message) => return write_simple(stream, 400, &[], message.as_bytes()).await,
+    };
+    let Some(length) = head
+        .header("content-length")
+        .and_then(|value| value.parse::<u64>().ok())
+    else {
+        return write_simple(stream, 411, &[], b"uploads need a Content-Length\n").await;
+    };
+    if length > UPLOAD_BYTES_MAX {
+        return write_simple(stream, 413, &[], b"upload too large\n").await;
+    }
+    let reset_after = match &program.fault {
+        Some(Fault::Reset { after_bytes }) => Some(*after_bytes),
+        Some(_) | None => None,
+    };
+
+    let mut received: u64 = 0;
+    let mut matches = true;
+    let mut scratch = Vec::new();
+    let mut check = |bytes: &[u8], received: &mut u64| {
+        let fits = *received + bytes.len() as u64 <= program.size;
+        if matches && !(fits && content::matches(shared.seed, name, *received, bytes, &mut scratch))
+        {
+            matches = false;
+        }
+        *received += bytes.len() as u64;
+    };
+    let early = &early_body[..early_body
+        .len()
+        .min(usize::try_from(length).unwrap_or(usize::MAX))];
+    check(early, &mut received);
+    let mut buffer = vec![0u8; BODY_CHUNK_BYTES as usize];
+    loop {
+        if reset_after.is_some_and(|after| received >= after) {
+            shared.reset();
+            return stream.set_zero_linger();
+        }
+        if received >= length {
+            break;
+        }
+        let mut want = (length - received).min(buffer.len() as u64);
+        if let Some(after) = reset_after {
+            want = want.min(after - received);
+        }
+        let read = stream
+            .read(&mut buffer[..usize::try_from(want).unwrap_or(0)])
+            .await?;
+        if read == 0 {
+            // The client left mid-body: nothing was uploaded.
+            return Ok(());
+        }
+        check(&buffer[..read], &mut received);
+    }
+    let matched = matches && length == program.size;
+
+    match program.fault {
+        Some(Fault::Status { code, retry_after }) => {
+            let mut headers = Vec::new();
+            if let Some(form) = retry_after {
+                headers.push(("Retry-After", form.header_value(SystemTime::now())));
+            }
+            return write_simple(stream, code, &headers, b"").await;
+        }
+        Some(Fault::Stall { .. }) => return hold(stream).await,
+        // Resets were handled while reading; drips and lies shape downloads only.
+        Some(Fault::Reset { .. }) | Some(Fault::Drip { .. }) | Some(Fault::Lie { .. }) | None => {}
+    }
+    let (status, body) =
+        shared.upload_answer(name, head.header("idempotency-key"), matched, length);
+    write_simple(stream, status, &[], body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+async fn redirect(stream: &mut TcpStream, head: &RequestHead) -> io::Result<()> {
+    let Some(to) = head.param("to") else {
+        return write_simple(stream, 400, &[], b"the to parameter is missing\n").await;
+    };
+    let hops = head
+        .param("hops")
+        .and_then(|hops| hops.parse::<u64>().ok())
+        .unwrap_or(1);
+    let status = head
+        .param("status")
+        .and_then(|status| status.parse::<u16>().ok())
+        .filter(|status| (300..400).contains(status))
+        .unwrap_or(302);
+    let location = if hops > 1 {
+        format!(
+            "/redirect?to={}&hops={}&status={status}",
+            wire::percent_encode(to),
+            hops - 1
+        )
+    } else {
+        to.to_owned()
+    };
+    write_simple(stream, status, &[("Location", location)], b"").await
+}
+
+async fn echo(stream: &mut TcpStream, head: &RequestHead) -> io::Result<()> {
+    let mut body = String::new();
+    for (name, value) in &head.headers {
+        body.push_str(name);
+        body.push_str(": ");
+        body.push_str(value);
+        body.push('\n');
+    }
+    write_simple(stream, 200, &[], body.as_bytes()).await
+}
