@@ -257,10 +257,10 @@ pub(crate) fn classify_error(error: &reqwest::Error) -> Classified {
         return Classified::failed(FailReason::InvalidRequest, message);
     }
     let https = error.url().is_some_and(|url| url.scheme() == "https");
-    let io_kind = find_source::<io::Error>(error).map(io::Error::kind);
+    let io_kinds = io_error_kinds(error);
     if error.is_connect() {
         // rustls errors reach us as io::Error(InvalidData) from the TLS stream.
-        if https && io_kind == Some(io::ErrorKind::InvalidData) {
+        if https && io_kinds.contains(&io::ErrorKind::InvalidData) {
             return Classified::failed(FailReason::Tls, message);
         }
         return Classified::retry(RetryReason::Connect, None, message);
@@ -269,7 +269,7 @@ pub(crate) fn classify_error(error: &reqwest::Error) -> Classified {
         return Classified::retry(RetryReason::IdleTimeout, None, message);
     }
     if error.is_body() || error.is_decode() {
-        let reason = if is_reset(io_kind) {
+        let reason = if is_reset(&io_kinds) {
             RetryReason::Reset
         } else {
             RetryReason::TruncatedBody
@@ -279,7 +279,9 @@ pub(crate) fn classify_error(error: &reqwest::Error) -> Classified {
     if error.is_request() {
         // hyper's error kinds are private; the reason is only informative, both retry.
         let closed = message.contains("closed") || message.contains("canceled");
-        let reason = if is_reset(io_kind) || io_kind == Some(io::ErrorKind::UnexpectedEof) || closed
+        let reason = if is_reset(&io_kinds)
+            || io_kinds.contains(&io::ErrorKind::UnexpectedEof)
+            || closed
         {
             RetryReason::Reset
         } else {
@@ -293,15 +295,36 @@ pub(crate) fn classify_error(error: &reqwest::Error) -> Classified {
     Classified::retry(RetryReason::Transport, None, message)
 }
 
-fn is_reset(kind: Option<io::ErrorKind>) -> bool {
-    matches!(
-        kind,
-        Some(
+fn is_reset(kinds: &[io::ErrorKind]) -> bool {
+    kinds.iter().any(|kind| {
+        matches!(
+            kind,
             io::ErrorKind::ConnectionReset
                 | io::ErrorKind::ConnectionAborted
                 | io::ErrorKind::BrokenPipe
         )
-    )
+    })
+}
+
+/// The kinds of every `io::Error` in the chain, including those wrapped inside another
+/// `io::Error` (whose `source()` skips the wrapped error itself: hyper-util wraps the TLS
+/// stream's `InvalidData` in an `Other`).
+fn io_error_kinds(error: &(dyn StdError + 'static)) -> Vec<io::ErrorKind> {
+    let mut kinds = Vec::new();
+    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    // Bounded: error chains are short, and this stops a pathological cycle.
+    for _ in 0..32 {
+        let Some(error) = current else { break };
+        let mut inner = error.downcast_ref::<io::Error>();
+        while let Some(io_error) = inner {
+            kinds.push(io_error.kind());
+            inner = io_error
+                .get_ref()
+                .and_then(|wrapped| wrapped.downcast_ref::<io::Error>());
+        }
+        current = error.source();
+    }
+    kinds
 }
 
 fn find_source<'a, T: StdError + 'static>(error: &'a (dyn StdError + 'static)) -> Option<&'a T> {

@@ -34,6 +34,9 @@ pub struct CountersSnapshot {
     pub body_bytes_by_object: BTreeMap<String, u64>,
     /// The ranges announced per object, in order (the first 256).
     pub ranges_by_object: BTreeMap<String, Vec<ServedRange>>,
+    /// The most object responses in flight at once (from the parsed head to the last
+    /// body write), a lower bound of the client's concurrency that never overstates it.
+    pub responses_in_flight_peak: u64,
     /// Connections reset on purpose (fault `reset`).
     pub resets: u64,
     /// Complete upload bodies received that were not duplicates.

@@ -39,6 +39,7 @@ mod wire;
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -67,6 +68,36 @@ pub struct OriginConfig {
 pub(crate) struct Shared {
     pub(crate) seed: u64,
     state: Mutex<State>,
+    /// Object responses in flight now.
+    in_flight: AtomicU64,
+}
+
+/// Counts an object response as in flight from its parsed head until just before its
+/// last body write (or its end). Ending before the last write means a client that starts
+/// its next request after receiving the last byte is never counted twice, so the peak
+/// never overstates the client's concurrency.
+pub(crate) struct InFlight<'a>(Option<&'a Shared>);
+
+impl<'a> InFlight<'a> {
+    pub(crate) fn start(shared: &'a Shared) -> InFlight<'a> {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut state = shared.lock();
+        let peak = &mut state.counters.snapshot.responses_in_flight_peak;
+        *peak = (*peak).max(now);
+        InFlight(Some(shared))
+    }
+
+    pub(crate) fn end(&mut self) {
+        if let Some(shared) = self.0.take() {
+            shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.end();
+    }
 }
 
 #[derive(Debug, Default)]
@@ -156,6 +187,7 @@ impl Origin {
         let shared = Arc::new(Shared {
             seed: config.seed,
             state: Mutex::new(State::default()),
+            in_flight: AtomicU64::new(0),
         });
         let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         tracing::debug!(%addr, seed = config.seed, "origin listening");
@@ -308,7 +340,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                connections.spawn(serve::connection(stream, Arc::clone(&shared)));
+                let shared = Arc::clone(&shared);
+                connections.spawn(async move { serve::connection(stream, &shared).await });
             }
             Err(error) => {
                 // Out of descriptors and the like: back off instead of spinning.

@@ -1,17 +1,16 @@
 //! One connection: read the head, route it, answer (faults included), close.
 
 use std::io;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::Shared;
 use super::content::{self, content};
 use super::counters::ServedRange;
 use super::fault::Fault;
 use super::wire::{self, HeadError, RangeRequest, RequestHead, write_head, write_simple};
+use super::{InFlight, Shared};
 
 /// The largest object served, in bytes (1 TiB).
 const OBJECT_BYTES_MAX: u64 = 1 << 40;
@@ -26,8 +25,8 @@ const RESET_GRACE: Duration = Duration::from_millis(50);
 const STALL_MAX: Duration = Duration::from_secs(120);
 
 /// Serves one connection; errors end it quietly (the client went away).
-pub(crate) async fn connection(mut stream: TcpStream, shared: Arc<Shared>) {
-    if let Err(error) = handle(&mut stream, &shared).await {
+pub(crate) async fn connection(mut stream: TcpStream, shared: &Shared) {
+    if let Err(error) = handle(&mut stream, shared).await {
         tracing::debug!(%error, "origin connection ended");
     }
 }
@@ -102,6 +101,7 @@ async fn object(
     name: &str,
 ) -> io::Result<()> {
     let number = shared.count(&head.target, Some(name));
+    let mut in_flight = InFlight::start(shared);
     let is_head = match head.method.as_str() {
         "GET" => false,
         "HEAD" => true,
@@ -132,6 +132,7 @@ async fn object(
         if let Some(form) = retry_after {
             headers.push(("Retry-After", form.header_value(SystemTime::now())));
         }
+        in_flight.end();
         return write_simple(stream, *code, &headers, b"").await;
     }
 
@@ -184,6 +185,7 @@ async fn object(
                 },
             );
             headers.push(("Content-Range", format!("bytes */{size}")));
+            in_flight.end();
             return write_simple(stream, 416, &headers, b"").await;
         }
         RangeRequest::Full => (200, 0, size),
@@ -194,11 +196,14 @@ async fn object(
     };
     headers.push(("Content-Length", (end - start).to_string()));
     shared.served(name, ServedRange { status, start, end });
+    if is_head || start == end {
+        in_flight.end();
+    }
     write_head(stream, status, &headers).await?;
     if is_head {
         return stream.flush().await;
     }
-    send_body(stream, shared, name, start, end, program.fault).await
+    send_body(stream, shared, name, start, end, program.fault, in_flight).await
 }
 
 async fn send_body(
@@ -208,6 +213,7 @@ async fn send_body(
     start: u64,
     end: u64,
     fault: Option<Fault>,
+    mut in_flight: InFlight<'_>,
 ) -> io::Result<()> {
     let length = end - start;
     let (limit, piece, interval) = match &fault {
@@ -228,6 +234,9 @@ async fn send_body(
     while sent < limit {
         let take = usize::try_from((limit - sent).min(buffer.len() as u64)).unwrap_or(0);
         content(shared.seed, name, start + sent, &mut buffer[..take]);
+        if sent + take as u64 == limit {
+            in_flight.end();
+        }
         stream.write_all(&buffer[..take]).await?;
         sent += take as u64;
         shared.body_bytes(name, take as u64);

@@ -63,6 +63,14 @@ pub(crate) async fn read_head(stream: &mut TcpStream) -> Result<(RequestHead, Ve
             let rest = buffer[end + 4..].to_vec();
             return Ok((head, rest));
         }
+        // Not a request line (a TLS ClientHello, say): answer now instead of waiting for
+        // a blank line that will never come.
+        if buffer
+            .first()
+            .is_some_and(|byte| !byte.is_ascii_uppercase())
+        {
+            return Err(HeadError::Malformed("not an HTTP/1 request".into()));
+        }
         if buffer.len() > HEAD_BYTES_MAX {
             return Err(HeadError::TooLarge);
         }

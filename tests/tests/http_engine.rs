@@ -1,0 +1,728 @@
+//! The transfer engine (`session-http`) against the fault-injecting origin on 127.0.0.1:
+//! every fault program ends in the right classification, resumes fetch only what is
+//! missing, and finished files are exactly the origin's bytes.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use session_harness::origin::{self, Origin, OriginConfig};
+use session_http::{
+    Classified, Engine, EngineConfig, FailReason, Method, Mismatch, Progress, Response, RetryAfter,
+    RetryReason, Target, TransferRequest, download_paths, download_validator_path,
+};
+use sha2::{Digest, Sha256};
+
+const SEED: u64 = 0x5eed;
+
+/// Short timeouts keep the idle-timeout tests fast; loopback needs no more.
+fn config() -> EngineConfig {
+    EngineConfig {
+        connect_timeout: Duration::from_secs(5),
+        read_idle_timeout: Duration::from_millis(300),
+        // Never let an environment proxy see test traffic.
+        proxy_from_environment: false,
+        ..EngineConfig::default()
+    }
+}
+
+fn engine() -> Engine {
+    Engine::new(config()).expect("the engine builds")
+}
+
+async fn start_origin() -> Origin {
+    Origin::bind(OriginConfig {
+        seed: SEED,
+        port: 0,
+    })
+    .await
+    .expect("the origin binds 127.0.0.1")
+}
+
+fn target(dir: &Path, name: &str) -> Target {
+    Target {
+        download_dir: dir.to_owned(),
+        name: name.to_owned(),
+        idempotency_key: None,
+    }
+}
+
+fn file_sha256(path: &Path) -> String {
+    let bytes = std::fs::read(path).expect("the file is readable");
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+fn success(outcome: Classified) -> Response {
+    match outcome {
+        Classified::Success(response) => response,
+        other => panic!("expected success, got {other:?}"),
+    }
+}
+
+fn retry_reason(outcome: &Classified) -> (RetryReason, Option<RetryAfter>) {
+    match outcome {
+        Classified::Retry {
+            reason,
+            retry_after,
+            ..
+        } => (*reason, *retry_after),
+        other => panic!("expected retry, got {other:?}"),
+    }
+}
+
+fn fail_reason(outcome: &Classified) -> FailReason {
+    match outcome {
+        Classified::Failed { reason, .. } => reason.clone(),
+        other => panic!("expected failure, got {other:?}"),
+    }
+}
+
+/// Checks that the download of `name` finished at its final path with exactly the
+/// origin's bytes, and that no partial file or validator is left.
+fn assert_exact(response: &Response, dir: &Path, name: &str, object: &str, size: u64) -> PathBuf {
+    let (part, complete) = download_paths(dir, name);
+    assert_eq!(response.file.as_deref(), Some(complete.as_path()));
+    assert_eq!(response.bytes, size);
+    assert_eq!(
+        file_sha256(&complete),
+        origin::sha256(SEED, object, size),
+        "the file differs from the origin's object"
+    );
+    assert!(!part.exists(), "the .part is left behind");
+    assert!(
+        !download_validator_path(dir, name).exists(),
+        "the validator is left behind"
+    );
+    complete
+}
+
+/// A plain download streams to the final path with the origin's exact bytes, reports
+/// progress to the end, sends `Accept-Encoding: identity`, and verifies a given SHA-256.
+#[tokio::test]
+async fn download_is_exact_and_verified() {
+    let origin = start_origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let size = 3 * 1024 * 1024 + 17;
+    let url = origin.url(&format!("/objects/plain?size={size}"));
+    let request = TransferRequest::download(&url)
+        .with_sha256(origin::sha256(SEED, "plain", size))
+        .with_expected_bytes(size);
+    let (progress, watch) = tokio::sync::watch::channel(Progress::default());
+    let outcome = engine()
+        .run(&request, &target(dir.path(), "plain"), Some(&progress))
+        .await;
+    let response = success(outcome);
+    assert_eq!(response.status, 200);
+    assert_exact(&response, dir.path(), "plain", "plain", size);
+    assert_eq!(
+        *watch.borrow(),
+        Progress {
+            bytes_done: size,
+            bytes_expected: Some(size)
+        }
+    );
+
+    let echo = TransferRequest::data(Method::Get, origin.url("/echo"));
+    let echoed = success(engine().run(&echo, &target(dir.path(), "echo"), None).await);
+    let text = String::from_utf8_lossy(&echoed.body).into_owned();
+    assert!(text.contains("accept-encoding: identity"), "{text}");
+}
+
+/// After a reset mid-body, the next attempt asks only for the missing bytes (Range from
+/// the .part length, checked against the ranges and byte counts the origin served) and
+/// the final file is exact.
+#[tokio::test]
+async fn reset_resumes_with_only_the_missing_bytes() {
+    let origin = start_origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let size: u64 = 4 * 1024 * 1024;
+    let reset_after: u64 = 1_500_000;
+    let url = origin.url(&format!(
+        "/objects/resumed?size={size}&fault=reset:{reset_after}"
+    ));
+    let request = TransferRequest::download(&url);
+    let target = target(dir.path(), "resumed");
+    let engine = engine();
+
+    let first = engine.run(&request, &target, None).await;
+    assert_eq!(retry_reason(&first).0, RetryReason::Reset, "{first:?}");
+    let (part, _) = download_paths(dir.path(), "resumed");
+    let kept = std::fs::metadata(&part).expect("the .part is kept").len();
+    assert!(kept > 0 && kept <= reset_after, "kept {kept} bytes");
+
+    let second = success(engine.run(&request, &target, None).await);
+    assert_eq!(second.status, 206);
+    assert_exact(&second, dir.path(), "resumed", "resumed", size);
+
+    let counters = origin.counters();
+    let ranges = counters.ranges_for("resumed");
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert_eq!((ranges[0].status, ranges[0].start), (200, 0));
+    assert_eq!(
+        (ranges[1].status, ranges[1].start, ranges[1].end),
+        (206, kept, size)
+    );
+    let served = counters.body_bytes_for("resumed");
+    assert_eq!(served, reset_after + (size - kept));
+    assert!(served <= size + reset_after);
+}
+
+/// When the object's ETag changes between attempts, the origin ignores the stale
+/// If-Range and sends 200, and the engine restarts from zero and still ends exact.
+#[tokio::test]
+async fn changed_etag_restarts_from_zero() {
+    let origin = start_origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let size: u64 = 2 * 1024 * 1024;
+    let url = origin.url(&format!(
+        "/objects/changing?size={size}&fault=reset:700000&etag=per-request"
+    ));
+    let request = TransferRequest::download(&url);
+    let target = target(dir.path(), "changing");
+    let engine = engine();
+
+    let first = engine.run(&request, &target, None).await;
+    assert_eq!(retry_reason(&first).0, RetryReason::Reset, "{first:?}");
+    let second = success(engine.run(&request, &target, None).await);
+    assert_eq!(second.status, 200);
+    assert_exact(&second, dir.path(), "changing", "changing", size);
+    let counters = origin.counters();
+    let ranges = counters.ranges_for("changing");
+    assert_eq!(ranges.len(), 2);
+    assert_eq!((ranges[1].status, ranges[1].start), (200, 0), "{ranges:?}");
+}
+
+/// A server that ignores ranges (200 instead of 206) makes the engine truncate and
+/// restart, still ending exact.
+#[tokio::test]
+async fn ignored_range_restarts_from_zero() {
+    let origin = start_origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let size: u64 = 1024 * 1024 + 3;
+    let url = origin.url(&format!(
+        "/objects/norange?size={size}&fault=reset:300000&ranges=ignore"
+    ));
+    let request = TransferRequest::download(&url);
+    let target = target(dir.path(), "norange");
+    let engine = engine();
+    let first = engine.run(&request, &target, None).await;
+    assert_eq!(retry_reason(&first).0, RetryReason::Reset);
+    let second = success(engine.run(&request, &target, None).await);
+    assert_eq!(second.status, 200);
+    assert_exact(&second, dir.path(), "norange", "norange", size);
+}
+
+/// A Content-Length that claims more than is sent is a truncated body (retry, bytes
+/// kept), and the next attempt resumes and ends exact.
+#[tokio::test]
+async fn lying_length_is_a_truncated_body() {
+    let origin = start_origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let size: u64 = 100_000;
+    let url = origin.url(&format!("/objects/liar?size={size}&fault=lie:40000"));
+    let request = TransferRequest::download(&url);
+    let target = target(dir.path(), "liar");
+    let engine = engine();
+    let first = engine.run(&request, &target, None).await;
+    assert_eq!(
+        retry_reason(&first).0,
+        RetryReason::TruncatedBody,
+        "{first:?}"
+    );
+    let (part, _) = download_paths(dir.path(), "liar");
+    assert_eq!(std::fs::metadata(&part).expect("kept").len(), 40_000);
+    let second = success(engine.run(&request, &target, None).await);
+    assert_exact(&second, dir.path(), "liar", "liar", size);
+    assert_eq!(origin.counters().body_bytes_for("liar"), size);
+}
+
+/// 503 and 429 are retries carrying Retry-After in the seconds form and in the HTTP-date
+/// form; a garbage Retry-After is a retry without one.
+#[tokio::test]
+async fn retry_after_in_both_forms_and_garbage() {
+    let origin = start_origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine();
+    let target = target(dir.path(), "busy");
+
+    let seconds = TransferRequest::download(origin.url("/objects/busy?size=10&fault=status:503:7"));
+    let (reason, retry_after) = retry_reason(&engine.run(&seconds, &target, None).await);
+    assert_eq!(reason, RetryReason::Status(503));
+    assert_eq!(retry_after, Some(RetryAfter::Delay(Duration::from_secs(7))));
+
+    let before = SystemTime::now();
+    let date =
+        TransferRequest::download(origin.url("/objects/busy?size=10&fault=status:429:date%2B30"));
+    let (reason, retry_after) = retry_reason(&engine.run(&date, &target, None).await);
+    let after = SystemTime::now();
+    assert_eq!(reason, RetryReason::Status(429));
+    let Some(RetryAfter::At(at)) = retry_after else {
+        panic!("expected an HTTP date, got {retry_after:?}");
+    };
+    // HTTP dates have one-second resolution.
+    assert!(at + Duration::from_secs(1) >= before + Duration::from_secs(30));
+    assert!(at <= after + Duration::from_secs(30));
+
+    let garbage =
+        TransferRequest::download(origin.url("/objects/busy?size=10&fault=status:503:soon"));
+    let (reason, retry_after) = retry_reason(&engine.run(&garbage, &target, None).await);
+    assert_eq!((reason, retry_after), (RetryReason::Status(503), None));
+
+    // After the fault window the same URL is served.
+    let served = success(engine.run(&seconds, &target, None).await);
+    assert_eq!(served.bytes, 10);
+}
+
+/// Status faults land in their class: 404 and 501 are rejections carrying the status,
+/// 500 and 408 are retries, and a missing object is a 404 rejection.
+#[tokio::test]
+async fn statuses_are_classified() {
+    let origin = start_origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine();
+    for (fault, expected) in [
+        ("status:404", "rejected 404"),
+        ("status:501", "rejected 501"),
+        ("status:500", "retry 500"),
+        ("status:408", "retry 408"),
+    ] {
+        let request =
+            TransferRequest::download(origin.url(&format!("/objects/s?size=5&fault={fault}")));
+        let outcome = engine.run(&request, &target(dir.path(), "s"), None).await;
+        let found = match &outcome {
+            Classified::Rejected(response) => format!("rejected {}", response.status),
+            Classified::Retry {
+                reason: RetryReason::Status(status),
+                ..
+            } => format!("retry {status}"),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(found, expected);
+    }
+    let missing = TransferRequest::download(origin.url("/objects/none"));
+    match engine
+        .run(&missing, &target(dir.path(), "none"), None)
+        .await
+    {
+        Classified::Rejected(response) => {
+            assert_eq!(response.status, 404);
+            assert!(
+                !response.body.is_empty(),
+                "a rejection keeps the start of its body"
+            );
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let (part, complete) = download_paths(dir.path(), "none");
+    assert!(!part.exists() && !complete.exists());
+}
+
+/// A body that stalls (after the headers, or mid-body) ends in an idle timeout, while a
+/// slow body whose every gap is shorter than the idle timeout, but whose total is
+/// longer, is not cut.
+#[tokio::test]
+async fn idle_timeout_cuts_stalls_but_not_slow_bodies() {
+    let origin = start_origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine();
+
+    for fault in ["stall", "stall:1000"] {
+        let request = TransferRequest::download(
+            origin.url(&format!("/objects/stalled?size=5000&fault={fault}")),
+        );
+        let outcome = engine
+            .run(&request, &target(dir.path(), "stalled"), None)
+            .await;
+        assert_eq!(
+            retry_reason(&outcome).0,
+            RetryReason::IdleTimeout,
+            "{fault}: {outcome:?}"
+        );
+    }
+
+    // 10 pieces 50 ms apart: 450 ms in total against a 300 ms idle timeout.
+    let size = 10_000;
+    let slow = TransferRequest::download(
+        origin.url(&format!("/objects/slow?size={size}&fault=drip:1000:50")),
+    );
+    let response = success(engine.run(&slow, &target(dir.path(), "slow"), None).await);
+    assert_exact(&response, dir.path(), "slow", "slow", size);
+}
+
+/// A second upload with the same Idempotency-Key gets the first answer and is counted by
+/// the origin as a suppressed duplicate; bytes that differ from the object are rejected;
+/// a reset mid-upload is a retry.
+#[tokio::test]
+async fn uploads_are_deduplicated_by_key() {
+    let origin = start_origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let size = 700_000;
+    let mut bytes = vec![0; size];
+    origin::content(SEED, "up", 0, &mut bytes);
+    let file = dir.path().join("upload.bin");
+    std::fs::write(&file, &bytes).expect("write the upload file");
+    let engine = engine();
+    let keyed = Target {
+        idempotency_key: Some("session-1/task-7".to_owned()),
+        ..target(dir.path(), "up")
+    };
+    let request = TransferRequest::upload(origin.url(&format!("/uploads/up?size={size}")), &file);
+
+    let first = success(engine.run(&request, &keyed, None).await);
+    let second = success(engine.run(&request, &keyed, None).await);
+    assert_eq!((first.status, second.status), (201, 201));
+    assert_eq!(first.body, second.body);
+    let counters = origin.counters();
+    assert_eq!(counters.uploads_received, 1);
+    assert_eq!(counters.duplicate_uploads_suppressed, 1);
+    assert_eq!(counters.uploads_by_object.get("up"), Some(&1));
+
+    let wrong = dir.path().join("wrong.bin");
+    std::fs::write(&wrong, b"not the object").expect("write");
+    let mismatched =
+        TransferRequest::upload(origin.url(&format!("/uploads/up?size={size}")), &wrong)
+            .with_method(Method::Post);
+    match engine
+        .run(&mismatched, &target(dir.path(), "up"), None)
+        .await
+    {
+        Classified::Rejected(response) => assert_eq!(response.status, 422),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(origin.counters().upload_mismatches, 1);
+
+    let reset = TransferRequest::upload(
+        origin.url(&format!("/uploads/up?size={size}&fault=reset:100000")),
+        &file,
+    );
+    let outcome = engine.run(&reset, &target(dir.path(), "up"), None).await;
+    assert!(
+        matches!(
+            retry_reason(&outcome).0,
+            RetryReason::Reset | RetryReason::Protocol
+        ),
+        "{outcome:?}"
+    );
+
+    let missing =
+        TransferRequest::upload(origin.url("/uploads/up?size=1"), dir.path().join("absent"));
+    assert_eq!(
+        fail_reason(&engine.run(&missing, &target(dir.path(), "up"), None).await),
+        FailReason::LocalDisk
+    );
+}
+
+/// Hostile names (`../x`, absolute paths, `a/../../b`, NUL, very long) produce files only
+/// inside the download directory, each its own.
+#[tokio::test]
+async fn hostile_names_stay_inside_the_directory() {
+    let origin = start_origin().await;
+    let outer = tempfile::tempdir().expect("tempdir");
+    let dir = outer.path().join("downloads");
+    let engine = engine();
+    let long = "../".repeat(400);
+    let names = [
+        "../escaped",
+        "/etc/passwd",
+        "a/../../b",
+        "nul\0byte",
+        long.as_str(),
+        "..",
+        "",
+    ];
+    for (index, name) in names.iter().enumerate() {
+        let request = TransferRequest::download(origin.url(&format!("/objects/h{index}?size=64")));
+        let response = success(engine.run(&request, &target(&dir, name), None).await);
+        let file = response.file.expect("a download has a file");
+        assert_eq!(file.parent(), Some(dir.as_path()), "{name:?}");
+        assert_eq!(
+            file_sha256(&file),
+            origin::sha256(SEED, &format!("h{index}"), 64)
+        );
+    }
+    let outside: Vec<_> = std::fs::read_dir(outer.path())
+        .expect("list")
+        .map(|entry| entry.expect("entry").file_name())
+        .collect();
+    assert_eq!(outside, vec![std::ffi::OsString::from("downloads")]);
+    assert_eq!(std::fs::read_dir(&dir).expect("list").count(), names.len());
+}
+
+/// reqwest drops Authorization and Cookie when a redirect goes to another host (it
+/// compares scheme, host and port, so another port on 127.0.0.1 counts), and keeps them on
+/// a same-host redirect, which shows the check would see them.
+#[tokio::test]
+async fn credentials_do_not_follow_a_redirect_to_another_host() {
+    let first = start_origin().await;
+    let second = start_origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine();
+    let with_credentials = |url: String| {
+        TransferRequest::data(Method::Get, url)
+            .with_header("Authorization", "Bearer secret-token")
+            .with_header("Cookie", "session=secret-cookie")
+            .with_header("X-Visible", "kept")
+    };
+    let elsewhere = format!("/redirect?to={}", percent(&second.url("/echo")));
+    let response = success(
+        engine
+            .run(
+                &with_credentials(first.url(&elsewhere)),
+                &target(dir.path(), "r"),
+                None,
+            )
+            .await,
+    );
+    let echoed = String::from_utf8_lossy(&response.body).into_owned();
+    assert!(echoed.contains("x-visible: kept"), "{echoed}");
+    assert!(
+        !echoed.contains("secret"),
+        "credentials crossed hosts: {echoed}"
+    );
+    assert!(
+        response
+            .headers
+            .iter()
+            .all(|(name, _)| name != "set-cookie")
+    );
+
+    let same_host = with_credentials(first.url("/redirect?to=/echo&hops=2"));
+    let response = success(engine.run(&same_host, &target(dir.path(), "r"), None).await);
+    let echoed = String::from_utf8_lossy(&response.body).into_owned();
+    assert!(
+        echoed.contains("authorization: Bearer secret-token"),
+        "{echoed}"
+    );
+}
+
+fn percent(text: &str) -> String {
+    text.bytes()
+        .map(|byte| {
+            if byte.is_ascii_alphanumeric() {
+                char::from(byte).to_string()
+            } else {
+                format!("%{byte:02X}")
+            }
+        })
+        .collect()
+}
+
+/// More redirects than allowed, and a redirect loop, fail as too many redirects.
+#[tokio::test]
+async fn redirect_limits() {
+    let origin = start_origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine();
+    let within = TransferRequest::data(Method::Get, origin.url("/redirect?to=/echo&hops=10"));
+    success(engine.run(&within, &target(dir.path(), "r"), None).await);
+    for url in ["/redirect?to=/echo&hops=11", "/loop"] {
+        let request = TransferRequest::data(Method::Get, origin.url(url));
+        let outcome = engine.run(&request, &target(dir.path(), "r"), None).await;
+        assert_eq!(fail_reason(&outcome), FailReason::TooManyRedirects, "{url}");
+    }
+}
+
+/// Transport failures are classified: a refused connection is a connect retry, and a TLS
+/// handshake with a plain-HTTP server fails as TLS.
+#[tokio::test]
+async fn transport_failures_are_classified() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine();
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let refused = TransferRequest::download(format!("http://127.0.0.1:{closed_port}/x"));
+    let outcome = engine.run(&refused, &target(dir.path(), "x"), None).await;
+    assert_eq!(
+        retry_reason(&outcome).0,
+        RetryReason::Connect,
+        "{outcome:?}"
+    );
+
+    let origin = start_origin().await;
+    let tls = TransferRequest::download(format!("https://{}/objects/t?size=5", origin.addr()));
+    let outcome = engine.run(&tls, &target(dir.path(), "t"), None).await;
+    assert_eq!(fail_reason(&outcome), FailReason::Tls, "{outcome:?}");
+}
+
+/// A download whose final file is already there and verifies (a crash after the rename,
+/// before the caller recorded it) succeeds again without a request.
+#[tokio::test]
+async fn finished_download_is_idempotent() {
+    let origin = start_origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let size = 10_000;
+    let request = TransferRequest::download(origin.url(&format!("/objects/again?size={size}")))
+        .with_sha256(origin::sha256(SEED, "again", size));
+    let engine = engine();
+    let target = target(dir.path(), "again");
+    let first = success(engine.run(&request, &target, None).await);
+    let second = success(engine.run(&request, &target, None).await);
+    assert_eq!(first.file, second.file);
+    assert_eq!(origin.counters().requests_for("again"), 1);
+    assert_exact(&second, dir.path(), "again", "again", size);
+}
+
+/// A .part that already holds the whole object (the rest arrived before a crash) is
+/// finished through the server's 416 without downloading anything again.
+#[tokio::test]
+async fn complete_part_finishes_on_416() {
+    let origin = start_origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let size: u64 = 300_000;
+    let url = origin.url(&format!("/objects/whole?size={size}&fault=reset:100000"));
+    let request = TransferRequest::download(&url);
+    let target = target(dir.path(), "whole");
+    let engine = engine();
+    let first = engine.run(&request, &target, None).await;
+    assert_eq!(retry_reason(&first).0, RetryReason::Reset);
+    let mut bytes = vec![0; size as usize];
+    origin::content(SEED, "whole", 0, &mut bytes);
+    let (part, _) = download_paths(dir.path(), "whole");
+    std::fs::write(&part, &bytes).expect("complete the part");
+    let served_before = origin.counters().body_bytes_for("whole");
+
+    let second = success(engine.run(&request, &target, None).await);
+    assert_exact(&second, dir.path(), "whole", "whole", size);
+    let counters = origin.counters();
+    assert_eq!(counters.body_bytes_for("whole"), served_before);
+    assert_eq!(
+        counters
+            .ranges_for("whole")
+            .last()
+            .map(|range| range.status),
+        Some(416)
+    );
+}
+
+/// A file that does not verify (wrong SHA-256, wrong length) fails, and its .part is
+/// removed so the next attempt starts from zero; nothing reaches the final path.
+#[tokio::test]
+async fn verification_failures_remove_the_part() {
+    let origin = start_origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine();
+    let url = origin.url("/objects/checked?size=5000");
+    let wrong_hash = TransferRequest::download(&url).with_sha256("00".repeat(32));
+    let outcome = engine
+        .run(&wrong_hash, &target(dir.path(), "h"), None)
+        .await;
+    assert!(matches!(
+        fail_reason(&outcome),
+        FailReason::Verification(Mismatch::Sha256 { .. })
+    ));
+    let wrong_length = TransferRequest::download(&url).with_expected_bytes(4999);
+    let outcome = engine
+        .run(&wrong_length, &target(dir.path(), "l"), None)
+        .await;
+    assert_eq!(
+        fail_reason(&outcome),
+        FailReason::Verification(Mismatch::Length {
+            expected_bytes: 4999,
+            actual_bytes: 5000
+        })
+    );
+    for name in ["h", "l"] {
+        let (part, complete) = download_paths(dir.path(), name);
+        assert!(!part.exists() && !complete.exists(), "{name}");
+    }
+}
+
+/// Requests that cannot be valid fail before anything is sent, and local disk problems
+/// (the download directory is a file) fail as local disk errors.
+#[tokio::test]
+async fn invalid_requests_and_disk_errors_fail() {
+    let origin = start_origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine();
+    let outcome = engine
+        .run(
+            &TransferRequest::download("ftp://127.0.0.1/x"),
+            &target(dir.path(), "x"),
+            None,
+        )
+        .await;
+    assert_eq!(fail_reason(&outcome), FailReason::InvalidUrl);
+    let bad_header =
+        TransferRequest::download(origin.url("/objects/x?size=1")).with_header("Range", "bytes=0-");
+    let outcome = engine
+        .run(&bad_header, &target(dir.path(), "x"), None)
+        .await;
+    assert_eq!(fail_reason(&outcome), FailReason::InvalidRequest);
+    assert_eq!(origin.counters().requests_total, 0);
+
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, b"x").expect("write");
+    let request = TransferRequest::download(origin.url("/objects/x?size=1"));
+    let outcome = engine.run(&request, &target(&not_a_dir, "x"), None).await;
+    assert_eq!(fail_reason(&outcome), FailReason::LocalDisk, "{outcome:?}");
+}
+
+/// A data task's response over its limit fails rather than being silently cut.
+#[tokio::test]
+async fn data_response_over_the_limit_fails() {
+    let origin = start_origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config();
+    config.limits.data_response_bytes_max = 1000;
+    let engine = Engine::new(config).expect("engine");
+    let small = TransferRequest::data(Method::Get, origin.url("/objects/d?size=1000"));
+    assert_eq!(
+        success(engine.run(&small, &target(dir.path(), "d"), None).await)
+            .body
+            .len(),
+        1000
+    );
+    let large = TransferRequest::data(Method::Get, origin.url("/objects/d?size=1001"));
+    let outcome = engine.run(&large, &target(dir.path(), "d"), None).await;
+    assert_eq!(fail_reason(&outcome), FailReason::ResponseTooLarge);
+}
+
+/// The per-host and global limits hold: of five concurrent slow downloads, the origin
+/// never has more responses in flight at once than the limit allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limits_hold() {
+    for (per_host, global, allowed) in [(2, 64, 2), (6, 1, 1)] {
+        let origin = start_origin().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::new(EngineConfig {
+            connections_per_host_max: per_host,
+            connections_max: global,
+            ..config()
+        })
+        .expect("engine");
+        let mut tasks = Vec::new();
+        for index in 0..5 {
+            let engine = engine.clone();
+            let url = origin.url(&format!("/objects/c{index}?size=3000&fault=drip:1000:20"));
+            let target = target(dir.path(), &format!("c{index}"));
+            tasks.push(tokio::spawn(async move {
+                engine
+                    .run(&TransferRequest::download(url), &target, None)
+                    .await
+            }));
+        }
+        for task in tasks {
+            success(task.await.expect("the task runs"));
+        }
+        let peak = origin.counters().responses_in_flight_peak;
+        assert!(peak >= 1 && peak <= allowed, "peak {peak} over {allowed}");
+    }
+}
+
+/// An attempt past its resource deadline fails as such and keeps its partial file.
+#[tokio::test]
+async fn deadline_ends_an_attempt() {
+    let origin = start_origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let request =
+        TransferRequest::download(origin.url("/objects/late?size=100000&fault=drip:1000:100"));
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(250);
+    let outcome = engine()
+        .run_until(&request, &target(dir.path(), "late"), None, deadline)
+        .await;
+    assert_eq!(fail_reason(&outcome), FailReason::DeadlineExceeded);
+}
