@@ -33,7 +33,9 @@ pub enum Error {
         source: MachineError,
     },
     /// A stored completion names a handler that is not registered; the session waits.
-    #[error("session {session}: no completion handler named {name:?} is registered; the session waits until one is")]
+    #[error(
+        "session {session}: no completion handler named {name:?} is registered; the session waits until one is"
+    )]
     UnknownCompletion {
         /// The session.
         session: SessionId,

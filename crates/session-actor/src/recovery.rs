@@ -28,8 +28,10 @@ pub(crate) fn recover(store: &Store, context: &Context) -> Result<Vec<Recovered>
         .into_iter()
         .filter(|s| s.tasks_open > 0 || s.has_undelivered_events())
         .collect();
-    let mut tasks: HashMap<SessionId, BTreeMap<TaskId, TaskRecord>> =
-        sessions.iter().map(|s| (s.id.clone(), BTreeMap::new())).collect();
+    let mut tasks: HashMap<SessionId, BTreeMap<TaskId, TaskRecord>> = sessions
+        .iter()
+        .map(|s| (s.id.clone(), BTreeMap::new()))
+        .collect();
     snapshot.for_each_task(|task| {
         if let Some(map) = tasks.get_mut(&task.session) {
             map.insert(task.id.clone(), task);
@@ -46,12 +48,11 @@ pub(crate) fn recover(store: &Store, context: &Context) -> Result<Vec<Recovered>
             session: Some(session.clone()),
             tasks: tasks.remove(&id).unwrap_or_default(),
         };
-        let transition = machine::apply(records, Input::Restart, context).map_err(|source| {
-            Error::Refused {
+        let transition =
+            machine::apply(records, Input::Restart, context).map_err(|source| Error::Refused {
                 session: id.clone(),
                 source,
-            }
-        })?;
+            })?;
         recovered.push(Recovered {
             id,
             actions: transition.actions.clone(),

@@ -5,10 +5,14 @@ use std::sync::Arc;
 
 use actix::Addr;
 use session_http::{Progress, TransferKind, TransferRequest};
-use session_store::{Outcome, SessionId, SessionRecord, StoredCompletion, TaskId, TaskKind, TaskRecord};
+use session_store::{
+    Outcome, SessionId, SessionRecord, StoredCompletion, TaskId, TaskKind, TaskRecord,
+};
 use tokio::sync::watch;
 
-use crate::actor::{Cancel, Enqueue, Invalidate, SessionActor, SessionStatus, SetCompletion, Status, Wait, Watch};
+use crate::actor::{
+    Cancel, Enqueue, Invalidate, SessionActor, SessionStatus, SetCompletion, Status, Wait, Watch,
+};
 use crate::error::{Error, Result};
 use crate::shared::Shared;
 
@@ -22,7 +26,9 @@ pub struct Session {
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -62,13 +68,13 @@ impl Session {
             TransferKind::Upload => TaskKind::Upload,
             TransferKind::Data => TaskKind::Data,
         };
-        let bytes = bincode::serialize(&request).map_err(|error| Error::Store(
-            session_store::Error::InvalidRecord {
+        let bytes = bincode::serialize(&request).map_err(|error| {
+            Error::Store(session_store::Error::InvalidRecord {
                 table: "tasks",
                 key: format!("{}/{}", self.id, task),
                 reason: format!("the transfer description does not encode: {error}"),
-            },
-        ))?;
+            })
+        })?;
         let record = self
             .addr
             .send(Enqueue {
@@ -117,7 +123,10 @@ impl Session {
     /// An unknown task, a store error.
     pub async fn cancel(&self, task: &str) -> Result<()> {
         let task = TaskId::new(task)?;
-        self.addr.send(Cancel { task }).await.map_err(|_| self.gone())?
+        self.addr
+            .send(Cancel { task })
+            .await
+            .map_err(|_| self.gone())?
     }
 
     /// Cancels every task that is not finished.
@@ -158,12 +167,15 @@ impl Session {
     /// An invalid identifier, an unknown task, a store error.
     pub fn task(&self, task: &str) -> Result<TaskHandle> {
         let task = TaskId::new(task)?;
-        let record = self.shared.store.snapshot()?.task(&self.id, &task)?.ok_or_else(|| {
-            Error::Refused {
+        let record = self
+            .shared
+            .store
+            .snapshot()?
+            .task(&self.id, &task)?
+            .ok_or_else(|| Error::Refused {
                 session: self.id.clone(),
                 source: crate::machine::MachineError::UnknownTask { task: task.clone() },
-            }
-        })?;
+            })?;
         Ok(TaskHandle {
             session: self.clone(),
             task,

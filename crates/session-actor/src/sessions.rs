@@ -198,7 +198,7 @@ impl Sessions {
     ) -> Result<Session> {
         let id = SessionId::new(identifier)?;
         let unit_id = id.clone();
-        let shared = self.shared.clone();
+        let units = self.shared.unit_context();
         self.shared
             .store
             .write_async(move |scope| {
@@ -206,7 +206,7 @@ impl Sessions {
                     id: unit_id.clone(),
                     config: config.clone(),
                 };
-                run_input(scope, &unit_id, open, &shared.machine_context())
+                run_input(scope, &unit_id, open, &units.machine_context())
             })
             .await
             .map_err(|error| error.into_error(&id, 0))?;
@@ -234,7 +234,11 @@ impl Sessions {
     /// it handles, in one central place.
     pub fn take_waiting(&self, matching: &Matching) -> Vec<SessionId> {
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        let taken: Vec<SessionId> = waiting.iter().filter(|id| matching.matches(id)).cloned().collect();
+        let taken: Vec<SessionId> = waiting
+            .iter()
+            .filter(|id| matching.matches(id))
+            .cloned()
+            .collect();
         for id in &taken {
             waiting.remove(id);
         }
@@ -253,8 +257,14 @@ impl Sessions {
     /// Registers (or replaces) a completion handler while running; sessions that
     /// were waiting for this name resume delivery.
     pub fn register_completion(&self, name: impl Into<String>, handler: impl CompletionHandler) {
-        self.shared.register_completion(name.into(), Arc::new(handler));
-        for addr in self.actors.lock().unwrap_or_else(PoisonError::into_inner).values() {
+        self.shared
+            .register_completion(name.into(), Arc::new(handler));
+        for addr in self
+            .actors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+        {
             addr.do_send(Poke);
         }
     }
@@ -281,7 +291,10 @@ impl Sessions {
 
     /// How many session actors run in this process.
     pub fn running(&self) -> usize {
-        self.actors.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.actors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// How many session actors have started at least once (recovery is complete when

@@ -19,7 +19,7 @@ pub(crate) struct Shared {
     pub(crate) root: PathBuf,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) restart_limit: u32,
-    completions: RwLock<Completions>,
+    units: UnitContext,
     faulted: Mutex<HashMap<SessionId, String>>,
     restarts: AtomicU64,
     actors_started: AtomicU64,
@@ -38,9 +38,12 @@ impl Shared {
             store,
             engine,
             root,
+            units: UnitContext {
+                clock: clock.clone(),
+                completions: Arc::new(RwLock::new(completions)),
+            },
             clock,
             restart_limit,
-            completions: RwLock::new(completions),
             faulted: Mutex::new(HashMap::new()),
             restarts: AtomicU64::new(0),
             actors_started: AtomicU64::new(0),
@@ -54,22 +57,19 @@ impl Shared {
     }
 
     pub(crate) fn machine_context(&self) -> MachineContext {
-        MachineContext {
-            now_ms: self.clock.now_ms(),
-            jitter_permille: rand::random::<u16>() % 1000,
-        }
+        self.units.machine_context()
     }
 
-    /// A copy of the registered completion handlers (cheap: `Arc`s).
-    pub(crate) fn completions(&self) -> Completions {
-        self.completions
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    /// What writer units may capture. Never the `Store` itself: a unit still queued
+    /// when the application drops `Sessions` would otherwise keep the store (and its
+    /// directory lock) alive on the writer thread after the drop returned.
+    pub(crate) fn unit_context(&self) -> UnitContext {
+        self.units.clone()
     }
 
     pub(crate) fn register_completion(&self, name: String, handler: Arc<dyn CompletionHandler>) {
-        self.completions
+        self.units
+            .completions
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(name, handler);
@@ -108,5 +108,29 @@ impl Shared {
 
     pub(crate) fn restarts(&self) -> u64 {
         self.restarts.load(Ordering::Relaxed)
+    }
+}
+
+/// The time and the completion handlers, for writer units.
+#[derive(Clone)]
+pub(crate) struct UnitContext {
+    clock: Arc<dyn Clock>,
+    completions: Arc<RwLock<Completions>>,
+}
+
+impl UnitContext {
+    pub(crate) fn machine_context(&self) -> MachineContext {
+        MachineContext {
+            now_ms: self.clock.now_ms(),
+            jitter_permille: rand::random::<u16>() % 1000,
+        }
+    }
+
+    /// A copy of the registered completion handlers (cheap: `Arc`s).
+    pub(crate) fn completions(&self) -> Completions {
+        self.completions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }

@@ -156,9 +156,12 @@ pub(crate) fn deliver_transactional(
         scope.delete_event(session, seq)?;
         record = transition.session;
         delivered.count += 1;
-        delivered
-            .actions
-            .extend(transition.actions.into_iter().filter(|a| !matches!(a, Action::DeliverEvents)));
+        delivered.actions.extend(
+            transition
+                .actions
+                .into_iter()
+                .filter(|a| !matches!(a, Action::DeliverEvents)),
+        );
     }
     if record.has_undelivered_events() && delivered.count > 0 {
         delivered.actions.push(Action::DeliverEvents);

@@ -17,17 +17,37 @@ const TASKS: usize = 6;
 #[derive(Debug, Clone)]
 enum Op {
     Open,
-    Enqueue { task: usize, variant: u8 },
-    Start { task: usize },
-    Result { task: usize, attempt_skew: i8, result: u8 },
-    Expire { task: usize },
-    Cancel { task: usize },
+    Enqueue {
+        task: usize,
+        variant: u8,
+    },
+    Start {
+        task: usize,
+    },
+    Result {
+        task: usize,
+        attempt_skew: i8,
+        result: u8,
+    },
+    Expire {
+        task: usize,
+    },
+    Cancel {
+        task: usize,
+    },
     Invalidate,
     DeliverNext,
-    DeliverAny { seq: u8 },
-    SetCompletion { generation_skew: i8, name: u8 },
+    DeliverAny {
+        seq: u8,
+    },
+    SetCompletion {
+        generation_skew: i8,
+        name: u8,
+    },
     Restart,
-    Advance { ms: u32 },
+    Advance {
+        ms: u32,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -83,10 +103,16 @@ impl Model {
             },
             Op::Enqueue { task, variant } => Input::Enqueue {
                 task: task_id(*task),
-                kind: if *task % 3 == 0 { TaskKind::Upload } else { TaskKind::Download },
+                kind: if *task % 3 == 0 {
+                    TaskKind::Upload
+                } else {
+                    TaskKind::Download
+                },
                 request: vec![*variant % 2],
             },
-            Op::Start { task } => Input::Start { task: task_id(*task) },
+            Op::Start { task } => Input::Start {
+                task: task_id(*task),
+            },
             Op::Result {
                 task,
                 attempt_skew,
@@ -131,8 +157,12 @@ impl Model {
                     result,
                 }
             }
-            Op::Expire { task } => Input::Expire { task: task_id(*task) },
-            Op::Cancel { task } => Input::Cancel { task: task_id(*task) },
+            Op::Expire { task } => Input::Expire {
+                task: task_id(*task),
+            },
+            Op::Cancel { task } => Input::Cancel {
+                task: task_id(*task),
+            },
             Op::Invalidate => Input::Invalidate,
             Op::DeliverNext => {
                 let seq = session?.delivered_seq;
@@ -141,7 +171,10 @@ impl Model {
                 }
             }
             Op::DeliverAny { seq } => Input::Deliver {
-                event: self.events.get(usize::from(*seq) % self.events.len().max(1))?.clone(),
+                event: self
+                    .events
+                    .get(usize::from(*seq) % self.events.len().max(1))?
+                    .clone(),
             },
             Op::SetCompletion {
                 generation_skew,
@@ -205,7 +238,10 @@ impl Model {
             }
             // Refused inputs change nothing; they must be typed errors, never panics.
             Err(MachineError::InvalidRecord(reason)) => {
-                prop_assert!(false, "the machine reported an invariant violation: {reason}");
+                prop_assert!(
+                    false,
+                    "the machine reported an invariant violation: {reason}"
+                );
             }
             Err(_) => {}
         }
@@ -220,7 +256,11 @@ impl Model {
         prop_assert!(session.generation >= self.generation_high);
         self.generation_high = session.generation;
         // Counters agree with the task records.
-        let open = self.tasks.values().filter(|t| !t.state.is_terminal()).count() as u64;
+        let open = self
+            .tasks
+            .values()
+            .filter(|t| !t.state.is_terminal())
+            .count() as u64;
         let running = self
             .tasks
             .values()
@@ -240,7 +280,13 @@ impl Model {
             let events = reported.get(&task.id).map_or(&[][..], |v| &v[..]);
             match &task.state {
                 TaskState::Completed { outcome, event_seq } => {
-                    prop_assert_eq!(events.len(), 1, "task {} has {} events", task.id, events.len());
+                    prop_assert_eq!(
+                        events.len(),
+                        1,
+                        "task {} has {} events",
+                        task.id,
+                        events.len()
+                    );
                     prop_assert_eq!(events[0].seq, *event_seq);
                     let same = matches!(&events[0].body,
                         EventBody::TaskCompleted { outcome: o, .. } if o == outcome);

@@ -24,10 +24,10 @@ impl SessionActor {
         match delegate {
             Delegate::Transactional(delegate) => {
                 let id = self.id.clone();
-                let shared = self.shared.clone();
+                let units = self.shared.unit_context();
                 let pending = self.shared.store.write_async(move |scope| {
-                    let completions = shared.completions();
-                    let context = shared.machine_context();
+                    let completions = units.completions();
+                    let context = units.machine_context();
                     deliver_transactional(scope, &id, Some(&*delegate), &completions, &context)
                 });
                 ctx.spawn(pending.into_actor(self).map(|result, act, ctx| {
@@ -44,10 +44,17 @@ impl SessionActor {
             Ok(delivered) => {
                 tracing::debug!(parent: &self.span, events = delivered.count, "delivered");
                 let transition = Transition {
-                    session: match self.shared.store.snapshot().and_then(|s| s.session(&self.id)) {
+                    session: match self
+                        .shared
+                        .store
+                        .snapshot()
+                        .and_then(|s| s.session(&self.id))
+                    {
                         Ok(Some(session)) => session,
                         Ok(None) => return,
-                        Err(error) => return self.fail(format!("reading the session: {error}"), ctx),
+                        Err(error) => {
+                            return self.fail(format!("reading the session: {error}"), ctx);
+                        }
                     },
                     tasks: Vec::new(),
                     events: Vec::new(),
@@ -97,10 +104,10 @@ impl SessionActor {
         if let EventBody::Completion(_) = event.body {
             // Completions are transactional whatever the delegate.
             let id = self.id.clone();
-            let shared = self.shared.clone();
+            let units = self.shared.unit_context();
             let pending = self.shared.store.write_async(move |scope| {
-                let completions = shared.completions();
-                let context = shared.machine_context();
+                let completions = units.completions();
+                let context = units.machine_context();
                 deliver_transactional(scope, &id, None, &completions, &context)
             });
             ctx.spawn(pending.into_actor(self).map(|result, act, ctx| {
@@ -120,7 +127,7 @@ impl SessionActor {
         };
         let id = self.id.clone();
         let store = self.shared.store.clone();
-        let shared = self.shared.clone();
+        let units = self.shared.unit_context();
         let run = async move {
             delegate
                 .deliver(delivery)
@@ -134,7 +141,7 @@ impl SessionActor {
             });
             store
                 .write_async(move |scope| {
-                    let context = shared.machine_context();
+                    let context = units.machine_context();
                     advance_cursor(scope, &id, seq, &context)
                 })
                 .await
@@ -145,4 +152,3 @@ impl SessionActor {
         }));
     }
 }
-

@@ -125,18 +125,25 @@ impl Handler<Enqueue> for SessionActor {
         let store = self.shared.store.clone();
         let session = self.id.clone();
         let reply = self.reply_with(input, move |transition| {
-            transition.tasks.iter().find(|t| t.id == task).cloned().ok_or(task)
+            transition
+                .tasks
+                .iter()
+                .find(|t| t.id == task)
+                .cloned()
+                .ok_or(task)
         });
         // A reconnect writes no task record: read the existing one.
-        Box::pin(reply.map(move |result, _, _| match result? {
-            Ok(record) => Ok(record),
-            Err(task) => store
-                .snapshot()?
-                .task(&session, &task)?
-                .ok_or(Error::Refused {
-                    session,
-                    source: crate::machine::MachineError::UnknownTask { task },
-                }),
+        Box::pin(reply.map(move |result, _, _| {
+            match result? {
+                Ok(record) => Ok(record),
+                Err(task) => store
+                    .snapshot()?
+                    .task(&session, &task)?
+                    .ok_or(Error::Refused {
+                        session,
+                        source: crate::machine::MachineError::UnknownTask { task },
+                    }),
+            }
         }))
     }
 }

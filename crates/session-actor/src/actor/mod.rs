@@ -29,10 +29,10 @@ use crate::machine::{Action, Input, MachineError, Transition};
 use crate::shared::Shared;
 use crate::units::run_input;
 
+pub use messages::SessionStatus;
 pub(crate) use messages::{
     Cancel, Enqueue, Invalidate, Poke, SetCompletion, SetDelegate, Status, Wait, Watch,
 };
-pub use messages::SessionStatus;
 
 /// One background session.
 pub(crate) struct SessionActor {
@@ -93,9 +93,9 @@ impl SessionActor {
         input: Input,
     ) -> impl ActorFuture<Self, Output = Result<Transition, Error>> + 'static {
         let id = self.id.clone();
-        let shared = self.shared.clone();
+        let units = self.shared.unit_context();
         let pending = self.shared.store.write_async(move |scope| {
-            run_input(scope, &id, input.clone(), &shared.machine_context())
+            run_input(scope, &id, input.clone(), &units.machine_context())
         });
         let id = self.id.clone();
         async move {
@@ -109,7 +109,11 @@ impl SessionActor {
     /// Submits an input whose transition the actor only needs to act on.
     fn submit_and_perform(&mut self, input: Input, ctx: &mut Context<Self>) {
         let what = format!("{input:?}");
-        let what = what.split([' ', '{', '(']).next().unwrap_or_default().to_owned();
+        let what = what
+            .split([' ', '{', '('])
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         ctx.spawn(self.submit(input).map(move |result, act, ctx| match result {
             Ok(transition) => act.perform(&transition, ctx),
             Err(Error::Refused {
@@ -135,7 +139,10 @@ impl SessionActor {
             }
         }));
         if let Err(panic) = outcome {
-            self.fail(format!("panic while acting: {}", panic_message(&*panic)), ctx);
+            self.fail(
+                format!("panic while acting: {}", panic_message(&*panic)),
+                ctx,
+            );
         }
     }
 
@@ -253,10 +260,17 @@ impl Actor for SessionActor {
             // The recovery at open already moved lost transfers back to pending.
             Some(actions) => {
                 let transition = Transition {
-                    session: match self.shared.store.snapshot().and_then(|s| s.session(&self.id)) {
+                    session: match self
+                        .shared
+                        .store
+                        .snapshot()
+                        .and_then(|s| s.session(&self.id))
+                    {
                         Ok(Some(session)) => session,
                         Ok(None) => return,
-                        Err(error) => return self.fail(format!("reading the session: {error}"), ctx),
+                        Err(error) => {
+                            return self.fail(format!("reading the session: {error}"), ctx);
+                        }
                     },
                     tasks: Vec::new(),
                     events: Vec::new(),

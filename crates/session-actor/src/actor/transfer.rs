@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use actix::prelude::*;
 use session_http::{Classified, FailReason, Progress, Response, Target, TransferRequest};
 use session_store::{
-    Failure, FailureReason, FAILURE_MESSAGE_BYTES_MAX, RESPONSE_HEADERS_MAX, ResponseSummary,
+    FAILURE_MESSAGE_BYTES_MAX, Failure, FailureReason, RESPONSE_HEADERS_MAX, ResponseSummary,
     TaskId, TaskRecord,
 };
 use tokio::sync::watch;
@@ -28,7 +28,14 @@ impl SessionActor {
                     message: format!("the stored transfer description does not decode: {error}"),
                     attempts: attempt,
                 });
-                return self.submit_and_perform(Input::Result { task, attempt, result }, ctx);
+                return self.submit_and_perform(
+                    Input::Result {
+                        task,
+                        attempt,
+                        result,
+                    },
+                    ctx,
+                );
             }
         };
         let target = Target {
@@ -116,7 +123,9 @@ pub(crate) fn classify(classified: Classified, now_ms: u64) -> TransferResult {
         }
         Classified::Failed { reason, message } => {
             let reason_kind = match reason {
-                FailReason::InvalidRequest | FailReason::InvalidUrl => FailureReason::InvalidRequest,
+                FailReason::InvalidRequest | FailReason::InvalidUrl => {
+                    FailureReason::InvalidRequest
+                }
                 FailReason::DeadlineExceeded => FailureReason::DeadlineExceeded,
                 FailReason::TooManyRedirects
                 | FailReason::InvalidRedirect
@@ -142,7 +151,9 @@ fn summary(response: Response) -> ResponseSummary {
         status: response.status,
         headers,
         body: response.body,
-        file: response.file.map(|path| path.to_string_lossy().into_owned()),
+        file: response
+            .file
+            .map(|path| path.to_string_lossy().into_owned()),
         bytes: response.bytes,
     }
 }

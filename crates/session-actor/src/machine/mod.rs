@@ -198,7 +198,11 @@ pub enum Action {
 /// # Errors
 /// A [`MachineError`] when the input is not valid in the records' state; nothing is
 /// then to be written.
-pub fn apply(records: Records, input: Input, context: &Context) -> Result<Transition, MachineError> {
+pub fn apply(
+    records: Records,
+    input: Input,
+    context: &Context,
+) -> Result<Transition, MachineError> {
     let Records { session, tasks } = records;
     if let Some(session) = &session {
         session.validate().map_err(MachineError::InvalidRecord)?;

@@ -1,8 +1,6 @@
 //! `Start`: a pending task's next attempt begins.
 
-use session_store::{
-    Failure, FailureReason, Outcome, SessionRecord, TaskRecord, TaskState,
-};
+use session_store::{Failure, FailureReason, Outcome, SessionRecord, TaskRecord, TaskState};
 
 use super::{Action, Context, MachineError, Transition, step::Step};
 

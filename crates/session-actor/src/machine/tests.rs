@@ -171,8 +171,15 @@ fn reissue_reconnects_and_conflicts() {
     d.start("a");
     d.result("a", 1, TransferResult::Success(response()));
     let t = d.enqueue("a");
-    assert_eq!(t.actions.first(), Some(&Action::TaskTerminal { task: id("a") }));
-    assert!(!t.actions.iter().any(|a| matches!(a, Action::Schedule { .. })));
+    assert_eq!(
+        t.actions.first(),
+        Some(&Action::TaskTerminal { task: id("a") })
+    );
+    assert!(
+        !t.actions
+            .iter()
+            .any(|a| matches!(a, Action::Schedule { .. }))
+    );
 }
 
 /// A retry waits for the later of Retry-After and the backoff; attempts run out into
@@ -249,8 +256,16 @@ fn restart_does_not_count_the_lost_attempt() {
         }
     );
     assert_eq!(d.session().state, SessionState::Queued);
-    assert!(t.actions.iter().any(|a| matches!(a, Action::Schedule { .. })));
-    assert!(t.actions.iter().any(|a| matches!(a, Action::ArmDeadline { .. })));
+    assert!(
+        t.actions
+            .iter()
+            .any(|a| matches!(a, Action::Schedule { .. }))
+    );
+    assert!(
+        t.actions
+            .iter()
+            .any(|a| matches!(a, Action::ArmDeadline { .. }))
+    );
 }
 
 /// Deliveries must come in sequence order.

@@ -1,0 +1,539 @@
+//! Integration tests of the session actors over a real LMDB in a temp dir and the real
+//! origin server on 127.0.0.1: exactly-once delivery across in-process restarts,
+//! supervised restarts after a delegate panic, reconnects, conflicts, cancel,
+//! generations, completion handlers and faulted sessions.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use session_actor::{
+    CompletionCall, Delegate, DelegateError, Delivery, Error, Event, Outcome, SessionConfig,
+    Sessions, SessionsBuilder, TransferRequest, WriteScope, machine::MachineError,
+};
+use session_harness::origin::{Origin, OriginConfig, OriginHandle};
+use session_store::AppTable;
+
+const SEED: u64 = 7;
+const LEDGER: &str = "ledger";
+const LEDGER_NEXT: &str = "ledger-next";
+
+/// One line of the test's ledger, written inside the delivery's transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Entry {
+    Event {
+        session: String,
+        generation: u64,
+        seq: u64,
+        task: Option<String>,
+        outcome: Option<String>,
+        file_ok: Option<bool>,
+    },
+    Completion {
+        session: String,
+        generation: u64,
+        payload: Vec<u8>,
+    },
+}
+
+fn append(scope: &mut WriteScope<'_>, entry: &Entry) -> Result<(), DelegateError> {
+    let fail = |e: session_store::Error| DelegateError::new(e.to_string());
+    let next: AppTable<u64> = AppTable::named(LEDGER_NEXT).map_err(fail)?;
+    let ledger: AppTable<Entry> = AppTable::named(LEDGER).map_err(fail)?;
+    let n = next.get(scope, "n").map_err(fail)?.unwrap_or(0);
+    ledger.put(scope, n.to_be_bytes(), entry).map_err(fail)?;
+    next.put(scope, "n", &(n + 1)).map_err(fail)?;
+    Ok(())
+}
+
+fn record(delivery: &Delivery, scope: &mut WriteScope<'_>) -> Result<(), DelegateError> {
+    let (task, outcome, file_ok) = match &delivery.event {
+        Event::TaskCompleted {
+            task,
+            outcome,
+            file,
+            ..
+        } => (
+            Some(task.to_string()),
+            Some(outcome.name().to_owned()),
+            file.as_ref().map(|f| f.path().exists()),
+        ),
+        Event::DidFinishEvents => (None, None, None),
+    };
+    append(
+        scope,
+        &Entry::Event {
+            session: delivery.key.session.to_string(),
+            generation: delivery.key.generation,
+            seq: delivery.key.seq,
+            task,
+            outcome,
+            file_ok,
+        },
+    )
+}
+
+fn complete(call: &CompletionCall, scope: &mut WriteScope<'_>) -> Result<(), DelegateError> {
+    append(
+        scope,
+        &Entry::Completion {
+            session: call.key.session.to_string(),
+            generation: call.key.generation,
+            payload: call.payload.clone(),
+        },
+    )
+}
+
+fn builder(dir: &Path) -> SessionsBuilder {
+    Sessions::builder(dir)
+        .app_table(LEDGER)
+        .app_table(LEDGER_NEXT)
+        .completion("done", complete)
+}
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        attempts_max: 20,
+        retry_delay_ms_base: 10,
+        retry_delay_ms_max: 200,
+        deadline_s: 3600,
+    }
+}
+
+fn ledger(dir: &Path) -> Vec<Entry> {
+    let store = session_store::Store::open(
+        dir,
+        session_store::StoreOptions::default()
+            .with_app_table(LEDGER)
+            .with_app_table(LEDGER_NEXT),
+    )
+    .expect("open store");
+    let table = store.app_table::<Entry>(LEDGER).expect("ledger");
+    let snapshot = store.snapshot().expect("snapshot");
+    table
+        .entries(&snapshot)
+        .expect("entries")
+        .into_iter()
+        .map(|(_, entry)| entry)
+        .collect()
+}
+
+fn completions_in(sessions: &Sessions) -> usize {
+    let table = sessions.store().app_table::<Entry>(LEDGER).expect("ledger");
+    let snapshot = sessions.store().snapshot().expect("snapshot");
+    table
+        .entries(&snapshot)
+        .expect("entries")
+        .iter()
+        .filter(|(_, e)| matches!(e, Entry::Completion { .. }))
+        .count()
+}
+
+async fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
+    for _ in 0..6000 {
+        if done() {
+            return;
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn origin() -> OriginHandle {
+    Origin::start_in_thread(OriginConfig {
+        seed: SEED,
+        port: 0,
+    })
+    .expect("origin")
+}
+
+/// Checks the ledger of one session: every event once, in order, contiguous; one
+/// "did finish events" per generation after its task events; each completion once,
+/// after its generation's "did finish events"; every file existed at delivery.
+fn check_exactly_once(entries: &[Entry], session: &str, tasks: usize, generations: u64) {
+    let mut next_seq = 0;
+    let mut finished = std::collections::BTreeSet::new();
+    let mut completed = std::collections::BTreeSet::new();
+    let mut task_events = 0;
+    for entry in entries {
+        match entry {
+            Entry::Event {
+                session: s,
+                generation,
+                seq,
+                task,
+                file_ok,
+                ..
+            } if s == session => {
+                assert_eq!(
+                    *seq, next_seq,
+                    "event out of order or duplicated: {entry:?}"
+                );
+                next_seq += 1;
+                assert_ne!(*file_ok, Some(false), "file missing at delivery: {entry:?}");
+                match task {
+                    Some(_) => {
+                        assert!(
+                            !finished.contains(generation),
+                            "task event after did-finish"
+                        );
+                        task_events += 1;
+                    }
+                    None => assert!(finished.insert(*generation), "did-finish twice"),
+                }
+            }
+            Entry::Completion {
+                session: s,
+                generation,
+                ..
+            } if s == session => {
+                assert!(
+                    finished.contains(generation),
+                    "completion before did-finish"
+                );
+                assert!(completed.insert(*generation), "completion ran twice");
+                // The completion's own event takes a sequence number too.
+                next_seq += 1;
+            }
+            Entry::Event { .. } | Entry::Completion { .. } => {}
+        }
+    }
+    assert_eq!(task_events, tasks, "task events lost or duplicated");
+    assert_eq!(finished.len() as u64, generations);
+    assert_eq!(completed.len() as u64, generations);
+}
+
+/// Many in-process restarts (the whole actix system and `Sessions` dropped at a random
+/// moment, then reopened and the plan re-issued) still deliver every event exactly
+/// once and run the completion once, with downloads resumed through resets.
+#[test]
+fn exactly_once_across_in_process_restarts() {
+    let origin = origin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tasks = 12;
+    let urls: Vec<String> = (0..tasks)
+        .map(|i| match i % 3 {
+            0 => origin.url(&format!(
+                "/objects/o{i}?size={}&fault=reset:5000&times=2",
+                40_000 + i
+            )),
+            1 => origin.url(&format!(
+                "/objects/o{i}?size={}&fault=drip:4096:5",
+                30_000 + i
+            )),
+            _ => origin.url(&format!("/objects/o{i}?size={}", 20_000 + i)),
+        })
+        .collect();
+    for launch in 0..10u64 {
+        let dir = dir.path().to_path_buf();
+        let urls = urls.clone();
+        let last = launch == 9;
+        actix::System::new().block_on(async move {
+            let sessions = builder(&dir).open().expect("open");
+            let session = sessions
+                .session("restarts", config(), Delegate::transactional(record))
+                .await
+                .expect("session");
+            let mut generation = 0;
+            for (i, url) in urls.iter().enumerate() {
+                let handle = session
+                    .enqueue(&format!("t{i}"), TransferRequest::download(url.as_str()))
+                    .await
+                    .expect("enqueue");
+                generation = handle.generation();
+            }
+            session
+                .set_completion(generation, "done", b"g1".to_vec())
+                .await
+                .expect("completion");
+            if last {
+                wait_for(|| completions_in(&sessions) == 1, "the completion").await;
+            } else {
+                actix_rt::time::sleep(Duration::from_millis(20 + launch * 37 % 150)).await;
+            }
+        });
+    }
+    check_exactly_once(&ledger(dir.path()), "restarts", tasks, 1);
+}
+
+/// A delegate that panics once makes the session restart under its supervisor; the
+/// event is delivered again, exactly once, and nothing is lost.
+#[test]
+fn delegate_panic_restarts_without_duplicate_or_loss() {
+    let origin = origin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let panicked = Arc::new(AtomicBool::new(false));
+    let urls: Vec<String> = (0..4)
+        .map(|i| origin.url(&format!("/objects/p{i}?size=1000")))
+        .collect();
+    let flag = panicked.clone();
+    let path = dir.path().to_path_buf();
+    actix::System::new().block_on(async move {
+        let sessions = builder(&path).open().expect("open");
+        let delegate = move |delivery: &Delivery, scope: &mut WriteScope<'_>| {
+            if delivery.key.seq == 2 && !flag.swap(true, Ordering::SeqCst) {
+                panic!("the delegate panics once on event 2");
+            }
+            record(delivery, scope)
+        };
+        let session = sessions
+            .session("panics", config(), Delegate::transactional(delegate))
+            .await
+            .expect("session");
+        let mut generation = 0;
+        for (i, url) in urls.iter().enumerate() {
+            generation = session
+                .enqueue(&format!("t{i}"), TransferRequest::download(url.as_str()))
+                .await
+                .expect("enqueue")
+                .generation();
+        }
+        session
+            .set_completion(generation, "done", vec![])
+            .await
+            .expect("completion");
+        wait_for(|| completions_in(&sessions) == 1, "the completion").await;
+        let status = session.status().await.expect("status");
+        assert!(status.restarts >= 1, "the panic must restart the actor");
+        assert!(status.faulted.is_none());
+    });
+    assert!(panicked.load(Ordering::SeqCst));
+    check_exactly_once(&ledger(dir.path()), "panics", 4, 1);
+}
+
+/// Re-issuing a task identifier reconnects: the origin sees one transfer, in the same
+/// launch and after a restart once the task finished; a different description for the
+/// same identifier is a conflict.
+#[test]
+fn reconnect_starts_no_second_transfer_and_conflicts() {
+    let origin = origin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = origin.url("/objects/once?size=50000&fault=drip:10000:20");
+    let other = origin.url("/objects/other?size=10");
+    for launch in 0..2 {
+        let url = url.clone();
+        let other = other.clone();
+        let dir = dir.path().to_path_buf();
+        actix::System::new().block_on(async move {
+            let sessions = builder(&dir).open().expect("open");
+            let session = sessions
+                .session("reconnect", config(), Delegate::transactional(record))
+                .await
+                .expect("session");
+            let first = session
+                .enqueue("t", TransferRequest::download(url.as_str()))
+                .await
+                .expect("enqueue");
+            let again = session
+                .enqueue("t", TransferRequest::download(url.as_str()))
+                .await
+                .expect("re-enqueue");
+            assert_eq!(first.generation(), again.generation());
+            let conflict = session
+                .enqueue("t", TransferRequest::download(other.as_str()))
+                .await;
+            assert!(
+                matches!(
+                    conflict,
+                    Err(Error::Refused {
+                        source: MachineError::TaskConflict { .. },
+                        ..
+                    })
+                ),
+                "launch {launch}: {conflict:?}"
+            );
+            let outcome = again.outcome().await.expect("outcome");
+            assert!(matches!(outcome, Outcome::Success(_)), "{outcome:?}");
+        });
+    }
+    let counters = origin.counters();
+    assert_eq!(
+        counters.requests_for("once"),
+        1,
+        "one transfer, never a second"
+    );
+    assert_eq!(counters.body_bytes_for("once"), 50_000);
+    assert_eq!(counters.requests_for("other"), 0);
+}
+
+/// Cancelling a running task ends it `Cancelled`, reported by exactly one event.
+#[test]
+fn cancel_reports_cancelled_once() {
+    let origin = origin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = origin.url("/objects/slow?size=1000000&fault=drip:1000:50");
+    let path = dir.path().to_path_buf();
+    actix::System::new().block_on(async move {
+        let sessions = builder(&path).open().expect("open");
+        let session = sessions
+            .session("cancel", config(), Delegate::transactional(record))
+            .await
+            .expect("session");
+        let handle = session
+            .enqueue("t", TransferRequest::download(url.as_str()))
+            .await
+            .expect("enqueue");
+        session
+            .set_completion(handle.generation(), "done", vec![])
+            .await
+            .expect("completion");
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+        session.cancel("t").await.expect("cancel");
+        assert_eq!(handle.outcome().await.expect("outcome"), Outcome::Cancelled);
+        // Cancelling again changes nothing.
+        session.cancel("t").await.expect("cancel again");
+        wait_for(|| completions_in(&sessions) == 1, "the completion").await;
+    });
+    let entries = ledger(dir.path());
+    check_exactly_once(&entries, "cancel", 1, 1);
+    assert!(entries.iter().any(|e| matches!(e,
+        Entry::Event { outcome: Some(o), .. } if o == "cancelled")));
+}
+
+/// New work after a generation finished opens the next generation; each generation's
+/// completion runs once, after its own "did finish events".
+#[test]
+fn second_generation_after_finished() {
+    let origin = origin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = origin.url("/objects/gen-a?size=100");
+    let b = origin.url("/objects/gen-b?size=200");
+    let path = dir.path().to_path_buf();
+    actix::System::new().block_on(async move {
+        let sessions = builder(&path).open().expect("open");
+        let session = sessions
+            .session("generations", config(), Delegate::transactional(record))
+            .await
+            .expect("session");
+        let first = session
+            .enqueue("a", TransferRequest::download(a.as_str()))
+            .await
+            .expect("enqueue");
+        assert_eq!(first.generation(), 1);
+        session
+            .set_completion(1, "done", b"1".to_vec())
+            .await
+            .expect("c1");
+        wait_for(|| completions_in(&sessions) == 1, "the first completion").await;
+        let second = session
+            .enqueue("b", TransferRequest::download(b.as_str()))
+            .await
+            .expect("enqueue");
+        assert_eq!(second.generation(), 2);
+        // Re-issuing generation 1's completion is harmless; a generation that ended
+        // without one cannot get one.
+        session
+            .set_completion(1, "done", b"1".to_vec())
+            .await
+            .expect("again");
+        session
+            .set_completion(2, "done", b"2".to_vec())
+            .await
+            .expect("c2");
+        wait_for(|| completions_in(&sessions) == 2, "the second completion").await;
+        let record = session.record().expect("record").expect("exists");
+        assert_eq!(record.generation, 2);
+        assert_eq!(record.state, session_store::SessionState::Finished);
+    });
+    check_exactly_once(&ledger(dir.path()), "generations", 2, 2);
+}
+
+/// A stored completion whose handler is not registered makes the session wait, visibly;
+/// once a launch registers it, it runs exactly once.
+#[test]
+fn unknown_completion_waits_then_runs_once() {
+    let origin = origin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = origin.url("/objects/later?size=10");
+    let path = dir.path().to_path_buf();
+    actix::System::new().block_on(async move {
+        let sessions = builder(&path).open().expect("open");
+        let session = sessions
+            .session("waits", config(), Delegate::transactional(record))
+            .await
+            .expect("session");
+        let handle = session
+            .enqueue("t", TransferRequest::download(url.as_str()))
+            .await
+            .expect("enqueue");
+        session
+            .set_completion(handle.generation(), "later", vec![9])
+            .await
+            .expect("completion");
+        handle.outcome().await.expect("outcome");
+        let mut blocked = None;
+        for _ in 0..500 {
+            blocked = session.status().await.expect("status").delivery_blocked;
+            if blocked.is_some() {
+                break;
+            }
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(blocked.is_some_and(|b| b.contains("later")));
+        assert_eq!(completions_in(&sessions), 0);
+    });
+    let path = dir.path().to_path_buf();
+    actix::System::new().block_on(async move {
+        let sessions = builder(&path)
+            .completion("later", complete)
+            .open()
+            .expect("open");
+        let waiting = sessions.take_waiting(&session_actor::Matching::Prefix("wa".into()));
+        assert_eq!(waiting.len(), 1, "the session is waiting with events");
+        sessions
+            .session("waits", config(), Delegate::transactional(record))
+            .await
+            .expect("session");
+        wait_for(|| completions_in(&sessions) == 1, "the completion").await;
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(completions_in(&sessions), 1);
+    });
+    check_exactly_once(&ledger(dir.path()), "waits", 1, 1);
+}
+
+/// A delegate that always fails makes its session restart until the limit, then the
+/// session is parked as faulted and visible; nothing is marked delivered.
+#[test]
+fn failing_delegate_is_parked_and_visible() {
+    let origin = origin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = origin.url("/objects/bad?size=10");
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let path = dir.path().to_path_buf();
+    actix::System::new().block_on(async move {
+        let sessions = builder(&path).restart_limit(3).open().expect("open");
+        let delegate = move |_: &Delivery, _: &mut WriteScope<'_>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Err(DelegateError::new("the application is broken"))
+        };
+        let session = sessions
+            .session("broken", config(), Delegate::transactional(delegate))
+            .await
+            .expect("session");
+        session
+            .enqueue("t", TransferRequest::download(url.as_str()))
+            .await
+            .expect("enqueue");
+        wait_for(
+            || !sessions.faulted().is_empty(),
+            "the session to be parked",
+        )
+        .await;
+        let faulted = sessions.faulted();
+        assert_eq!(faulted[0].0.as_str(), "broken");
+        assert!(faulted[0].1.contains("broken"), "{faulted:?}");
+        let status = session.status().await.expect("status");
+        assert!(status.faulted.is_some());
+        assert_eq!(status.record.expect("record").delivered_seq, 0);
+        assert!(matches!(
+            session
+                .enqueue("u", TransferRequest::download(url.as_str()))
+                .await,
+            Err(Error::Faulted { .. })
+        ));
+    });
+    assert!(calls.load(Ordering::SeqCst) >= 4);
+}
