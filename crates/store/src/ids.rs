@@ -138,7 +138,9 @@ mod tests {
     /// a typed error; ordinary ones pass.
     #[test]
     fn identifiers_are_validated() {
-        for bad in ["", ".", "..", "../etc", "a/b", "a\\b", "a\0b", "é", "a b", ".hidden"] {
+        for bad in [
+            "", ".", "..", "../etc", "a/b", "a\\b", "a\0b", "é", "a b", ".hidden",
+        ] {
             assert!(
                 matches!(SessionId::new(bad), Err(Error::InvalidIdentifier { .. })),
                 "{bad:?} must be refused"

@@ -1,15 +1,52 @@
-//! LMDB persistence for bgsession (DESIGN section 3).
+//! LMDB persistence for bgsession (DESIGN section 3): records, snapshots and the
+//! group-commit writer.
+//!
+//! A [`Store`] is one LMDB environment in one directory, owned by one process at a time.
+//! Writes are units of work run by a single writer thread, many to a commit; reads are
+//! [`Snapshot`]s usable from any thread.
 //!
 //! - `ids`: validated session and task identifiers.
 //! - `records`: the persisted session, task and event records and their validation.
 //! - `error`: the crate's one error type.
+//! - `options`: [`StoreOptions`] and the limits they default to.
+//! - `store`: [`Store`]: opening the directory, submitting units, snapshots.
+//! - `tables`: the tables, their creation and the schema and codec versions in `meta`.
+//! - `keys`: the key layouts (`session 0x00 task`, `session 0x00 seq`).
+//! - `writer`: the writer thread: group commit, nested transactions, map growth.
+//! - `scope`: [`WriteScope`], what a unit reads and writes through.
+//! - `snapshot`: [`Snapshot`], a read transaction over the last commit.
+//! - `read`: decoding and checking of records read by either.
+//! - `app_table`: [`AppTable`], typed access to the application's own tables.
+//! - `queue`, `reply`, `gate`: the submission queue, one-shot replies, and the gate that
+//!   keeps snapshots out while the map is resized.
 
 #![warn(missing_docs)]
 
+mod app_table;
 mod error;
+mod gate;
 mod ids;
+mod keys;
+mod options;
+mod queue;
+mod read;
 mod records;
+mod reply;
+mod scope;
+mod snapshot;
+mod store;
+mod tables;
+mod writer;
 
+pub use app_table::{AppTable, ReadScope};
 pub use error::{Error, Result};
 pub use ids::{IDENTIFIER_BYTES_MAX, IdentifierKind, SessionId, TaskId, validate_identifier};
+pub use options::{
+    APP_TABLE_NAME_BYTES_MAX, APP_TABLES_MAX, BATCH_UNITS_MAX, MAP_SIZE_BYTES_INITIAL,
+    MAP_SIZE_BYTES_MAX, QUEUE_UNITS_MAX, READERS_MAX, StoreOptions,
+};
 pub use records::*;
+pub use scope::{APP_KEY_BYTES_MAX, APP_VALUE_BYTES_MAX, WriteScope};
+pub use snapshot::Snapshot;
+pub use store::{LOCK_FILE_NAME, Store};
+pub use tables::CODEC_VERSION;

@@ -1,0 +1,278 @@
+//! Reads shared by `WriteScope` and `Snapshot`: every value is decoded with heed's
+//! `SerdeBincode` from the raw bytes (so a failure can name its key), then validated and
+//! checked against its key. A record that fails any of these is `Error::Corrupt`.
+
+use std::ops::Bound;
+
+use heed::types::{Bytes, SerdeBincode};
+use heed::{BytesDecode, RoTxn};
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::ids::{SessionId, TaskId};
+use crate::keys;
+use crate::records::{EventRecord, SessionRecord, TaskRecord};
+use crate::tables::{EVENTS, SESSIONS, TASKS, Tables};
+
+/// A read transaction and the tables: what a `WriteScope` or a `Snapshot` reads through.
+/// (Nominally `pub` because the sealed `ReadScope` trait returns it; unreachable outside.)
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub(crate) txn: &'a RoTxn<'a>,
+    pub(crate) tables: &'a Tables,
+}
+
+impl std::fmt::Debug for View<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("View")
+            .field("txn_id", &self.txn.id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decodes a value with heed's `SerdeBincode`; a failure is `Corrupt` naming the key.
+pub(crate) fn decode<T: DeserializeOwned>(
+    table: &'static str,
+    key: impl FnOnce() -> String,
+    bytes: &[u8],
+) -> Result<T> {
+    SerdeBincode::<T>::bytes_decode(bytes).map_err(|error| Error::Corrupt {
+        table,
+        key: key(),
+        reason: format!("cannot decode the value: {error}"),
+    })
+}
+
+/// Turns a record's `validate` (or a key check) into `Corrupt`.
+fn checked(
+    table: &'static str,
+    key: impl FnOnce() -> String,
+    result: Result<(), String>,
+) -> Result<()> {
+    result.map_err(|reason| Error::Corrupt {
+        table,
+        key: key(),
+        reason,
+    })
+}
+
+fn lmdb(operation: &'static str) -> impl FnOnce(heed::Error) -> Error {
+    move |error| Error::lmdb(operation, error)
+}
+
+/// Decodes and checks a session record stored under `key`.
+fn session_from(key: &[u8], bytes: &[u8]) -> Result<SessionRecord> {
+    let printable = || keys::printable(key);
+    let record: SessionRecord = decode(SESSIONS, printable, bytes)?;
+    checked(SESSIONS, printable, record.validate())?;
+    let expected = record.id.as_str().as_bytes();
+    checked(
+        SESSIONS,
+        printable,
+        if expected == key {
+            Ok(())
+        } else {
+            Err(format!(
+                "record is for session {} but stored under another key",
+                record.id
+            ))
+        },
+    )?;
+    Ok(record)
+}
+
+/// Decodes and checks a task record stored under `key`.
+fn task_from(key: &[u8], bytes: &[u8]) -> Result<TaskRecord> {
+    let printable = || keys::printable_task(key);
+    let record: TaskRecord = decode(TASKS, printable, bytes)?;
+    checked(TASKS, printable, record.validate())?;
+    checked(
+        TASKS,
+        printable,
+        if keys::task_key(&record.session, &record.id) == key {
+            Ok(())
+        } else {
+            Err(format!(
+                "record is for task {}/{} but stored under another key",
+                record.session, record.id
+            ))
+        },
+    )?;
+    Ok(record)
+}
+
+/// Decodes and checks an event record stored under `key`.
+fn event_from(key: &[u8], bytes: &[u8]) -> Result<EventRecord> {
+    let printable = || keys::printable_event(key);
+    let record: EventRecord = decode(EVENTS, printable, bytes)?;
+    checked(EVENTS, printable, record.validate())?;
+    checked(
+        EVENTS,
+        printable,
+        if keys::event_key(&record.session, record.seq) == key {
+            Ok(())
+        } else {
+            Err(format!(
+                "record is event {}/{} but stored under another key",
+                record.session, record.seq
+            ))
+        },
+    )?;
+    Ok(record)
+}
+
+pub(crate) fn session(view: View<'_>, id: &SessionId) -> Result<Option<SessionRecord>> {
+    let raw = view.tables.sessions.remap_data_type::<Bytes>();
+    match raw
+        .get(view.txn, id.as_str())
+        .map_err(lmdb("reading a session"))?
+    {
+        Some(bytes) => session_from(id.as_str().as_bytes(), bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn sessions(view: View<'_>) -> Result<Vec<SessionRecord>> {
+    let raw = view.tables.sessions.remap_types::<Bytes, Bytes>();
+    let mut records = Vec::new();
+    for entry in raw.iter(view.txn).map_err(lmdb("listing sessions"))? {
+        let (key, bytes) = entry.map_err(lmdb("listing sessions"))?;
+        records.push(session_from(key, bytes)?);
+    }
+    Ok(records)
+}
+
+pub(crate) fn task(
+    view: View<'_>,
+    session: &SessionId,
+    task: &TaskId,
+) -> Result<Option<TaskRecord>> {
+    let key = keys::task_key(session, task);
+    let raw = view.tables.tasks.remap_data_type::<Bytes>();
+    match raw.get(view.txn, &key).map_err(lmdb("reading a task"))? {
+        Some(bytes) => task_from(&key, bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn tasks(view: View<'_>, session: &SessionId) -> Result<Vec<TaskRecord>> {
+    let prefix = keys::session_prefix(session);
+    let raw = view.tables.tasks.remap_data_type::<Bytes>();
+    let mut records = Vec::new();
+    for entry in raw
+        .prefix_iter(view.txn, &prefix)
+        .map_err(lmdb("listing a session's tasks"))?
+    {
+        let (key, bytes) = entry.map_err(lmdb("listing a session's tasks"))?;
+        records.push(task_from(key, bytes)?);
+    }
+    Ok(records)
+}
+
+pub(crate) fn for_each_task(
+    view: View<'_>,
+    mut visit: impl FnMut(TaskRecord) -> Result<()>,
+) -> Result<()> {
+    let raw = view.tables.tasks.remap_data_type::<Bytes>();
+    for entry in raw.iter(view.txn).map_err(lmdb("listing tasks"))? {
+        let (key, bytes) = entry.map_err(lmdb("listing tasks"))?;
+        visit(task_from(key, bytes)?)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn event(view: View<'_>, session: &SessionId, seq: u64) -> Result<Option<EventRecord>> {
+    let key = keys::event_key(session, seq);
+    let raw = view.tables.events.remap_data_type::<Bytes>();
+    match raw.get(view.txn, &key).map_err(lmdb("reading an event"))? {
+        Some(bytes) => event_from(&key, bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn events(
+    view: View<'_>,
+    session: &SessionId,
+    from_seq: u64,
+    limit: usize,
+) -> Result<Vec<EventRecord>> {
+    let start = keys::event_key(session, from_seq);
+    let end = keys::session_end(session);
+    let range = (
+        Bound::Included(start.as_slice()),
+        Bound::Excluded(end.as_slice()),
+    );
+    let raw = view.tables.events.remap_data_type::<Bytes>();
+    let mut records = Vec::new();
+    for entry in raw
+        .range(view.txn, &range)
+        .map_err(lmdb("listing a session's events"))?
+        .take(limit)
+    {
+        let (key, bytes) = entry.map_err(lmdb("listing a session's events"))?;
+        records.push(event_from(key, bytes)?);
+    }
+    Ok(records)
+}
+
+/// Reads an application table value.
+pub(crate) fn app_get<V: DeserializeOwned>(
+    view: View<'_>,
+    name: &str,
+    key: &[u8],
+) -> Result<Option<V>> {
+    let database = app_table(view.tables, name)?;
+    match database
+        .get(view.txn, key)
+        .map_err(lmdb("reading an application table"))?
+    {
+        Some(bytes) => decode_app(name, key, bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Visits an application table's entries whose key starts with `prefix`, in key order.
+pub(crate) fn app_for_each<V: DeserializeOwned>(
+    view: View<'_>,
+    name: &str,
+    prefix: &[u8],
+    mut visit: impl FnMut(&[u8], V) -> Result<()>,
+) -> Result<()> {
+    let database = app_table(view.tables, name)?;
+    let operation = "listing an application table";
+    let mut visit_entry = |entry: heed::Result<(&[u8], &[u8])>| -> Result<()> {
+        let (key, bytes) = entry.map_err(lmdb(operation))?;
+        visit(key, decode_app(name, key, bytes)?)
+    };
+    if prefix.is_empty() {
+        // LMDB refuses an empty key as a cursor position, so "everything" is a full scan.
+        for entry in database.iter(view.txn).map_err(lmdb(operation))? {
+            visit_entry(entry)?;
+        }
+    } else {
+        for entry in database
+            .prefix_iter(view.txn, prefix)
+            .map_err(lmdb(operation))?
+        {
+            visit_entry(entry)?;
+        }
+    }
+    Ok(())
+}
+
+/// The handle of an application table named at open.
+pub(crate) fn app_table<'t>(
+    tables: &'t Tables,
+    name: &str,
+) -> Result<&'t heed::Database<'static, Bytes, Bytes>> {
+    tables
+        .app
+        .get(name)
+        .ok_or_else(|| Error::UnknownTable { name: name.into() })
+}
+
+fn decode_app<V: DeserializeOwned>(name: &str, key: &[u8], bytes: &[u8]) -> Result<V> {
+    // Application table names are not `'static`; the error names the family of tables
+    // and the key carries the table name so both are reported.
+    decode("app", || format!("{name}:{}", keys::printable(key)), bytes)
+}

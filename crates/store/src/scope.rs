@@ -1,0 +1,217 @@
+//! `WriteScope`: what a unit of work reads and writes through, on the writer thread.
+
+use std::cell::Cell;
+
+use heed::types::Bytes;
+use heed::{PutFlags, RwTxn};
+
+use crate::error::{Error, Result};
+use crate::ids::{SessionId, TaskId};
+use crate::keys;
+use crate::read::{self, View};
+use crate::records::{EventRecord, SessionRecord, TaskRecord};
+use crate::store::Shared;
+use crate::tables::{EVENTS, SESSIONS, TASKS};
+
+/// The longest application table key LMDB accepts (its default `MDB_MAXKEYSIZE`).
+pub const APP_KEY_BYTES_MAX: usize = 511;
+/// The largest application table value, in bytes once encoded.
+pub const APP_VALUE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// One unit's view of the store: a nested write transaction inside the writer's current
+/// batch. Everything written through it commits with the batch if the unit returns
+/// `Ok`, and is discarded alone if the unit returns `Err` or panics.
+///
+/// A unit may run more than once (when the map must grow, the whole batch is re-run), so
+/// it must have effects only through its `WriteScope`.
+pub struct WriteScope<'t> {
+    txn: RwTxn<'t>,
+    shared: &'t Shared,
+    /// Set when any operation hit LMDB's "map full". LMDB then leaves the whole batch's
+    /// transaction unusable, and the unit may have turned the error into its own type or
+    /// swallowed it, so the writer checks this flag rather than the unit's result.
+    map_full_seen: Cell<bool>,
+}
+
+impl std::fmt::Debug for WriteScope<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteScope")
+            .field("dir", &self.shared.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'t> WriteScope<'t> {
+    pub(crate) fn new(txn: RwTxn<'t>, shared: &'t Shared) -> Self {
+        WriteScope {
+            txn,
+            shared,
+            map_full_seen: Cell::new(false),
+        }
+    }
+
+    /// The nested transaction back, and whether the unit hit "map full".
+    pub(crate) fn into_parts(self) -> (RwTxn<'t>, bool) {
+        (self.txn, self.map_full_seen.get())
+    }
+
+    pub(crate) fn view(&self) -> View<'_> {
+        View {
+            txn: &self.txn,
+            tables: &self.shared.tables,
+        }
+    }
+
+    /// Remembers "map full" before handing any error to the unit.
+    fn observe<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(error) = &result
+            && error.is_map_full()
+        {
+            self.map_full_seen.set(true);
+        }
+        result
+    }
+
+    fn lmdb(&self, operation: &'static str, error: heed::Error) -> Error {
+        let error = Error::lmdb(operation, error);
+        if error.is_map_full() {
+            self.map_full_seen.set(true);
+        }
+        error
+    }
+
+    /// The session record, if the session exists.
+    pub fn session(&self, id: &SessionId) -> Result<Option<SessionRecord>> {
+        self.observe(read::session(self.view(), id))
+    }
+
+    /// Every session record, in identifier order.
+    pub fn sessions(&self) -> Result<Vec<SessionRecord>> {
+        self.observe(read::sessions(self.view()))
+    }
+
+    /// Validates and writes a session record under its id.
+    pub fn put_session(&mut self, record: &SessionRecord) -> Result<()> {
+        record.validate().map_err(|reason| Error::InvalidRecord {
+            table: SESSIONS,
+            key: record.id.to_string(),
+            reason,
+        })?;
+        self.shared
+            .tables
+            .sessions
+            .put(&mut self.txn, record.id.as_str(), record)
+            .map_err(|e| self.lmdb("writing a session", e))
+    }
+
+    /// The task record, if the task exists.
+    pub fn task(&self, session: &SessionId, task: &TaskId) -> Result<Option<TaskRecord>> {
+        self.observe(read::task(self.view(), session, task))
+    }
+
+    /// Every task of a session, in task identifier order.
+    pub fn tasks(&self, session: &SessionId) -> Result<Vec<TaskRecord>> {
+        self.observe(read::tasks(self.view(), session))
+    }
+
+    /// Validates and writes a task record under `(session, id)`.
+    pub fn put_task(&mut self, record: &TaskRecord) -> Result<()> {
+        record.validate().map_err(|reason| Error::InvalidRecord {
+            table: TASKS,
+            key: format!("{}/{}", record.session, record.id),
+            reason,
+        })?;
+        let key = keys::task_key(&record.session, &record.id);
+        self.shared
+            .tables
+            .tasks
+            .put(&mut self.txn, &key, record)
+            .map_err(|e| self.lmdb("writing a task", e))
+    }
+
+    /// The event `seq` of a session, if it exists.
+    pub fn event(&self, session: &SessionId, seq: u64) -> Result<Option<EventRecord>> {
+        self.observe(read::event(self.view(), session, seq))
+    }
+
+    /// Up to `limit` events of a session from `from_seq` on, in sequence order.
+    pub fn events(
+        &self,
+        session: &SessionId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>> {
+        self.observe(read::events(self.view(), session, from_seq, limit))
+    }
+
+    /// Validates and appends an event under `(session, seq)`. An event is never
+    /// overwritten: an existing `seq` is [`Error::EventExists`].
+    pub fn put_event(&mut self, record: &EventRecord) -> Result<()> {
+        record.validate().map_err(|reason| Error::InvalidRecord {
+            table: EVENTS,
+            key: format!("{}/{}", record.session, record.seq),
+            reason,
+        })?;
+        let key = keys::event_key(&record.session, record.seq);
+        match self.shared.tables.events.put_with_flags(
+            &mut self.txn,
+            PutFlags::NO_OVERWRITE,
+            &key,
+            record,
+        ) {
+            Ok(()) => Ok(()),
+            Err(heed::Error::Mdb(heed::MdbError::KeyExist)) => Err(Error::EventExists {
+                session: record.session.clone(),
+                seq: record.seq,
+            }),
+            Err(error) => Err(self.lmdb("writing an event", error)),
+        }
+    }
+
+    /// Deletes the event `seq` of a session; `false` if there was none.
+    pub fn delete_event(&mut self, session: &SessionId, seq: u64) -> Result<bool> {
+        let key = keys::event_key(session, seq);
+        self.shared
+            .tables
+            .events
+            .delete(&mut self.txn, &key)
+            .map_err(|e| self.lmdb("deleting an event", e))
+    }
+
+    /// Writes encoded bytes into an application table (see `AppTable::put`).
+    pub(crate) fn app_put(&mut self, name: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        check_app_key(name, key)?;
+        if value.len() > APP_VALUE_BYTES_MAX {
+            return Err(Error::InvalidRecord {
+                table: "app",
+                key: format!("{name}:{}", keys::printable(key)),
+                reason: format!("value is {} bytes, over {APP_VALUE_BYTES_MAX}", value.len()),
+            });
+        }
+        let database = self.observe(read::app_table(&self.shared.tables, name))?;
+        database
+            .put(&mut self.txn, key, value)
+            .map_err(|e| self.lmdb("writing an application table", e))
+    }
+
+    /// Deletes from an application table (see `AppTable::delete`).
+    pub(crate) fn app_delete(&mut self, name: &str, key: &[u8]) -> Result<bool> {
+        check_app_key(name, key)?;
+        let database = self.observe(read::app_table(&self.shared.tables, name))?;
+        database
+            .remap_data_type::<Bytes>()
+            .delete(&mut self.txn, key)
+            .map_err(|e| self.lmdb("deleting from an application table", e))
+    }
+}
+
+/// LMDB refuses empty keys and keys over its maximum size; say so before it does.
+pub(crate) fn check_app_key(name: &str, key: &[u8]) -> Result<()> {
+    if key.is_empty() || key.len() > APP_KEY_BYTES_MAX {
+        return Err(Error::InvalidKey {
+            table: name.into(),
+            reason: format!("key is {} bytes, not 1..={APP_KEY_BYTES_MAX}", key.len()),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,839 @@
+//! The store over a real LMDB in a temporary directory: records, ordering, application
+//! tables, the group-commit writer, and bad input.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::mpsc;
+use std::thread;
+
+use common::*;
+use session_store::{
+    Error, EventBody, SCHEMA_VERSION, SessionState, Store, StoreOptions, TaskState,
+};
+
+fn open(dir: &Path) -> Store {
+    Store::open(dir, StoreOptions::default().with_app_table("ledger")).expect("open the store")
+}
+
+/// An application error type, to show units may return their own errors.
+#[derive(Debug)]
+#[allow(dead_code)] // `Other`'s text is read only through `Debug` in failure messages.
+enum AppError {
+    Store(Error),
+    Refused(&'static str),
+    Other(String),
+}
+
+impl From<Error> for AppError {
+    fn from(error: Error) -> Self {
+        AppError::Store(error)
+    }
+}
+
+/// Every record type survives a write and a read, both from a snapshot and from a later
+/// unit, and survives closing and reopening the store.
+#[test]
+fn every_record_roundtrips() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let session = session("s1");
+    let tasks: Vec<_> = every_task_state()
+        .into_iter()
+        .enumerate()
+        .map(|(n, state)| task("s1", &format!("t{n}"), state))
+        .collect();
+    let events: Vec<_> = every_event_body()
+        .into_iter()
+        .enumerate()
+        .map(|(seq, body)| event("s1", seq as u64, body))
+        .collect();
+    {
+        let (session, tasks, events) = (session.clone(), tasks.clone(), events.clone());
+        store
+            .write(move |scope| {
+                scope.put_session(&session)?;
+                for task in &tasks {
+                    scope.put_task(task)?;
+                }
+                for event in &events {
+                    scope.put_event(event)?;
+                }
+                Ok::<_, Error>(())
+            })
+            .expect("write the records");
+    }
+    let check = |store: &Store| {
+        let snapshot = store.snapshot().expect("snapshot");
+        let id = session_id("s1");
+        assert_eq!(snapshot.session(&id).expect("read"), Some(session.clone()));
+        assert_eq!(snapshot.sessions().expect("read"), vec![session.clone()]);
+        assert_eq!(snapshot.tasks(&id).expect("read"), tasks);
+        for task in &tasks {
+            assert_eq!(
+                snapshot.task(&id, &task.id).expect("read").as_ref(),
+                Some(task)
+            );
+        }
+        assert_eq!(snapshot.events(&id, 0, 100).expect("read"), events);
+        for event in &events {
+            assert_eq!(
+                snapshot.event(&id, event.seq).expect("read").as_ref(),
+                Some(event)
+            );
+        }
+        let (expected_session, expected_tasks) = (session.clone(), tasks.clone());
+        store
+            .write(move |scope| {
+                assert_eq!(scope.session(&id)?, Some(expected_session.clone()));
+                assert_eq!(scope.tasks(&id)?, expected_tasks);
+                assert_eq!(
+                    scope.event(&id, 1)?.map(|e| e.body),
+                    Some(EventBody::DidFinishEvents)
+                );
+                Ok::<_, Error>(())
+            })
+            .expect("read in a unit");
+    };
+    check(&store);
+    drop(store);
+    check(&open(dir.path()));
+}
+
+/// Events iterate in numeric sequence order (big-endian keys), from any starting point
+/// and with a limit, without mixing in a session whose id extends this one's; an existing
+/// sequence number is never overwritten, and deleted events disappear.
+#[test]
+fn events_iterate_in_sequence_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    // 0..600 in a scrambled order, crossing the 255/256 byte boundary.
+    let mut seqs: Vec<u64> = (0..600).map(|n| (n * 7919) % 600).collect();
+    seqs.dedup();
+    store
+        .write(move |scope| {
+            for &seq in &seqs {
+                scope.put_event(&event("a", seq, EventBody::DidFinishEvents))?;
+            }
+            scope.put_event(&event("a-b", 0, EventBody::DidFinishEvents))?;
+            scope.put_event(&event("0", 9, EventBody::DidFinishEvents))?;
+            Ok::<_, Error>(())
+        })
+        .expect("write events");
+    let a = session_id("a");
+    let snapshot = store.snapshot().expect("snapshot");
+    let all: Vec<u64> = snapshot
+        .events(&a, 0, usize::MAX)
+        .expect("read")
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(all, (0..600).collect::<Vec<_>>());
+    let page: Vec<u64> = snapshot
+        .events(&a, 250, 10)
+        .expect("read")
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(page, (250..260).collect::<Vec<_>>());
+    assert!(snapshot.events(&a, 600, 10).expect("read").is_empty());
+    drop(snapshot);
+
+    let duplicate =
+        store.write(|scope| scope.put_event(&event("a", 7, EventBody::DidFinishEvents)));
+    assert!(
+        matches!(&duplicate, Err(Error::EventExists { session, seq: 7 }) if session.as_str() == "a"),
+        "{duplicate:?}"
+    );
+    let deleted = store
+        .write(|scope| {
+            Ok::<_, Error>((
+                scope.delete_event(&session_id("a"), 3)?,
+                scope.delete_event(&session_id("a"), 3)?,
+            ))
+        })
+        .expect("delete");
+    assert_eq!(deleted, (true, false));
+    let snapshot = store.snapshot().expect("snapshot");
+    let first: Vec<u64> = snapshot
+        .events(&a, 0, 5)
+        .expect("read")
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(first, vec![0, 1, 2, 4, 5]);
+}
+
+/// A session's tasks are found by prefix without tasks of another session whose id
+/// extends it, and `for_each_task` visits every task of every session.
+#[test]
+fn tasks_are_listed_per_session_and_in_full() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    store
+        .write(|scope| {
+            for (session, id) in [("s", "t2"), ("s", "t1"), ("s-2", "t1"), ("r", "z")] {
+                scope.put_task(&task(session, id, TaskState::Running { attempt: 1 }))?;
+            }
+            Ok::<_, Error>(())
+        })
+        .expect("write tasks");
+    let snapshot = store.snapshot().expect("snapshot");
+    let ids: Vec<String> = snapshot
+        .tasks(&session_id("s"))
+        .expect("read")
+        .iter()
+        .map(|t| t.id.to_string())
+        .collect();
+    assert_eq!(ids, ["t1", "t2"]);
+    let mut all = Vec::new();
+    snapshot
+        .for_each_task(|task| {
+            all.push(format!("{}/{}", task.session, task.id));
+            Ok(())
+        })
+        .expect("visit tasks");
+    assert_eq!(all, ["r/z", "s/t1", "s/t2", "s-2/t1"]);
+}
+
+/// A record that fails validation is refused before it is written, with the table and
+/// key, and nothing of the unit is written.
+#[test]
+fn invalid_records_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let mut bad = session("s1");
+    bad.delivered_seq = bad.next_event_seq + 1;
+    let result = store.write(move |scope| {
+        scope.put_task(&task("s1", "t1", TaskState::Running { attempt: 1 }))?;
+        scope.put_session(&bad)
+    });
+    assert!(
+        matches!(&result, Err(Error::InvalidRecord { table: "sessions", key, .. }) if key == "s1"),
+        "{result:?}"
+    );
+    let mut bad_task = task("s1", "t1", TaskState::Running { attempt: 1 });
+    bad_task.state = TaskState::Running { attempt: 0 };
+    let result = store.write(move |scope| scope.put_task(&bad_task));
+    assert!(
+        matches!(&result, Err(Error::InvalidRecord { table: "tasks", key, .. }) if key == "s1/t1"),
+        "{result:?}"
+    );
+    assert!(
+        store
+            .snapshot()
+            .expect("snapshot")
+            .task(&session_id("s1"), &task_id("t1"))
+            .expect("read")
+            .is_none()
+    );
+}
+
+/// Application tables: typed put, get (from the unit itself and from a snapshot),
+/// delete, ordered iteration and prefix iteration; an unknown name, a bad name and a bad
+/// key are typed errors.
+#[test]
+fn app_tables_work_and_refuse_bad_names_and_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let ledger = store
+        .app_table::<(u64, String)>("ledger")
+        .expect("ledger table");
+    {
+        let ledger = ledger.clone();
+        store
+            .write(move |scope| {
+                for (key, n) in [("b/2", 2), ("a/1", 1), ("b/1", 3), ("c", 4)] {
+                    ledger.put(scope, key, &(n, format!("value {n}")))?;
+                }
+                assert_eq!(ledger.get(scope, "a/1")?, Some((1, "value 1".to_string())));
+                assert!(ledger.delete(scope, "c")?);
+                assert!(!ledger.delete(scope, "c")?);
+                Ok::<_, Error>(())
+            })
+            .expect("write the ledger");
+    }
+    let snapshot = store.snapshot().expect("snapshot");
+    assert_eq!(
+        ledger.get(&snapshot, b"b/2").expect("read"),
+        Some((2, "value 2".into()))
+    );
+    assert_eq!(ledger.get(&snapshot, "c").expect("read"), None);
+    let keys: Vec<Vec<u8>> = ledger
+        .entries(&snapshot)
+        .expect("entries")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, [b"a/1".to_vec(), b"b/1".to_vec(), b"b/2".to_vec()]);
+    let mut in_b = Vec::new();
+    ledger
+        .for_each_with_prefix(&snapshot, "b/", |key, (n, _)| {
+            in_b.push((String::from_utf8_lossy(key).into_owned(), n));
+            Ok(())
+        })
+        .expect("prefix");
+    assert_eq!(in_b, [("b/1".to_string(), 3), ("b/2".to_string(), 2)]);
+
+    assert!(
+        matches!(store.app_table::<u8>("missing"), Err(Error::UnknownTable { name }) if name == "missing")
+    );
+    assert!(matches!(
+        store.app_table::<u8>("no/slash"),
+        Err(Error::InvalidTableName { .. })
+    ));
+    assert!(matches!(
+        ledger.get(&snapshot, ""),
+        Err(Error::InvalidKey { .. })
+    ));
+    assert!(matches!(
+        ledger.get(&snapshot, vec![b'k'; 512]),
+        Err(Error::InvalidKey { .. })
+    ));
+    let bad_name = Store::open(
+        dir.path().join("other"),
+        StoreOptions::default().with_app_table("a b"),
+    );
+    assert!(
+        matches!(bad_name, Err(Error::InvalidTableName { .. })),
+        "{bad_name:?}"
+    );
+}
+
+/// In one batch, a unit that returns an error and a unit that panics are rolled back
+/// alone while the others commit: a first unit holds the writer until the four others
+/// are queued behind it, so they run together in the next batch.
+#[test]
+fn failing_and_panicking_units_are_aborted_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let ledger = store.app_table::<u32>("ledger").expect("ledger");
+    let (started, holder_started) = mpsc::channel::<()>();
+    let (release, released) = mpsc::channel::<()>();
+    let released = std::sync::Mutex::new(released);
+    let holder = {
+        let store = store.clone();
+        thread::spawn(move || {
+            store.write(move |_| {
+                started.send(()).expect("signal start");
+                released.lock().expect("lock").recv().expect("released");
+                Ok::<_, Error>(())
+            })
+        })
+    };
+    // The holder's unit is running on the writer: the next four queue up behind it.
+    holder_started.recv().expect("the holder's unit started");
+    let submit = |name: &'static str, behaviour: u8| {
+        let (store, ledger) = (store.clone(), ledger.clone());
+        thread::spawn(move || {
+            store.write(move |scope| {
+                ledger.put(scope, name, &1)?;
+                match behaviour {
+                    0 => Ok(name),
+                    1 => Err(AppError::Refused(name)),
+                    _ => panic!("unit {name} panics on purpose"),
+                }
+            })
+        })
+    };
+    let units = [
+        submit("ok-1", 0),
+        submit("err", 1),
+        submit("panic", 2),
+        submit("ok-2", 0),
+    ];
+    while store.queued_units() < 4 {
+        thread::yield_now();
+    }
+    release.send(()).expect("release the holder");
+    holder.join().expect("holder thread").expect("holder unit");
+    let results: Vec<_> = units
+        .into_iter()
+        .map(|unit| unit.join().expect("submitter"))
+        .collect();
+    assert!(matches!(results[0], Ok("ok-1")));
+    assert!(matches!(results[1], Err(AppError::Refused("err"))));
+    assert!(
+        matches!(&results[2], Err(AppError::Store(Error::UnitPanicked { message })) if message.contains("panics on purpose")),
+        "{:?}",
+        results[2]
+    );
+    assert!(matches!(results[3], Ok("ok-2")));
+    let snapshot = store.snapshot().expect("snapshot");
+    let keys: BTreeSet<String> = ledger
+        .entries(&snapshot)
+        .expect("entries")
+        .into_iter()
+        .map(|(key, _)| String::from_utf8_lossy(&key).into_owned())
+        .collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from(["ok-1".to_string(), "ok-2".to_string()])
+    );
+}
+
+/// Many threads submitting at once all get `Ok` only for durable writes: after the
+/// store is closed and reopened, every acknowledged unit's write is there.
+#[test]
+fn concurrent_thread_submitters_all_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let ledger = store.app_table::<u64>("ledger").expect("ledger");
+    let threads: Vec<_> = (0..16)
+        .map(|thread_index| {
+            let (store, ledger) = (store.clone(), ledger.clone());
+            thread::spawn(move || {
+                for n in 0..200_u64 {
+                    let ledger = ledger.clone();
+                    store
+                        .write(move |scope| {
+                            ledger.put(scope, format!("{thread_index:02}/{n:04}"), &n)
+                        })
+                        .expect("write");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("submitter");
+    }
+    drop(store);
+    let store = open(dir.path());
+    let ledger = store.app_table::<u64>("ledger").expect("ledger");
+    let entries = ledger
+        .entries(&store.snapshot().expect("snapshot"))
+        .expect("entries");
+    assert_eq!(entries.len(), 16 * 200);
+}
+
+/// Many async tasks on a multi-threaded tokio runtime submit at once; every future
+/// resolves `Ok` and every write is present afterwards.
+#[test]
+fn concurrent_async_submitters_all_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let ledger = store.app_table::<u64>("ledger").expect("ledger");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..500_u64)
+            .map(|task_index| {
+                let (store, ledger) = (store.clone(), ledger.clone());
+                tokio::spawn(async move {
+                    for n in 0..10_u64 {
+                        let ledger = ledger.clone();
+                        store
+                            .write_async(move |scope| {
+                                ledger.put(scope, format!("{task_index:03}/{n}"), &n)
+                            })
+                            .await
+                            .expect("write");
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("task");
+        }
+    });
+    let entries = ledger
+        .entries(&store.snapshot().expect("snapshot"))
+        .expect("entries");
+    assert_eq!(entries.len(), 5000);
+}
+
+/// `write_async` needs no async runtime: a future driven by a std-only `block_on` resolves.
+#[test]
+fn write_async_needs_no_runtime() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let value = block_on(store.write_async(|scope| {
+        scope.put_session(&session("s1"))?;
+        Ok::<_, Error>(42)
+    }))
+    .expect("write");
+    assert_eq!(value, 42);
+    assert!(
+        store
+            .snapshot()
+            .expect("snapshot")
+            .session(&session_id("s1"))
+            .expect("read")
+            .is_some()
+    );
+}
+
+/// A unit that calls `Store::write` gets `ReentrantWrite` instead of waiting on itself.
+#[test]
+fn write_from_inside_a_unit_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let inner = store.clone();
+    let result = store.write(move |_| inner.write(|_| Ok::<_, Error>(())));
+    assert!(matches!(result, Err(Error::ReentrantWrite)), "{result:?}");
+}
+
+/// A path that is a regular file is refused with `NotADirectory` naming it.
+#[test]
+fn a_file_path_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"not a store").expect("write file");
+    let result = Store::open(&file, StoreOptions::default());
+    assert!(
+        matches!(&result, Err(Error::NotADirectory { path }) if *path == file),
+        "{result:?}"
+    );
+}
+
+/// A directory the process cannot write to is refused with `Io` naming the file it
+/// could not create. As a normal user the test removes write permission from a temp
+/// directory; as root (permission bits do not stop root) it uses sysfs' `/sys/kernel`,
+/// which refuses new files even to root, and skips with a message if that is missing.
+#[test]
+fn an_unwritable_directory_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let is_root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    let dir = if is_root {
+        let sysfs = Path::new("/sys/kernel");
+        if !sysfs.is_dir() {
+            eprintln!("skipped: running as root and /sys/kernel is not available");
+            return;
+        }
+        sysfs.to_path_buf()
+    } else {
+        let dir = scratch.path().join("read-only");
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+        dir
+    };
+    let result = Store::open(&dir, StoreOptions::default());
+    assert!(
+        matches!(&result, Err(Error::Io { path, .. }) if path.starts_with(&dir)),
+        "{result:?}"
+    );
+}
+
+/// A second owner in the same process gets `Locked` naming the directory (the lock is
+/// taken before LMDB, which would otherwise say "already opened"); once the first owner
+/// is dropped the directory opens again.
+#[test]
+fn a_second_owner_in_this_process_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = open(dir.path());
+    let second = Store::open(dir.path(), StoreOptions::default());
+    assert!(
+        matches!(&second, Err(Error::Locked { dir: locked }) if locked == dir.path()),
+        "{second:?}"
+    );
+    let snapshot = first.snapshot().expect("snapshot");
+    drop(first);
+    // The snapshot still holds the environment, so the directory stays owned.
+    assert!(matches!(
+        Store::open(dir.path(), StoreOptions::default()),
+        Err(Error::Locked { .. })
+    ));
+    drop(snapshot);
+    open(dir.path());
+}
+
+const CHILD_DIR_VAR: &str = "SESSION_STORE_TEST_LOCK_CHILD_DIR";
+
+/// A second owner in another process gets `Locked`: this test binary runs itself as a
+/// child that tries to open the directory the parent holds and reports what it got.
+#[test]
+fn a_second_owner_in_another_process_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _owner = open(dir.path());
+    let output = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "second_owner_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR_VAR, dir.path())
+        .output()
+        .expect("run the child");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("child-open: locked"),
+        "child said: {stdout}"
+    );
+}
+
+/// Not a test on its own: the child side of `a_second_owner_in_another_process_is_refused`
+/// (does nothing unless the parent set the directory variable).
+#[test]
+fn second_owner_child() {
+    let Some(dir) = std::env::var_os(CHILD_DIR_VAR) else {
+        return;
+    };
+    match Store::open(&dir, StoreOptions::default()) {
+        Err(Error::Locked { dir: locked }) if locked == Path::new(&dir) => {
+            println!("child-open: locked")
+        }
+        other => println!("child-open: unexpected {other:?}"),
+    }
+}
+
+/// Opens a raw heed environment on a closed store's directory, to plant bytes the store
+/// would never write.
+fn raw_put(dir: &Path, table: &str, key: &[u8], value: &[u8]) {
+    use heed::types::Bytes;
+    // SAFETY: the store on `dir` is closed (dropped) and nothing else in this test opens
+    // the directory while this environment is alive.
+    let env = unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(dir) }.expect("raw open");
+    let wtxn = env.write_txn().expect("raw txn");
+    let created = env
+        .create_databases_and_commit(wtxn, |opener, wtxn| {
+            opener
+                .create_database::<Bytes, Bytes>(wtxn, Some(table))
+                .map(heed::CommitOrAbort::<_, ()>::Commit)
+        })
+        .expect("raw table");
+    let heed::CommitOrAbort::Commit(database) = created else {
+        panic!("raw table creation aborted");
+    };
+    let mut wtxn = env.write_txn().expect("raw txn");
+    database.put(&mut wtxn, key, value).expect("raw put");
+    wtxn.commit().expect("raw commit");
+}
+
+/// Garbage bytes under a key (planted with a raw heed handle) read back as `Corrupt`
+/// naming the table and the key, from single reads and from iteration, never a panic.
+#[test]
+fn a_corrupt_record_is_a_typed_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    store
+        .write(|scope| scope.put_session(&session("good")))
+        .expect("write");
+    drop(store);
+    raw_put(dir.path(), "sessions", b"s1", &[0xff; 7]);
+    let mut event_key = b"s1\0".to_vec();
+    event_key.extend_from_slice(&3_u64.to_be_bytes());
+    raw_put(dir.path(), "events", &event_key, b"\x01\x02");
+    raw_put(dir.path(), "app.ledger", b"k", b"");
+
+    let store = open(dir.path());
+    let snapshot = store.snapshot().expect("snapshot");
+    let s1 = session_id("s1");
+    let corrupt = |result: String, table: &str, key: &str| {
+        assert!(
+            result.contains(&format!("table {table}, key {key}")),
+            "{result}"
+        );
+    };
+    let result = snapshot.session(&s1);
+    assert!(
+        matches!(&result, Err(Error::Corrupt { table: "sessions", key, .. }) if key == "s1"),
+        "{result:?}"
+    );
+    corrupt(
+        format!("{}", snapshot.sessions().expect_err("corrupt")),
+        "sessions",
+        "s1",
+    );
+    let result = snapshot.events(&s1, 0, 10);
+    assert!(
+        matches!(&result, Err(Error::Corrupt { table: "events", key, .. }) if key == "s1/3"),
+        "{result:?}"
+    );
+    let result = snapshot.event(&s1, 3);
+    assert!(
+        matches!(
+            &result,
+            Err(Error::Corrupt {
+                table: "events",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    let ledger = store.app_table::<u64>("ledger").expect("ledger");
+    let result = ledger.get(&snapshot, "k");
+    assert!(
+        matches!(&result, Err(Error::Corrupt { key, .. }) if key == "ledger:k"),
+        "{result:?}"
+    );
+    // Good records stay readable.
+    assert!(
+        snapshot
+            .session(&session_id("good"))
+            .expect("read")
+            .is_some()
+    );
+}
+
+/// A well-encoded record stored under the wrong key is also `Corrupt`: reads check the
+/// record against its key.
+#[test]
+fn a_record_under_the_wrong_key_is_corrupt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(open(dir.path()));
+    let bytes = bincode::serialize(&session("other")).expect("encode");
+    raw_put(dir.path(), "sessions", b"s1", &bytes);
+    let store = open(dir.path());
+    let result = store
+        .snapshot()
+        .expect("snapshot")
+        .session(&session_id("s1"));
+    assert!(
+        matches!(&result, Err(Error::Corrupt { table: "sessions", key, .. }) if key == "s1"),
+        "{result:?}"
+    );
+}
+
+/// A store whose `meta` says a newer schema version is refused with `SchemaTooNew`,
+/// and a fresh store records the current schema version.
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(open(dir.path()));
+    raw_put(
+        dir.path(),
+        "meta",
+        b"schema_version",
+        &bincode::serialize(&(SCHEMA_VERSION + 1)).expect("encode"),
+    );
+    let result = Store::open(dir.path(), StoreOptions::default());
+    assert!(
+        matches!(&result, Err(Error::SchemaTooNew { found, supported, .. }) if *found == SCHEMA_VERSION + 1 && *supported == SCHEMA_VERSION),
+        "{result:?}"
+    );
+}
+
+/// A 64 KiB map grows transparently while thousands of units from several threads are
+/// written (including one unit larger than the whole initial map): every unit succeeds.
+#[test]
+fn a_tiny_map_grows_transparently() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = StoreOptions {
+        map_size_bytes_initial: 64 * 1024,
+        ..StoreOptions::default().with_app_table("ledger")
+    };
+    let store = Store::open(dir.path(), options).expect("open");
+    let initial = store.map_size_bytes();
+    let ledger = store.app_table::<Vec<u8>>("ledger").expect("ledger");
+    {
+        let ledger = ledger.clone();
+        store
+            .write(move |scope| ledger.put(scope, "big", &vec![7_u8; 512 * 1024]))
+            .expect("a unit larger than the map");
+    }
+    let threads: Vec<_> = (0..8)
+        .map(|thread_index| {
+            let (store, ledger) = (store.clone(), ledger.clone());
+            thread::spawn(move || {
+                for n in 0..500_u32 {
+                    let ledger = ledger.clone();
+                    store
+                        .write(move |scope| {
+                            ledger.put(
+                                scope,
+                                format!("{thread_index}/{n:04}"),
+                                &vec![n as u8; 200],
+                            )?;
+                            // The unit swallows its own errors into another type: the
+                            // writer must still notice "map full" and re-run it.
+                            scope
+                                .put_session(&session(&format!("s{thread_index}-{n}")))
+                                .map_err(|e| AppError::Other(e.to_string()))
+                        })
+                        .expect("write");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("submitter");
+    }
+    assert!(store.map_size_bytes() > initial);
+    let snapshot = store.snapshot().expect("snapshot");
+    assert_eq!(
+        ledger.entries(&snapshot).expect("entries").len(),
+        8 * 500 + 1
+    );
+    assert_eq!(snapshot.sessions().expect("sessions").len(), 8 * 500);
+}
+
+/// A unit that needs more than `map_size_bytes_max` fails alone with `MapSizeLimit`
+/// instead of growing forever: a small unit queued in the same batch still commits.
+#[test]
+fn the_map_stops_at_its_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = StoreOptions {
+        map_size_bytes_initial: 256 * 1024,
+        map_size_bytes_max: 1024 * 1024,
+        ..StoreOptions::default().with_app_table("ledger")
+    };
+    let store = Store::open(dir.path(), options).expect("open");
+    let ledger = store.app_table::<Vec<u8>>("ledger").expect("ledger");
+    // Hold the writer so that both units below land in one batch.
+    let (started, holder_started) = mpsc::channel::<()>();
+    let (release, released) = mpsc::channel::<()>();
+    let released = std::sync::Mutex::new(released);
+    let holder = {
+        let store = store.clone();
+        thread::spawn(move || {
+            store.write(move |_| {
+                started.send(()).expect("signal start");
+                released.lock().expect("lock").recv().expect("released");
+                Ok::<_, Error>(())
+            })
+        })
+    };
+    holder_started.recv().expect("the holder's unit started");
+    let submit = |key: &'static str, bytes: usize| {
+        let (store, ledger) = (store.clone(), ledger.clone());
+        thread::spawn(move || store.write(move |scope| ledger.put(scope, key, &vec![1_u8; bytes])))
+    };
+    let big = submit("big", 4 * 1024 * 1024);
+    let small = submit("small", 10);
+    while store.queued_units() < 2 {
+        thread::yield_now();
+    }
+    release.send(()).expect("release");
+    holder.join().expect("holder").expect("holder unit");
+    let big = big.join().expect("big submitter");
+    assert!(matches!(big, Err(Error::MapSizeLimit { .. })), "{big:?}");
+    small
+        .join()
+        .expect("small submitter")
+        .expect("the small unit commits");
+    let snapshot = store.snapshot().expect("snapshot");
+    assert!(ledger.get(&snapshot, "small").expect("read").is_some());
+    assert!(ledger.get(&snapshot, "big").expect("read").is_none());
+}
+
+/// Bad options are refused before anything is created on disk.
+#[test]
+fn bad_options_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("never-created");
+    let options = StoreOptions {
+        batch_units_max: 0,
+        ..StoreOptions::default()
+    };
+    assert!(matches!(
+        Store::open(&target, options),
+        Err(Error::InvalidOptions { .. })
+    ));
+    let twice = StoreOptions::default()
+        .with_app_table("a")
+        .with_app_table("a");
+    assert!(matches!(
+        Store::open(&target, twice),
+        Err(Error::InvalidOptions { .. })
+    ));
+    assert!(!target.exists());
+    let _ = SessionState::Queued;
+}
