@@ -537,3 +537,175 @@ fn failing_delegate_is_parked_and_visible() {
     });
     assert!(calls.load(Ordering::SeqCst) >= 4);
 }
+
+/// An at-least-once delegate receives every event with its stable delivery key, in
+/// order; the stored completion still runs (transactionally) once.
+#[test]
+fn at_least_once_delegate_gets_every_key() {
+    use std::sync::Mutex;
+
+    struct Collect(Arc<Mutex<Vec<session_actor::DeliveryKey>>>);
+    impl session_actor::AsyncDelegate for Collect {
+        fn deliver(
+            &self,
+            delivery: Delivery,
+        ) -> futures_util::future::BoxFuture<'static, Result<(), DelegateError>> {
+            let keys = self.0.clone();
+            Box::pin(async move {
+                keys.lock().expect("keys").push(delivery.key);
+                Ok(())
+            })
+        }
+    }
+
+    let origin = origin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = Arc::new(Mutex::new(Vec::new()));
+    let seen = keys.clone();
+    let urls: Vec<String> = (0..3)
+        .map(|i| origin.url(&format!("/objects/alo{i}?size=500")))
+        .collect();
+    let path = dir.path().to_path_buf();
+    actix::System::new().block_on(async move {
+        let sessions = builder(&path).open().expect("open");
+        let session = sessions
+            .session("alo", config(), Delegate::at_least_once(Collect(seen)))
+            .await
+            .expect("session");
+        let mut generation = 0;
+        for (i, url) in urls.iter().enumerate() {
+            generation = session
+                .enqueue(&format!("t{i}"), TransferRequest::download(url.as_str()))
+                .await
+                .expect("enqueue")
+                .generation();
+        }
+        session
+            .set_completion(generation, "done", vec![])
+            .await
+            .expect("completion");
+        wait_for(|| completions_in(&sessions) == 1, "the completion").await;
+    });
+    let keys = keys.lock().expect("keys").clone();
+    let seqs: Vec<u64> = keys.iter().map(|k| k.seq).collect();
+    // Three task events and "did finish events"; the completion (seq 4) ran on its own.
+    assert_eq!(seqs, vec![0, 1, 2, 3]);
+    assert!(
+        keys.iter()
+            .all(|k| k.session.as_str() == "alo" && k.generation == 1)
+    );
+    let completions = ledger(dir.path())
+        .into_iter()
+        .filter(|e| matches!(e, Entry::Completion { .. }))
+        .count();
+    assert_eq!(completions, 1);
+}
+
+/// Invalidating a session cancels every unfinished task (each reported once), and the
+/// task list shows every task with its state.
+#[test]
+fn invalidate_cancels_open_tasks_and_lists_them() {
+    let origin = origin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let quick = origin.url("/objects/quick?size=10");
+    let slow = origin.url("/objects/stuck?size=100000&fault=stall");
+    let path = dir.path().to_path_buf();
+    actix::System::new().block_on(async move {
+        let sessions = builder(&path).open().expect("open");
+        let session = sessions
+            .session("invalidate", config(), Delegate::transactional(record))
+            .await
+            .expect("session");
+        let stuck = session
+            .enqueue("stuck", TransferRequest::download(slow.as_str()))
+            .await
+            .expect("enqueue");
+        let first = session
+            .enqueue("quick", TransferRequest::download(quick.as_str()))
+            .await
+            .expect("enqueue");
+        assert!(matches!(
+            first.outcome().await.expect("outcome"),
+            Outcome::Success(_)
+        ));
+        session
+            .set_completion(stuck.generation(), "done", vec![])
+            .await
+            .expect("completion");
+        session.invalidate().await.expect("invalidate");
+        assert_eq!(stuck.outcome().await.expect("outcome"), Outcome::Cancelled);
+        let tasks = session.tasks().expect("tasks");
+        assert_eq!(tasks.len(), 2);
+        assert!(tasks.iter().all(|t| t.state.is_terminal()));
+        wait_for(|| completions_in(&sessions) == 1, "the completion").await;
+    });
+    check_exactly_once(&ledger(dir.path()), "invalidate", 2, 1);
+}
+
+/// A server's Retry-After becomes the task's persisted not-before time: after a
+/// restart the task is not started again before it, and then it succeeds.
+#[test]
+fn retry_after_is_persisted_and_rearmed_after_restart() {
+    let origin = origin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = origin.url("/objects/busy?size=100&fault=status:503:2");
+    let path = dir.path().to_path_buf();
+    let request_url = url.clone();
+    let not_before_ms = actix::System::new().block_on(async move {
+        let sessions = builder(&path).open().expect("open");
+        let session = sessions
+            .session("retry", config(), Delegate::transactional(record))
+            .await
+            .expect("session");
+        session
+            .enqueue("t", TransferRequest::download(request_url.as_str()))
+            .await
+            .expect("enqueue");
+        let mut not_before_ms = 0;
+        wait_for(
+            || match session.tasks().expect("tasks")[0].state {
+                session_store::TaskState::Pending {
+                    attempt: 1,
+                    not_before_ms: at,
+                } => {
+                    not_before_ms = at;
+                    true
+                }
+                _ => false,
+            },
+            "the retry to be recorded",
+        )
+        .await;
+        not_before_ms
+    });
+    let now_ms = session_actor::unix_ms(std::time::SystemTime::now());
+    assert!(
+        not_before_ms >= now_ms + 1000,
+        "Retry-After: 2 honoured ({not_before_ms} vs {now_ms})"
+    );
+    assert_eq!(origin.counters().requests_for("busy"), 1);
+    let path = dir.path().to_path_buf();
+    let origin_ref = &origin;
+    actix::System::new().block_on(async move {
+        let sessions = builder(&path).open().expect("open");
+        actix_rt::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            origin_ref.counters().requests_for("busy"),
+            1,
+            "re-armed, not restarted at once"
+        );
+        let session = sessions
+            .session("retry", config(), Delegate::transactional(record))
+            .await
+            .expect("session");
+        let outcome = session
+            .task("t")
+            .expect("task")
+            .outcome()
+            .await
+            .expect("outcome");
+        assert!(matches!(outcome, Outcome::Success(_)), "{outcome:?}");
+        assert!(session_actor::unix_ms(std::time::SystemTime::now()) >= not_before_ms);
+    });
+    assert_eq!(origin.counters().requests_for("busy"), 2);
+}
