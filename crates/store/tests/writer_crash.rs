@@ -45,7 +45,7 @@ fn options() -> StoreOptions {
 /// The unit's identifier: run, thread and number; a unit meant to fail gets `-fail`.
 fn unit_id(run: u32, thread: u32, n: u64) -> String {
     let base = format!("r{run}-t{thread}-n{n}");
-    if n % FAILING_EVERY == 0 || n % PANICKING_EVERY == 0 {
+    if n.is_multiple_of(FAILING_EVERY) || n.is_multiple_of(PANICKING_EVERY) {
         format!("{base}-fail")
     } else {
         base
@@ -69,10 +69,10 @@ fn commit_unit(
         for key in 0..KEYS_PER_UNIT {
             ledger.put(scope, format!("{unit}/{key}"), &(run, n))?;
         }
-        if n % PANICKING_EVERY == 0 {
+        if n.is_multiple_of(PANICKING_EVERY) {
             panic!("unit {unit} panics on purpose");
         }
-        if n % FAILING_EVERY == 0 {
+        if n.is_multiple_of(FAILING_EVERY) {
             return Err(session_store::Error::UnknownTable {
                 name: format!("unit {unit} fails on purpose"),
             });
