@@ -67,10 +67,11 @@ impl DownloadedFile {
 fn keep_as(source: &Path, destination: &Path) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let source_meta = std::fs::metadata(source)?;
-    if let Ok(existing) = std::fs::metadata(destination) {
-        if existing.dev() == source_meta.dev() && existing.ino() == source_meta.ino() {
-            return Ok(());
-        }
+    if let Ok(existing) = std::fs::metadata(destination)
+        && existing.dev() == source_meta.dev()
+        && existing.ino() == source_meta.ino()
+    {
+        return Ok(());
     }
     // Build the copy or link beside the destination, then rename over it: a crash
     // leaves either nothing or the whole file at `destination`.
