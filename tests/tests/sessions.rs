@@ -709,3 +709,38 @@ fn retry_after_is_persisted_and_rearmed_after_restart() {
     });
     assert_eq!(origin.counters().requests_for("busy"), 2);
 }
+
+/// A transfer still running at the task's resource deadline is stopped and the task
+/// fails with `DeadlineExceeded`, reported once.
+#[test]
+fn resource_deadline_stops_a_running_transfer() {
+    let origin = origin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = origin.url("/objects/never?size=100000&fault=stall");
+    let path = dir.path().to_path_buf();
+    actix::System::new().block_on(async move {
+        let sessions = builder(&path).open().expect("open");
+        let session = sessions
+            .session(
+                "deadline",
+                SessionConfig {
+                    deadline_s: 1,
+                    ..config()
+                },
+                Delegate::transactional(record),
+            )
+            .await
+            .expect("session");
+        let handle = session
+            .enqueue("t", TransferRequest::download(url.as_str()))
+            .await
+            .expect("enqueue");
+        match handle.outcome().await.expect("outcome") {
+            Outcome::Failed(failure) => assert_eq!(
+                failure.reason,
+                session_store::FailureReason::DeadlineExceeded
+            ),
+            other => panic!("expected the deadline to fail the task, got {other:?}"),
+        }
+    });
+}

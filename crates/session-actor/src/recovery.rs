@@ -2,7 +2,7 @@
 //! in bulk from one snapshot, before any actor runs and so before any new event can be
 //! delivered.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use session_store::{SessionId, SessionRecord, Store, TaskId, TaskRecord};
 
@@ -22,45 +22,44 @@ pub(crate) struct Recovered {
 
 /// Restarts every session that has work or events waiting.
 pub(crate) fn recover(store: &Store, context: &Context) -> Result<Vec<Recovered>, Error> {
+    // One session at a time from one snapshot: only the actions (and the few changed
+    // records) are kept, so a large store is recovered without holding all its tasks.
     let snapshot = store.snapshot()?;
-    let sessions: Vec<SessionRecord> = snapshot
-        .sessions()?
-        .into_iter()
-        .filter(|s| s.tasks_open > 0 || s.has_undelivered_events())
-        .collect();
-    let mut tasks: HashMap<SessionId, BTreeMap<TaskId, TaskRecord>> = sessions
-        .iter()
-        .map(|s| (s.id.clone(), BTreeMap::new()))
-        .collect();
-    snapshot.for_each_task(|task| {
-        if let Some(map) = tasks.get_mut(&task.session) {
-            map.insert(task.id.clone(), task);
-        }
-        Ok(())
-    })?;
-    drop(snapshot);
-
-    let mut recovered = Vec::with_capacity(sessions.len());
+    let mut recovered = Vec::new();
     let mut changed: Vec<(SessionRecord, Transition)> = Vec::new();
-    for session in sessions {
+    for session in snapshot.sessions()? {
+        if session.tasks_open == 0 && !session.has_undelivered_events() {
+            continue;
+        }
         let id = session.id.clone();
+        let tasks: BTreeMap<TaskId, TaskRecord> = snapshot
+            .tasks(&id)?
+            .into_iter()
+            .map(|task| (task.id.clone(), task))
+            .collect();
         let records = Records {
             session: Some(session.clone()),
-            tasks: tasks.remove(&id).unwrap_or_default(),
+            tasks,
         };
         let transition =
             machine::apply(records, Input::Restart, context).map_err(|source| Error::Refused {
                 session: id.clone(),
                 source,
             })?;
-        recovered.push(Recovered {
-            id,
-            actions: transition.actions.clone(),
-        });
-        if !transition.is_noop(&session) {
+        if transition.is_noop(&session) {
+            recovered.push(Recovered {
+                id,
+                actions: transition.actions,
+            });
+        } else {
+            recovered.push(Recovered {
+                id,
+                actions: transition.actions.clone(),
+            });
             changed.push((session, transition));
         }
     }
+    drop(snapshot);
     for chunk in changed.chunks(RECOVERY_SESSIONS_PER_UNIT) {
         let chunk = chunk.to_vec();
         store.write(move |scope| -> session_store::Result<()> {

@@ -49,7 +49,6 @@ pub(crate) struct SessionActor {
     transfers: HashMap<TaskId, SpawnHandle>,
     start_timers: HashMap<TaskId, SpawnHandle>,
     deadline_timers: HashMap<TaskId, SpawnHandle>,
-    deadlines_ms: HashMap<TaskId, u64>,
     waiters: HashMap<TaskId, Vec<oneshot::Sender<Outcome>>>,
     progress: HashMap<TaskId, watch::Sender<Progress>>,
     delivering: bool,
@@ -78,7 +77,6 @@ impl SessionActor {
             transfers: HashMap::new(),
             start_timers: HashMap::new(),
             deadline_timers: HashMap::new(),
-            deadlines_ms: HashMap::new(),
             waiters: HashMap::new(),
             progress: HashMap::new(),
             delivering: false,
@@ -152,19 +150,26 @@ impl SessionActor {
                 task,
                 not_before_ms,
             } => self.schedule(task.clone(), *not_before_ms, ctx),
-            Action::Transfer { task, attempt } => {
-                match transition.tasks.iter().find(|record| &record.id == task) {
-                    Some(record) => self.transfer(record.clone(), *attempt, ctx),
-                    None => self.fail(format!("transfer of {task} without its record"), ctx),
+            Action::Transfer {
+                task,
+                attempt,
+                deadline_ms,
+            } => match transition.tasks.iter().find(|record| &record.id == task) {
+                Some(record) => {
+                    self.transfer(record.clone(), *attempt, ctx);
+                    self.arm_deadline(task.clone(), *deadline_ms, ctx);
                 }
-            }
+                None => self.fail(format!("transfer of {task} without its record"), ctx),
+            },
             Action::AbortTransfer { task } => {
                 if let Some(handle) = self.transfers.remove(task) {
                     ctx.cancel_future(handle);
                 }
             }
             Action::ArmDeadline { task, at_ms } => {
-                self.deadlines_ms.insert(task.clone(), *at_ms);
+                if self.transfers.contains_key(task) {
+                    self.arm_deadline(task.clone(), *at_ms, ctx);
+                }
             }
             Action::TaskTerminal { task } => self.task_terminal(task, ctx),
             Action::DeliverEvents => self.deliver(ctx),
@@ -198,7 +203,6 @@ impl SessionActor {
                 ctx.cancel_future(handle);
             }
         }
-        self.deadlines_ms.remove(task);
         self.progress.remove(task);
         let Some(waiters) = self.waiters.remove(task) else {
             return;

@@ -85,14 +85,11 @@ impl SessionActor {
                 );
             });
         let handle = ctx.spawn(running);
-        self.transfers.insert(record.id.clone(), handle);
-        self.arm_deadline(record.id, ctx);
+        self.transfers.insert(record.id, handle);
     }
 
-    fn arm_deadline(&mut self, task: TaskId, ctx: &mut Context<Self>) {
-        let Some(at_ms) = self.deadlines_ms.get(&task).copied() else {
-            return;
-        };
+    /// Arms the timer that expires a running task at its resource deadline.
+    pub(super) fn arm_deadline(&mut self, task: TaskId, at_ms: u64, ctx: &mut Context<Self>) {
         let delay = Duration::from_millis(at_ms.saturating_sub(self.shared.clock.now_ms()));
         let key = task.clone();
         let handle = ctx.run_later(delay, move |act, ctx| {

@@ -2,7 +2,7 @@
 
 use session_store::{SessionRecord, TaskId, TaskKind, TaskRecord, TaskState};
 
-use super::{Action, Context, MachineError, Transition, start::deadline_ms, step::Step};
+use super::{Action, Context, MachineError, Transition, step::Step};
 
 pub(super) fn enqueue(
     mut session: SessionRecord,
@@ -42,10 +42,6 @@ pub(super) fn enqueue(
         },
     };
     let mut step = Step::new(session);
-    step.actions.push(Action::ArmDeadline {
-        task: task.clone(),
-        at_ms: deadline_ms(&record, &step.session),
-    });
     step.actions.push(Action::Schedule {
         task,
         not_before_ms: context.now_ms,

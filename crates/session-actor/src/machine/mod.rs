@@ -160,19 +160,22 @@ pub enum Action {
         /// Not before this time, Unix milliseconds.
         not_before_ms: u64,
     },
-    /// The task is now running this attempt: perform the transfer.
+    /// The task is now running this attempt: perform the transfer, and stop it at the
+    /// resource deadline.
     Transfer {
         /// The task.
         task: TaskId,
         /// The attempt number.
         attempt: u32,
+        /// The task's resource deadline, Unix milliseconds.
+        deadline_ms: u64,
     },
     /// Stop the task's transfer in flight, if any (it was cancelled or expired).
     AbortTransfer {
         /// The task.
         task: TaskId,
     },
-    /// Arm the task's resource deadline timer.
+    /// Arm the running task's resource deadline timer again (it fired early).
     ArmDeadline {
         /// The task.
         task: TaskId,

@@ -1,11 +1,12 @@
 //! `Restart`: transfers in flight were lost with the process (or the actor); every open
-//! task is scheduled again and its deadline re-armed, and waiting events are delivered.
+//! task is scheduled again (its deadline is armed when its transfer starts), and
+//! waiting events are delivered.
 
 use std::collections::BTreeMap;
 
 use session_store::{Outcome, SessionRecord, TaskId, TaskRecord, TaskState};
 
-use super::{Action, Context, MachineError, Transition, start::deadline_ms, step::Step};
+use super::{Action, Context, MachineError, Transition, step::Step};
 
 pub(super) fn restart(
     session: SessionRecord,
@@ -53,10 +54,6 @@ pub(super) fn restart(
                 context.now_ms
             }
         };
-        step.actions.push(Action::ArmDeadline {
-            task: id.clone(),
-            at_ms: deadline_ms(&task, &step.session),
-        });
         step.actions.push(Action::Schedule {
             task: id,
             not_before_ms,

@@ -50,6 +50,7 @@ pub(super) fn start(
     step.actions.push(Action::Transfer {
         task: task.id.clone(),
         attempt,
+        deadline_ms: deadline_ms(&task, &step.session),
     });
     step.tasks.push(task);
     Ok(step.finish())

@@ -121,10 +121,8 @@ fn a_generation_runs_to_finished_and_the_next_opens() {
     })
     .expect("set completion");
     let t = d.start("a");
-    assert!(t.actions.contains(&Action::Transfer {
-        task: id("a"),
-        attempt: 1
-    }));
+    assert!(t.actions.iter().any(|action| matches!(action,
+        Action::Transfer { task, attempt: 1, .. } if task == &id("a"))));
     assert_eq!(d.session().state, SessionState::Running);
     d.result("a", 1, TransferResult::Success(response()));
     assert_eq!(d.session().state, SessionState::AwaitingEvents);
@@ -260,11 +258,6 @@ fn restart_does_not_count_the_lost_attempt() {
         t.actions
             .iter()
             .any(|a| matches!(a, Action::Schedule { .. }))
-    );
-    assert!(
-        t.actions
-            .iter()
-            .any(|a| matches!(a, Action::ArmDeadline { .. }))
     );
 }
 
