@@ -14,6 +14,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The main job: a fault-injection run (kills, fail points, delegate panics) against
+    /// the built-in origin, then the verdict of the verifier. Exit 0 pass, 1 violation.
+    Crash(session_harness::crash::CrashArgs),
+    /// Re-checks a run directory kept with `crash --dir`.
+    Verify(session_harness::crash::DirArgs),
+    /// Lists the sessions, tasks and undelivered events of a run directory.
+    Inspect(session_harness::crash::DirArgs),
+    /// The crash run's child process (started by `crash`).
+    #[command(hide = true)]
+    Worker(session_harness::crash::WorkerArgs),
     /// Benchmarks that print figures (and JSON with --json).
     Bench {
         #[command(subcommand)]
@@ -41,6 +51,10 @@ enum BenchCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<ExitCode> = match cli.command {
+        Command::Crash(args) => session_harness::crash::crash(&args),
+        Command::Verify(args) => session_harness::crash::verify_dir(&args),
+        Command::Inspect(args) => session_harness::crash::inspect_dir(&args),
+        Command::Worker(args) => session_harness::crash::worker::run(&args),
         Command::Origin { port, seed } => {
             let config = session_harness::origin::OriginConfig { seed, port };
             session_harness::origin::Origin::run_foreground(config)

@@ -1,0 +1,222 @@
+//! The ledger: what the worker's delegate and completion handler saw, appended to the
+//! application table `ledger` in the same transaction as the delivery they record.
+//!
+//! Keys make every duplicate visible: an entry is never overwritten, it is appended under
+//! `e` + a big-endian counter that is read and incremented inside the same transaction
+//! (key `n`). Completion markers (`c<session>/<generation>`) only let the worker see
+//! cheaply that a completion ran; the verifier reads the entries.
+
+use std::io::Read as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use session_store::{AppTable, ReadScope, Store, WriteScope};
+use sha2::{Digest, Sha256};
+
+/// The application table's name.
+pub const LEDGER_TABLE: &str = "ledger";
+/// Key prefix of the entries.
+const ENTRY_PREFIX: u8 = b'e';
+/// Key of the next entry number.
+const NEXT_KEY: &[u8] = b"n";
+/// Key prefix of the completion markers.
+const MARKER_PREFIX: u8 = b'c';
+
+/// What a delegate found at a delivered download's path, looked at inside the delegate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileFact {
+    /// The path the event pointed to.
+    pub path: String,
+    /// Whether the file existed when the delegate ran.
+    pub existed: bool,
+    /// Its length, if it existed.
+    pub bytes: Option<u64>,
+    /// Its SHA-256 (lower-case hexadecimal), if it existed and could be read.
+    pub sha256: Option<String>,
+}
+
+impl FileFact {
+    /// Looks at the file now.
+    pub fn observe(path: &Path) -> FileFact {
+        let hashed = sha256_file(path);
+        FileFact {
+            path: path.display().to_string(),
+            existed: hashed.is_ok(),
+            bytes: hashed.as_ref().ok().map(|(bytes, _)| *bytes),
+            sha256: hashed.ok().map(|(_, hex)| hex),
+        }
+    }
+}
+
+/// The length and SHA-256 of a file.
+///
+/// # Errors
+/// The file cannot be opened or read.
+pub fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+        total += read as u64;
+    }
+    Ok((total, hex(&hasher.finalize())))
+}
+
+/// Lower-case hexadecimal.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
+}
+
+/// What one ledger entry records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// A task's event reached the delegate.
+    Task {
+        /// The task.
+        task: String,
+        /// `success`, `rejected`, `failed` or `cancelled`.
+        outcome: String,
+        /// For a delivered download: the file as the delegate found it.
+        file: Option<FileFact>,
+    },
+    /// "Did finish events" reached the delegate.
+    DidFinish,
+    /// The stored completion handler ran.
+    Completion {
+        /// The handler's name.
+        name: String,
+        /// Its payload (see [`crate::crash::plan::Plan::completion_payload`]).
+        payload: Vec<u8>,
+    },
+}
+
+/// One ledger entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// The append number: entries are in the order their transactions committed.
+    pub index: u64,
+    /// The worker run that wrote it (0 for entries written outside a worker).
+    pub run: u32,
+    /// The session.
+    pub session: String,
+    /// The store generation of the event (from its delivery key).
+    pub generation: u64,
+    /// The event's sequence number in its session.
+    pub seq: u64,
+    /// What happened.
+    pub kind: EntryKind,
+}
+
+fn entries_table(store: &Store) -> session_store::Result<AppTable<LedgerEntry>> {
+    store.app_table(LEDGER_TABLE)
+}
+
+fn counter_table(store: &Store) -> session_store::Result<AppTable<u64>> {
+    store.app_table(LEDGER_TABLE)
+}
+
+/// Appends to the ledger through a unit's scope; what it needs of the store.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    entries: AppTable<LedgerEntry>,
+    counter: AppTable<u64>,
+}
+
+fn entry_key(index: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = ENTRY_PREFIX;
+    key[1..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn marker_key(session: &str, generation: u64) -> Vec<u8> {
+    let mut key = vec![MARKER_PREFIX];
+    key.extend_from_slice(format!("{session}/{generation}").as_bytes());
+    key
+}
+
+impl Ledger {
+    /// The ledger of a store opened with the `ledger` application table.
+    ///
+    /// # Errors
+    /// The table was not declared.
+    pub fn new(store: &Store) -> session_store::Result<Ledger> {
+        Ok(Ledger {
+            entries: entries_table(store)?,
+            counter: counter_table(store)?,
+        })
+    }
+
+    /// Appends an entry (its `index` is assigned here) inside the unit's transaction.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn append(
+        &self,
+        scope: &mut WriteScope<'_>,
+        mut entry: LedgerEntry,
+    ) -> session_store::Result<u64> {
+        let index = self.counter.get(scope, NEXT_KEY)?.unwrap_or(0);
+        self.counter.put(scope, NEXT_KEY, &(index + 1))?;
+        entry.index = index;
+        self.entries.put(scope, entry_key(index), &entry)?;
+        Ok(index)
+    }
+
+    /// Marks that the completion of a plan generation ran (in the same transaction as
+    /// its entry).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn mark_completion(
+        &self,
+        scope: &mut WriteScope<'_>,
+        session: &str,
+        generation: u64,
+        index: u64,
+    ) -> session_store::Result<()> {
+        self.counter
+            .put(scope, marker_key(session, generation), &index)
+    }
+
+    /// Whether the completion of a plan generation has run.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn completion_ran(
+        &self,
+        reader: &impl ReadScope,
+        session: &str,
+        generation: u64,
+    ) -> session_store::Result<bool> {
+        Ok(self
+            .counter
+            .get(reader, marker_key(session, generation))?
+            .is_some())
+    }
+
+    /// Every entry, in append order.
+    ///
+    /// # Errors
+    /// Store errors (an entry that does not decode).
+    pub fn entries(&self, reader: &impl ReadScope) -> session_store::Result<Vec<LedgerEntry>> {
+        let mut entries = Vec::new();
+        self.entries
+            .for_each_with_prefix(reader, [ENTRY_PREFIX], |_, entry| {
+                entries.push(entry);
+                Ok(())
+            })?;
+        Ok(entries)
+    }
+}

@@ -1,0 +1,144 @@
+//! The crash harness: `session-harness crash` kills a worker process at random instants
+//! and at fail points while it runs a plan through the library, then checks DESIGN
+//! section 5 from the ledger, the store, the origin's counters and the files.
+//!
+//! - `plan`: the plan generated from a seed (`plan.json`), what each task must end as.
+//! - `manifest`: a plan read from a manifest, against someone else's server.
+//! - `ledger`: what the delegate and the completion handler saw, in an application table.
+//! - `worker`: the child process that runs the plan through the real library.
+//! - `orchestrator`: the crash loop: runs, kills, fail points, the last clean run.
+//! - `facts`: reading a run directory (ledger, records, files) once no worker runs.
+//! - `verifier`: the pure check of section 5 over those facts.
+//! - `report`: the table for a person and the JSON object.
+//! - `inspect`: sessions, tasks and undelivered events of a run directory, for a person.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub mod facts;
+pub mod inspect;
+pub mod ledger;
+pub mod manifest;
+pub mod orchestrator;
+pub mod plan;
+pub mod report;
+pub mod verifier;
+pub mod worker;
+
+pub use facts::{Facts, OriginFacts};
+pub use ledger::{EntryKind, FileFact, LedgerEntry};
+pub use plan::{Expect, Plan, PlannedKind};
+pub use report::{Report, RunStats};
+pub use verifier::{Findings, verify};
+pub use worker::{DelegateMode, WorkerArgs};
+
+/// Options of `session-harness crash`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CrashArgs {
+    /// The seed of the plan and of the kill schedule (random and printed by default).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Sessions in the plan.
+    #[arg(long, default_value_t = 16)]
+    pub sessions: usize,
+    /// Tasks per session, over its generations.
+    #[arg(long, default_value_t = 12)]
+    pub tasks: usize,
+    /// SIGKILLs at random instants.
+    #[arg(long, default_value_t = 40)]
+    pub kills: usize,
+    /// Aborts at armed fail points.
+    #[arg(long, default_value_t = 10)]
+    pub aborts: usize,
+    /// Arm no fail points (kills only).
+    #[arg(long)]
+    pub no_failpoints: bool,
+    /// The probability that the delegate panics on a delivery (transactional only).
+    #[arg(long, default_value_t = 0.02)]
+    pub panic_rate: f64,
+    /// Which delegate the worker attaches; `at-least-once` shows the checker failing.
+    #[arg(long, value_enum, default_value_t = DelegateMode::Transactional)]
+    pub delegate: DelegateMode,
+    /// Keep the run in this (new or empty) directory instead of a temporary one.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Write the report as one JSON object to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Someone else's server (with --manifest) instead of the built-in origin.
+    #[arg(long, requires = "manifest")]
+    pub origin: Option<String>,
+    /// The sessions and tasks to run against --origin.
+    #[arg(long, requires = "origin")]
+    pub manifest: Option<PathBuf>,
+    /// The earliest kill after a worker starts, in milliseconds.
+    #[arg(long, default_value_t = 30)]
+    pub kill_ms_min: u64,
+    /// The latest kill after a worker starts, in milliseconds.
+    #[arg(long, default_value_t = 400)]
+    pub kill_ms_max: u64,
+    /// How long the last worker, without faults, may take to finish the plan.
+    #[arg(long, default_value_t = 60)]
+    pub final_timeout_s: u64,
+}
+
+/// Options of `session-harness verify` and `session-harness inspect`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DirArgs {
+    /// A run directory kept with `crash --dir`.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Write the report as one JSON object to this file (verify only).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Runs `session-harness crash`.
+///
+/// # Errors
+/// Usage and setup errors (exit 2).
+pub fn crash(args: &CrashArgs) -> anyhow::Result<ExitCode> {
+    orchestrator::run(args)
+}
+
+/// Re-checks a kept run directory: the plan in `plan.json`, the origin's counters in
+/// `origin.json` (if any), the ledger, the store and the files.
+///
+/// # Errors
+/// A directory that is not a run directory, or a store in use.
+pub fn verify_dir(args: &DirArgs) -> anyhow::Result<ExitCode> {
+    let plan = Plan::load(&args.dir)?;
+    let origin = OriginFacts::load(&args.dir)?;
+    let facts = Facts::collect(&args.dir, origin)?;
+    let findings = verify(&plan, &facts);
+    let run_path = args.dir.join(report::RUN_FILE_NAME);
+    let run = match std::fs::read_to_string(&run_path) {
+        Ok(text) => serde_json::from_str(&text)?,
+        Err(_) => RunStats {
+            seed: plan.seed,
+            ..RunStats::default()
+        },
+    };
+    let report = Report::new(run, findings);
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        report.write_json(path)?;
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Lists the sessions, tasks and undelivered events of a run directory (or of any
+/// library root that has the `ledger` table: give the directory holding `store/`).
+///
+/// # Errors
+/// A directory without a store, or a store in use.
+pub fn inspect_dir(args: &DirArgs) -> anyhow::Result<ExitCode> {
+    let plan = Plan::load(&args.dir).ok();
+    let facts = Facts::collect(&args.dir, None)?;
+    print!("{}", inspect::render(&facts, plan.as_ref()));
+    Ok(ExitCode::SUCCESS)
+}
