@@ -42,6 +42,8 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Download throughput and memory of the engine against curl, from the origin.
+    Download(session_harness::bench::download::DownloadArgs),
     /// Delivery throughput of waiting events to a transactional delegate.
     Events(session_harness::bench::events::EventsArgs),
     /// Recovery time and memory for a large store.
@@ -62,6 +64,9 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
         }
         Command::Bench { which } => match which {
+            BenchCommand::Download(args) => {
+                session_harness::bench::download::run(&args).map(|_| ExitCode::SUCCESS)
+            }
             BenchCommand::Events(args) => {
                 session_harness::bench::events::run(&args).map(|_| ExitCode::SUCCESS)
             }

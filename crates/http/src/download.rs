@@ -242,7 +242,7 @@ async fn attempt(
             Err(outcome) => {
                 // Keep what arrived: the next attempt resumes after it.
                 writer.write(block).await?;
-                writer.finish(false).await?;
+                writer.finish().await?;
                 return Err(outcome);
             }
         };
@@ -262,7 +262,7 @@ async fn attempt(
         block.extend_from_slice(&chunk);
     }
     writer.write(block).await?;
-    let (file, hasher) = writer.finish(false).await?;
+    let (file, hasher) = writer.finish().await?;
     let length = offset + received;
     report(length);
     if let Some(total) = total
@@ -576,21 +576,42 @@ fn content_range(headers: &HeaderMap) -> Option<ContentRange> {
 
 /// Writes blocks to the `.part` on a blocking thread, one in flight while the next fills,
 /// hashing them there too.
+///
+/// Every [`EARLY_SYNC_BYTES`] it also starts an fsync of what is written so far on a
+/// second descriptor, without waiting for it: the disk writes back while the network
+/// keeps delivering, so the fsync before the rename only has the tail left instead of the
+/// whole file (and the kernel never throttles us for a gigabyte of dirty pages).
 struct PartWriter<'a> {
     file: Option<File>,
     hasher: Option<Sha256>,
     in_flight: Option<JoinHandle<Written>>,
+    /// A clone of the descriptor for early fsyncs (`None` if it could not be cloned, or
+    /// while an early fsync holds it).
+    syncer: Option<File>,
+    syncing: Option<JoinHandle<(File, io::Result<()>)>>,
+    unsynced_bytes: u64,
     path: &'a Path,
 }
 
+/// How many bytes are written between early fsyncs.
+const EARLY_SYNC_BYTES: u64 = 32 * 1024 * 1024;
+
 type Written = (File, Option<Sha256>, Vec<u8>, io::Result<()>);
+
+fn no_file() -> io::Error {
+    io::Error::other("invariant violation: no file after the last write settled")
+}
 
 impl<'a> PartWriter<'a> {
     fn new(file: File, hasher: Option<Sha256>, path: &'a Path) -> PartWriter<'a> {
         PartWriter {
+            // Without a clone, the final fsync simply does all the work.
+            syncer: file.try_clone().ok(),
             file: Some(file),
             hasher,
             in_flight: None,
+            syncing: None,
+            unsynced_bytes: 0,
             path,
         }
     }
@@ -602,12 +623,9 @@ impl<'a> PartWriter<'a> {
             return Ok(block);
         }
         let Some(mut file) = self.file.take() else {
-            return Err(disk(
-                "writing",
-                self.path,
-                io::Error::other("invariant violation: no file after the last write settled"),
-            ));
+            return Err(disk("writing", self.path, no_file()));
         };
+        self.unsynced_bytes += block.len() as u64;
         let mut hasher = self.hasher.take();
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             let result = file.write_all(&block);
@@ -616,7 +634,37 @@ impl<'a> PartWriter<'a> {
             }
             (file, hasher, block, result)
         }));
+        if self.unsynced_bytes >= EARLY_SYNC_BYTES {
+            self.start_early_sync().await?;
+        }
         Ok(spare)
+    }
+
+    /// Starts an fsync in the background unless one is still running.
+    async fn start_early_sync(&mut self) -> Result<(), Classified> {
+        if self.syncing.as_ref().is_some_and(|syncing| !syncing.is_finished()) {
+            return Ok(());
+        }
+        self.wait_early_sync().await?;
+        if let Some(syncer) = self.syncer.take() {
+            self.unsynced_bytes = 0;
+            self.syncing = Some(tokio::task::spawn_blocking(move || {
+                let result = syncer.sync_data();
+                (syncer, result)
+            }));
+        }
+        Ok(())
+    }
+
+    async fn wait_early_sync(&mut self) -> Result<(), Classified> {
+        let Some(syncing) = self.syncing.take() else {
+            return Ok(());
+        };
+        let (syncer, result) = syncing
+            .await
+            .map_err(|error| disk("fsyncing", self.path, io::Error::other(error)))?;
+        self.syncer = Some(syncer);
+        result.map_err(|error| disk("fsyncing", self.path, error))
     }
 
     /// Waits for the write in flight; returns its buffer, emptied (or a new one).
@@ -634,23 +682,12 @@ impl<'a> PartWriter<'a> {
         Ok(block)
     }
 
-    /// Waits for the last write; optionally fsyncs.
-    async fn finish(mut self, sync: bool) -> Result<(File, Option<Sha256>), Classified> {
+    /// Waits for the last write and any early fsync.
+    async fn finish(mut self) -> Result<(File, Option<Sha256>), Classified> {
         self.settle().await?;
+        self.wait_early_sync().await?;
         let Some(file) = self.file.take() else {
-            return Err(disk(
-                "writing",
-                self.path,
-                io::Error::other("invariant violation: no file after the last write settled"),
-            ));
-        };
-        let file = if sync {
-            let path = self.path.to_owned();
-            blocking(move || file.sync_all().map(|()| file))
-                .await
-                .map_err(|error| disk("fsyncing", &path, error))?
-        } else {
-            file
+            return Err(disk("writing", self.path, no_file()));
         };
         Ok((file, self.hasher.take()))
     }

@@ -2,9 +2,11 @@
 //! each against a baseline measured in the same run where one exists.
 //!
 //! - `events`: delivery throughput to a transactional delegate.
+//! - `download`: the engine's download throughput and memory against curl.
 //! - `recovery`: opening a large store and bringing every session back up.
 //! - `rss`: memory figures of the running process.
 
+pub mod download;
 pub mod events;
 pub mod recovery;
 pub mod rss;
