@@ -1,0 +1,60 @@
+//! The engine's fail point `http-download-after-fsync`, in its own test binary because
+//! fail point configuration is global to the process. session-tests builds with fail
+//! points on (session-harness enables them by default).
+
+use std::time::Duration;
+
+use session_harness::origin::{self, Origin, OriginConfig};
+use session_http::{Classified, Engine, EngineConfig, RetryReason, Target, TransferRequest};
+
+/// A result lost right after the fsync and rename (the fail point returns instead of the
+/// success, as a crash there would lose it) is recovered by the next attempt from the
+/// file on disk, without another request and with the exact bytes.
+#[tokio::test]
+async fn result_lost_after_rename_is_recovered_without_a_request() {
+    let scenario = fail::FailScenario::setup();
+    let origin = Origin::bind(OriginConfig { seed: 9, port: 0 })
+        .await
+        .expect("the origin binds");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::new(EngineConfig {
+        read_idle_timeout: Duration::from_secs(5),
+        proxy_from_environment: false,
+        ..EngineConfig::default()
+    })
+    .expect("engine");
+    let size = 200_000;
+    let request = TransferRequest::download(origin.url(&format!("/objects/fp?size={size}")))
+        .with_sha256(origin::sha256(9, "fp", size));
+    let target = Target {
+        download_dir: dir.path().to_owned(),
+        name: "fp".to_owned(),
+        idempotency_key: None,
+    };
+
+    fail::cfg(session_http::FAIL_POINT_DOWNLOAD_AFTER_FSYNC, "1*return").expect("configure");
+    let lost = engine.run(&request, &target, None).await;
+    assert!(
+        matches!(
+            lost,
+            Classified::Retry {
+                reason: RetryReason::Transport,
+                ..
+            }
+        ),
+        "the fail point must be compiled in and hit: {lost:?}"
+    );
+    let (part, complete) = session_http::download_paths(dir.path(), "fp");
+    assert!(
+        complete.exists() && !part.exists(),
+        "the rename happened before the fail point"
+    );
+
+    let recovered = engine.run(&request, &target, None).await;
+    let Classified::Success(response) = recovered else {
+        panic!("expected success, got {recovered:?}");
+    };
+    assert_eq!(response.file.as_deref(), Some(complete.as_path()));
+    assert_eq!(origin.counters().requests_for("fp"), 1);
+    scenario.teardown();
+}
