@@ -388,6 +388,13 @@ fn cancel_reports_cancelled_once() {
     });
     let entries = ledger(dir.path());
     check_exactly_once(&entries, "cancel", 1, 1);
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("downloads").join("cancel"))
+        .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "a cancelled download leaves no partial file: {left:?}"
+    );
     assert!(entries.iter().any(|e| matches!(e,
         Entry::Event { outcome: Some(o), .. } if o == "cancelled")));
 }

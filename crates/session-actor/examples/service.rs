@@ -203,10 +203,30 @@ mod tests {
                 .expect("spawn the service")
         };
         let mut first = spawn();
-        std::thread::sleep(Duration::from_millis(250));
+        // Kill once some partial file holds a written block (the engine writes 1 MiB
+        // blocks), so there is something to resume however slow the machine is.
+        let downloads = dir.path().join("downloads").join("demo");
+        let block_written = || {
+            std::fs::read_dir(&downloads)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|entry| {
+                    entry.file_name().to_string_lossy().ends_with(".part")
+                        && entry.metadata().is_ok_and(|m| m.len() >= 1024 * 1024)
+                })
+        };
+        let mut waited = Duration::ZERO;
+        while !block_written() {
+            assert!(
+                waited < Duration::from_secs(120),
+                "no partial download appeared"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+            waited += Duration::from_millis(2);
+        }
         first.kill().expect("SIGKILL");
         first.wait().expect("reap");
-        // The origin drips each file at ~6 MB/s, so the kill landed before the end.
         let kept_before = {
             let store = session_store::Store::open(
                 dir.path(),

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use session_http::Progress;
-use session_store::{Outcome, SessionId, TaskId, TaskState};
+use session_store::{Outcome, SessionId, TaskId, TaskKind, TaskState};
 use tokio::sync::{oneshot, watch};
 
 use crate::delegate::Delegate;
@@ -171,7 +171,14 @@ impl SessionActor {
                     self.arm_deadline(task.clone(), *at_ms, ctx);
                 }
             }
-            Action::TaskTerminal { task } => self.task_terminal(task, ctx),
+            Action::TaskTerminal { task } => {
+                if let Some(record) = transition.tasks.iter().find(|record| &record.id == task)
+                    && record.kind == TaskKind::Download
+                {
+                    self.remove_partial_download(task);
+                }
+                self.task_terminal(task, ctx);
+            }
             Action::DeliverEvents => self.deliver(ctx),
             Action::RemoveFile { path } => match std::fs::remove_file(path) {
                 Ok(()) => {}
@@ -195,6 +202,27 @@ impl SessionActor {
             act.submit_and_perform(Input::Start { task }, ctx);
         });
         self.start_timers.insert(key, handle);
+    }
+
+    /// A download that ended without success leaves no partial file behind (a
+    /// successful one was renamed to its final name already).
+    fn remove_partial_download(&self, task: &TaskId) {
+        let (part, _) =
+            session_http::download_paths(&self.shared.download_dir(&self.id), task.as_str());
+        let validator = session_http::download_validator_path(
+            &self.shared.download_dir(&self.id),
+            task.as_str(),
+        );
+        for path in [part, validator] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    tracing::warn!(parent: &self.span, path = %path.display(), %error,
+                        "could not remove a partial download");
+                }
+            }
+        }
     }
 
     fn task_terminal(&mut self, task: &TaskId, ctx: &mut Context<Self>) {

@@ -130,6 +130,24 @@ pub enum Input {
     Restart,
 }
 
+impl Input {
+    /// The input's name, for logs (never its contents: requests may carry credentials).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Input::Open { .. } => "open",
+            Input::Enqueue { .. } => "enqueue",
+            Input::Start { .. } => "start",
+            Input::Result { .. } => "result",
+            Input::Expire { .. } => "expire",
+            Input::Cancel { .. } => "cancel",
+            Input::Invalidate => "invalidate",
+            Input::Deliver { .. } => "deliver",
+            Input::SetCompletion { .. } => "set-completion",
+            Input::Restart => "restart",
+        }
+    }
+}
+
 /// The result of a transition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
