@@ -38,6 +38,9 @@ mod store;
 mod tables;
 mod writer;
 
+/// The heed (LMDB) crate the store is built on: its errors appear in [`Error::Lmdb`].
+pub use heed;
+
 pub use app_table::{AppTable, ReadScope};
 pub use error::{Error, Result};
 pub use ids::{IDENTIFIER_BYTES_MAX, IdentifierKind, SessionId, TaskId, validate_identifier};
