@@ -48,6 +48,9 @@ enum BenchCommand {
     Events(session_harness::bench::events::EventsArgs),
     /// Recovery time and memory for a large store.
     Recovery(session_harness::bench::recovery::RecoveryArgs),
+    /// Durable units per second through the store's group-commit writer, against one
+    /// commit per put with heed directly.
+    Store(session_harness::bench::store::StoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +75,9 @@ fn main() -> ExitCode {
             }
             BenchCommand::Recovery(args) => {
                 session_harness::bench::recovery::run(&args).map(|_| ExitCode::SUCCESS)
+            }
+            BenchCommand::Store(args) => {
+                session_harness::bench::store::run(&args).map(|_| ExitCode::SUCCESS)
             }
         },
     };

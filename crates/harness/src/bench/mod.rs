@@ -5,8 +5,10 @@
 //! - `download`: the engine's download throughput and memory against curl.
 //! - `recovery`: opening a large store and bringing every session back up.
 //! - `rss`: memory figures of the running process.
+//! - `store`: durable units per second through the store's group-commit writer.
 
 pub mod download;
 pub mod events;
 pub mod recovery;
 pub mod rss;
+pub mod store;

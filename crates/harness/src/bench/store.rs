@@ -1,0 +1,204 @@
+//! `session-harness bench store`: durable units per second through the store's
+//! group-commit writer, against one commit per put made directly with heed in the same
+//! run, directory and file system.
+//!
+//! The writer side runs `--submitters` async tasks (512 by default) on a two-thread tokio
+//! runtime; each submits units one after another with `Store::write_async`, and each unit
+//! is one put of a small record into an application table. A unit counts once its future
+//! resolved, i.e. once its batch's commit is durable. The baseline puts the same record
+//! with heed directly, one write transaction (one durable commit) per put, from one
+//! thread: what a store without group commit would do.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+use session_store::heed::types::{Bytes, SerdeBincode};
+use session_store::heed::{CommitOrAbort, EnvOpenOptions};
+use session_store::{Store, StoreOptions};
+
+/// The application table the units write.
+const TABLE: &str = "bench-units";
+/// The map size of both sides: large enough that neither grows during the run.
+const MAP_SIZE_BYTES: usize = 1 << 30;
+
+/// The small record every unit (and every baseline commit) puts.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct BenchRecord {
+    index: u64,
+    created_ms: u64,
+    tag: [u8; 16],
+}
+
+fn record(index: u64) -> BenchRecord {
+    BenchRecord {
+        index,
+        created_ms: 1_700_000_000_000 + index,
+        tag: *b"bench-store-unit",
+    }
+}
+
+/// Options of `bench store`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// Units to commit through the writer.
+    #[arg(long, default_value_t = 200_000)]
+    pub units: u64,
+    /// Concurrent submitters (async tasks), each with one unit in flight at a time.
+    #[arg(long, default_value_t = 512)]
+    pub submitters: u64,
+    /// Commits of the baseline (one put each).
+    #[arg(long, default_value_t = 2_000)]
+    pub baseline_commits: u64,
+    /// Print one JSON object instead of lines for a person.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `bench store` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreReport {
+    /// Units committed through the writer.
+    pub units: u64,
+    /// Concurrent submitters.
+    pub submitters: u64,
+    /// Seconds from the first submission to the last durable reply.
+    pub units_s: f64,
+    /// Durable units per second through the writer.
+    pub units_per_s: f64,
+    /// Commits made by the baseline.
+    pub baseline_commits: u64,
+    /// Seconds the baseline took.
+    pub baseline_s: f64,
+    /// Durable commits (one put each) per second, with heed directly.
+    pub baseline_commits_per_s: f64,
+    /// `units_per_s / baseline_commits_per_s`.
+    pub ratio: f64,
+}
+
+/// Runs the benchmark in a temporary directory (removed afterwards) and prints its figures.
+///
+/// # Errors
+/// Setup failures (temp dir, store, runtime), a failed unit or commit, or a count of
+/// stored records that does not match.
+pub fn run(args: &StoreArgs) -> anyhow::Result<StoreReport> {
+    if args.units == 0 || args.submitters == 0 || args.baseline_commits == 0 {
+        bail!("--units, --submitters and --baseline-commits must be at least 1");
+    }
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let (units_s, stored) = writer_side(&dir.path().join("store"), args)?;
+    if stored != args.units {
+        bail!("{stored} records stored for {} units", args.units);
+    }
+    let baseline_s = baseline_side(&dir.path().join("baseline"), args.baseline_commits)?;
+    let units_per_s = args.units as f64 / units_s;
+    let baseline_commits_per_s = args.baseline_commits as f64 / baseline_s;
+    let report = StoreReport {
+        units: args.units,
+        submitters: args.submitters,
+        units_s,
+        units_per_s,
+        baseline_commits: args.baseline_commits,
+        baseline_s,
+        baseline_commits_per_s,
+        ratio: units_per_s / baseline_commits_per_s,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "bench store: {} units from {} submitters in {:.3} s: {:.0} durable units/s",
+            report.units, report.submitters, report.units_s, report.units_per_s
+        );
+        println!(
+            "bench store: baseline {} commits of one put in {:.3} s: {:.0} commits/s",
+            report.baseline_commits, report.baseline_s, report.baseline_commits_per_s
+        );
+        println!("bench store: ratio {:.1}", report.ratio);
+    }
+    Ok(report)
+}
+
+/// Commits `args.units` units through the writer; returns the seconds taken and the
+/// number of records found afterwards.
+fn writer_side(dir: &std::path::Path, args: &StoreArgs) -> anyhow::Result<(f64, u64)> {
+    let options = StoreOptions {
+        map_size_bytes_initial: MAP_SIZE_BYTES,
+        ..StoreOptions::default().with_app_table(TABLE)
+    };
+    let store = Store::open(dir, options)?;
+    let table = store.app_table::<BenchRecord>(TABLE)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .context("building the tokio runtime")?;
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    runtime.block_on(async {
+        let submitters: Vec<_> = (0..args.submitters)
+            .map(|_| {
+                let (store, table, next, units) =
+                    (store.clone(), table.clone(), Arc::clone(&next), args.units);
+                tokio::spawn(async move {
+                    loop {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        if index >= units {
+                            return Ok::<_, session_store::Error>(());
+                        }
+                        let table = table.clone();
+                        store
+                            .write_async(move |scope| {
+                                table.put(scope, index.to_be_bytes(), &record(index))
+                            })
+                            .await?;
+                    }
+                })
+            })
+            .collect();
+        for submitter in submitters {
+            submitter.await.context("a submitter task")??;
+        }
+        anyhow::Ok(())
+    })?;
+    let units_s = started.elapsed().as_secs_f64();
+    let mut stored = 0_u64;
+    table.for_each(&store.snapshot()?, |_, _| {
+        stored += 1;
+        Ok(())
+    })?;
+    Ok((units_s, stored))
+}
+
+/// One put per durable commit with heed directly; returns the seconds taken.
+fn baseline_side(dir: &std::path::Path, commits: u64) -> anyhow::Result<f64> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut options = EnvOpenOptions::new();
+    options.map_size(MAP_SIZE_BYTES).max_dbs(1);
+    // SAFETY: the directory was just created inside this run's private temporary
+    // directory; nothing else opens or modifies its files while the environment lives.
+    let env = unsafe { options.open(dir) }.context("opening the baseline environment")?;
+    let wtxn = env.write_txn()?;
+    let created = env.create_databases_and_commit(wtxn, |opener, wtxn| {
+        opener
+            .create_database::<Bytes, SerdeBincode<BenchRecord>>(wtxn, Some(TABLE))
+            .map(CommitOrAbort::<_, ()>::Commit)
+    })?;
+    let CommitOrAbort::Commit(database) = created else {
+        bail!("creating the baseline table was aborted");
+    };
+    let started = Instant::now();
+    for index in 0..commits {
+        let mut wtxn = env.write_txn()?;
+        database.put(&mut wtxn, &index.to_be_bytes(), &record(index))?;
+        wtxn.commit()?;
+    }
+    let baseline_s = started.elapsed().as_secs_f64();
+    let rtxn = env.read_txn()?;
+    let stored = database.len(&rtxn)?;
+    if stored != commits {
+        bail!("the baseline stored {stored} records for {commits} commits");
+    }
+    Ok(baseline_s)
+}
