@@ -30,6 +30,11 @@ use crate::paths::{download_paths, download_validator_path};
 use crate::request::{Target, TransferRequest};
 use crate::transport::{self, Activity};
 
+/// The fail point hit right after a download's fsync and rename, before the caller
+/// records it. With the `failpoints` feature, `return(abort)` aborts the process and any
+/// other `return` loses the result as a crash would.
+pub const FAIL_POINT_DOWNLOAD_AFTER_FSYNC: &str = "http-download-after-fsync";
+
 /// The size of one write to the `.part` file, in bytes.
 const WRITE_BLOCK_BYTES: usize = 1024 * 1024;
 /// The largest validator file read back, in bytes.
@@ -215,6 +220,20 @@ async fn attempt(
             format!("the download is {total} bytes, over the limit of {total_max}"),
         ));
     }
+    // A length that cannot match is known before the first byte: do not fetch it.
+    if let (Some(total), Some(wanted)) = (total, expected.bytes)
+        && total != wanted
+    {
+        files.discard_part().await?;
+        let mismatch = Mismatch::Length {
+            expected_bytes: wanted,
+            actual_bytes: total,
+        };
+        return Err(Classified::failed(
+            FailReason::Verification(mismatch.clone()),
+            format!("the server announces another length: {mismatch:?}"),
+        ));
+    }
     let bytes_expected = total.or(expected.bytes);
     let report = |bytes_done| {
         if let Some(progress) = progress {
@@ -330,7 +349,7 @@ async fn complete(
 /// would (the next attempt finds the file complete).
 fn after_fsync_fail_point() -> Result<(), Classified> {
     // The name is spelled out: without the feature the macro expands to nothing, and it
-    // must stay equal to `crate::FAIL_POINT_DOWNLOAD_AFTER_FSYNC`.
+    // must stay equal to `FAIL_POINT_DOWNLOAD_AFTER_FSYNC`.
     fail::fail_point!("http-download-after-fsync", |arg: Option<String>| {
         if arg.as_deref() == Some("abort") {
             std::process::abort();
@@ -642,7 +661,11 @@ impl<'a> PartWriter<'a> {
 
     /// Starts an fsync in the background unless one is still running.
     async fn start_early_sync(&mut self) -> Result<(), Classified> {
-        if self.syncing.as_ref().is_some_and(|syncing| !syncing.is_finished()) {
+        if self
+            .syncing
+            .as_ref()
+            .is_some_and(|syncing| !syncing.is_finished())
+        {
             return Ok(());
         }
         self.wait_early_sync().await?;

@@ -18,6 +18,29 @@
 //! - `upload`: streaming a file as a request body.
 //! - `engine`: [`Engine`], its client, connection limits and the attempt driver.
 
+//! ```no_run
+//! use session_http::{Classified, Engine, EngineConfig, Target, TransferRequest};
+//!
+//! # async fn example() -> session_http::Result<()> {
+//! let engine = Engine::new(EngineConfig::default())?;
+//! let request = TransferRequest::download("https://example.invalid/big.iso")
+//!     .with_header("Authorization", "Bearer token")
+//!     .with_expected_bytes(1 << 30);
+//! let target = Target {
+//!     download_dir: "/var/lib/app/downloads/session-1".into(),
+//!     name: "task-42".to_owned(),
+//!     idempotency_key: None,
+//! };
+//! match engine.run(&request, &target, None).await {
+//!     Classified::Success(response) => println!("file at {:?}", response.file),
+//!     Classified::Rejected(response) => println!("refused with {}", response.status),
+//!     Classified::Retry { retry_after, reason, .. } => println!("retry {reason:?} {retry_after:?}"),
+//!     Classified::Failed { reason, message } => println!("failed {reason:?}: {message}"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
 #![warn(missing_docs)]
 
 mod classify;
@@ -32,32 +55,15 @@ mod transport;
 mod upload;
 
 pub use classify::{
-    Classified, FailReason, Mismatch, Response, RetryReason, StatusClass, classify_status,
+    Classified, FailReason, MESSAGE_BYTES_MAX, Mismatch, Response, RetryReason, StatusClass,
+    classify_status,
 };
+pub use download::FAIL_POINT_DOWNLOAD_AFTER_FSYNC;
 pub use engine::{Engine, Progress};
 pub use error::{Error, Result};
 pub use limits::{EngineConfig, Limits};
 pub use paths::{download_paths, download_validator_path, safe_file_name};
-pub use request::{Body, Method, Target, TransferKind, TransferRequest};
+pub use request::{
+    Body, Method, SENSITIVE_HEADERS, Target, TransferKind, TransferRequest, is_sensitive_header,
+};
 pub use retry_after::RetryAfter;
-
-/// Header names whose values never leave the engine: not logged, not in `Debug`, not in a
-/// [`Response`].
-pub const SENSITIVE_HEADERS: [&str; 5] = [
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-    "set-cookie2",
-];
-
-/// Whether a header's value must never be logged or returned.
-pub fn is_sensitive_header(name: &str) -> bool {
-    SENSITIVE_HEADERS
-        .iter()
-        .any(|sensitive| sensitive.eq_ignore_ascii_case(name))
-}
-
-/// The fail point hit right after a download's fsync and rename, before the caller records
-/// it. With the `failpoints` feature, configuring it to `return(abort)` aborts the process.
-pub const FAIL_POINT_DOWNLOAD_AFTER_FSYNC: &str = "http-download-after-fsync";

@@ -7,8 +7,24 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::is_sensitive_header;
 use crate::limits::Limits;
+
+/// Header names whose values never leave the engine: not logged, not in `Debug`, not in a
+/// [`crate::Response`], not forwarded to another host on a redirect (reqwest's rule).
+pub const SENSITIVE_HEADERS: [&str; 5] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "set-cookie2",
+];
+
+/// Whether a header's value must never be logged or returned.
+pub fn is_sensitive_header(name: &str) -> bool {
+    SENSITIVE_HEADERS
+        .iter()
+        .any(|sensitive| sensitive.eq_ignore_ascii_case(name))
+}
 
 /// Headers the engine sets itself: a caller's value would break ranges, framing or
 /// offsets.

@@ -20,9 +20,8 @@ use tokio::time::Instant;
 use crate::classify::{
     Classified, FailReason, Response, RetryReason, StatusClass, classify_status,
 };
-use crate::is_sensitive_header;
 use crate::limits::EngineConfig;
-use crate::request::{Target, TransferRequest};
+use crate::request::{Target, TransferRequest, is_sensitive_header};
 use crate::retry_after::RetryAfter;
 
 /// The header carrying a target's idempotency key.
@@ -279,14 +278,12 @@ pub(crate) fn classify_error(error: &reqwest::Error) -> Classified {
     if error.is_request() {
         // hyper's error kinds are private; the reason is only informative, both retry.
         let closed = message.contains("closed") || message.contains("canceled");
-        let reason = if is_reset(&io_kinds)
-            || io_kinds.contains(&io::ErrorKind::UnexpectedEof)
-            || closed
-        {
-            RetryReason::Reset
-        } else {
-            RetryReason::Protocol
-        };
+        let reason =
+            if is_reset(&io_kinds) || io_kinds.contains(&io::ErrorKind::UnexpectedEof) || closed {
+                RetryReason::Reset
+            } else {
+                RetryReason::Protocol
+            };
         return Classified::retry(reason, None, message);
     }
     // Status errors are never produced (no error_for_status) and upgrades are never
