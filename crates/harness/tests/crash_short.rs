@@ -64,3 +64,59 @@ fn short_crash_run_passes() {
         String::from_utf8_lossy(&verify.stdout)
     );
 }
+
+/// `crash --origin URL --manifest FILE` runs the same loop against a server it did not
+/// start (here the built-in origin, started separately) with the manifest's checksums and
+/// expectations: a clean manifest passes, and a download whose manifest checksum is not
+/// the server's bytes is reported as a bad file (exit 1).
+#[test]
+fn manifest_run_against_a_separate_server() {
+    use session_harness::origin::{Origin, OriginConfig, content, sha256};
+
+    let origin = Origin::start_in_thread(OriginConfig { seed: 42, port: 0 })
+        .expect("the origin starts on 127.0.0.1");
+    let base = origin.url("");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut upload = vec![0; 50_000];
+    content(42, "up", 0, &mut upload);
+    std::fs::write(dir.path().join("up.bin"), &upload).expect("upload file");
+    let manifest = |bad_sha: &str| {
+        serde_json::json!({"sessions": [
+            {"id": "alpha", "tasks": [
+                {"id": "d1", "kind": "download", "url": format!("{base}/objects/d1?size=300000&fault=reset%3A5000&times=2"),
+                 "sha256": sha256(42, "d1", 300_000), "expect": "success"},
+                {"id": "u1", "kind": "upload", "url": format!("{base}/uploads/up?size=50000"),
+                 "file": "up.bin", "expect": "success"}]},
+            {"id": "beta", "tasks": [
+                {"id": "gone", "kind": "download", "url": format!("{base}/objects/x?size=9&fault=status%3A404&times=1000"),
+                 "expect": "rejected"},
+                {"id": "d2", "kind": "download", "url": format!("{base}/objects/d2?size=1000"),
+                 "sha256": bad_sha, "expect": "success"}]}
+        ]})
+        .to_string()
+    };
+    let run = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("manifest");
+        Command::new(env!("CARGO_BIN_EXE_session-harness"))
+            .args(["crash", "--seed", "5", "--kills", "4", "--aborts", "2"])
+            .args(["--origin", &base])
+            .arg("--manifest")
+            .arg(&path)
+            .output()
+            .expect("the session-harness binary runs")
+    };
+
+    let good = run("good.json", manifest(&sha256(42, "d2", 1000)));
+    assert!(
+        good.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&good.stdout),
+        String::from_utf8_lossy(&good.stderr)
+    );
+
+    let bad = run("bad.json", manifest(&"0".repeat(64)));
+    let stdout = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("the file of task d2"), "{stdout}");
+}

@@ -189,7 +189,17 @@ pub fn run(args: &CrashArgs) -> anyhow::Result<ExitCode> {
                     .entry(name.to_owned())
                     .or_default() += 1;
             }
-            RunEnd::Finished => stats.finished_early += 1,
+            RunEnd::Finished => {
+                // Every later worker would find nothing left to do.
+                stats.finished_early += 1;
+                progress.show(&stats, started);
+                eprintln!(
+                    "\ncrash: the plan finished after {} kills and {} aborts; a larger plan \
+                     (--sessions, --tasks) leaves room for more",
+                    stats.kills, stats.failpoint_aborts
+                );
+                break;
+            }
             RunEnd::Failed(why) => stats
                 .run_violations
                 .push(format!("worker run {} failed: {why}", stats.runs)),
