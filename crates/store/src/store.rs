@@ -31,6 +31,15 @@ const LOCK_ATTEMPTS: u32 = 5;
 /// The pause between those tries.
 const LOCK_RETRY_DELAY: Duration = Duration::from_millis(20);
 
+// The handles the rest of bgsession moves across threads and `.await`s.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    const fn send<T: Send>() {}
+    send_sync::<Store>();
+    send::<Snapshot>();
+    send_sync::<AppTable<u64>>();
+};
+
 /// What the store, its writer thread and its snapshots share.
 pub(crate) struct Shared {
     // Field order is drop order: the environment closes before the directory lock is

@@ -837,3 +837,22 @@ fn bad_options_are_refused() {
     assert!(!target.exists());
     let _ = SessionState::Queued;
 }
+
+/// A directory whose `data.mdb` is not an LMDB file is refused with a typed LMDB error
+/// that says it was opening the environment, not a panic.
+#[test]
+fn a_data_file_that_is_not_lmdb_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("data.mdb"), vec![0x5a_u8; 64 * 1024]).expect("plant garbage");
+    let result = Store::open(dir.path(), StoreOptions::default());
+    assert!(
+        matches!(
+            &result,
+            Err(Error::Lmdb {
+                operation: "opening the environment",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+}
