@@ -726,3 +726,57 @@ async fn deadline_ends_an_attempt() {
         .await;
     assert_eq!(fail_reason(&outcome), FailReason::DeadlineExceeded);
 }
+
+/// Resume uses the best validator available: Last-Modified alone works, a weak ETag is
+/// not used for If-Range (Last-Modified is), and with no validator at all the engine
+/// cannot trust the .part and starts again from zero; every file ends exact.
+#[tokio::test]
+async fn resume_follows_the_available_validators() {
+    let origin = start_origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine();
+    let size: u64 = 600_000;
+    for (validators, resumed_status) in [("last-modified", 206), ("weak", 206), ("none", 200)] {
+        let name = format!("v-{validators}");
+        let url = origin.url(&format!(
+            "/objects/{name}?size={size}&fault=reset:200000&validators={validators}"
+        ));
+        let request = TransferRequest::download(&url);
+        let target = target(dir.path(), &name);
+        let first = engine.run(&request, &target, None).await;
+        assert_eq!(retry_reason(&first).0, RetryReason::Reset, "{validators}");
+        let second = success(engine.run(&request, &target, None).await);
+        assert_exact(&second, dir.path(), &name, &name, size);
+        let counters = origin.counters();
+        let ranges = counters.ranges_for(&name);
+        assert_eq!(ranges.len(), 2, "{validators}: {ranges:?}");
+        assert_eq!(ranges[1].status, resumed_status, "{validators}: {ranges:?}");
+    }
+}
+
+/// The origin on its own thread serves callers on other runtimes and releases its port
+/// when its handle is dropped.
+#[test]
+fn threaded_origin_serves_and_stops() {
+    let origin = Origin::start_in_thread(OriginConfig {
+        seed: SEED,
+        port: 0,
+    })
+    .expect("the origin starts");
+    let addr = origin.addr();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let request = TransferRequest::download(origin.url("/objects/threaded?size=1000"));
+    let response =
+        success(runtime.block_on(engine().run(&request, &target(dir.path(), "t"), None)));
+    assert_exact(&response, dir.path(), "t", "threaded", 1000);
+    assert_eq!(origin.counters().requests_for("threaded"), 1);
+    drop(origin);
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the origin still accepts"
+    );
+}
