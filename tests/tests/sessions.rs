@@ -88,6 +88,11 @@ fn complete(call: &CompletionCall, scope: &mut WriteScope<'_>) -> Result<(), Del
 
 fn builder(dir: &Path) -> SessionsBuilder {
     Sessions::builder(dir)
+        // Loopback only, whatever proxy variables the environment has.
+        .engine_config(session_actor::EngineConfig {
+            proxy_from_environment: false,
+            ..session_actor::EngineConfig::default()
+        })
         .app_table(LEDGER)
         .app_table(LEDGER_NEXT)
         .completion("done", complete)

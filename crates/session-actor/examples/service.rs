@@ -95,6 +95,11 @@ fn serve(dir: &Path, origin: &str) -> anyhow::Result<()> {
     let origin = origin.to_owned();
     actix::System::new().block_on(async move {
         let sessions = Sessions::builder(&dir)
+            // The demo talks to 127.0.0.1 only, whatever proxy variables are set.
+            .engine_config(session_actor::EngineConfig {
+                proxy_from_environment: false,
+                ..session_actor::EngineConfig::default()
+            })
             .app_table(KEPT)
             .app_table(DONE)
             .completion("all-done", all_done)
