@@ -8,7 +8,12 @@
 //! resolved, i.e. once its batch's commit is durable. The baseline puts the same record
 //! with heed directly, one write transaction (one durable commit) per put, from one
 //! thread: what a store without group commit would do.
+//!
+//! Both sides run in `--rounds` alternating slices (writer, baseline, writer, ...), and
+//! each figure is its total work over its total time, so that a burst of disk load from
+//! elsewhere on the machine weighs on both sides rather than on one.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -16,8 +21,8 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 use session_store::heed::types::{Bytes, SerdeBincode};
-use session_store::heed::{CommitOrAbort, EnvOpenOptions};
-use session_store::{Store, StoreOptions};
+use session_store::heed::{self, CommitOrAbort, EnvOpenOptions};
+use session_store::{AppTable, Store, StoreOptions};
 
 /// The application table the units write.
 const TABLE: &str = "bench-units";
@@ -52,6 +57,9 @@ pub struct StoreArgs {
     /// Commits of the baseline (one put each).
     #[arg(long, default_value_t = 2_000)]
     pub baseline_commits: u64,
+    /// Alternating slices the two sides are measured in.
+    #[arg(long, default_value_t = 4)]
+    pub rounds: u64,
     /// Print one JSON object instead of lines for a person.
     #[arg(long)]
     pub json: bool,
@@ -64,13 +72,14 @@ pub struct StoreReport {
     pub units: u64,
     /// Concurrent submitters.
     pub submitters: u64,
-    /// Seconds from the first submission to the last durable reply.
+    /// Seconds the writer side took: per round, from the first submission to the last
+    /// durable reply, summed over the rounds.
     pub units_s: f64,
     /// Durable units per second through the writer.
     pub units_per_s: f64,
     /// Commits made by the baseline.
     pub baseline_commits: u64,
-    /// Seconds the baseline took.
+    /// Seconds the baseline took, summed over the rounds.
     pub baseline_s: f64,
     /// Durable commits (one put each) per second, with heed directly.
     pub baseline_commits_per_s: f64,
@@ -84,15 +93,33 @@ pub struct StoreReport {
 /// Setup failures (temp dir, store, runtime), a failed unit or commit, or a count of
 /// stored records that does not match.
 pub fn run(args: &StoreArgs) -> anyhow::Result<StoreReport> {
-    if args.units == 0 || args.submitters == 0 || args.baseline_commits == 0 {
-        bail!("--units, --submitters and --baseline-commits must be at least 1");
+    if args.units == 0 || args.submitters == 0 || args.baseline_commits == 0 || args.rounds == 0 {
+        bail!("--units, --submitters, --baseline-commits and --rounds must be at least 1");
     }
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let (units_s, stored) = writer_side(&dir.path().join("store"), args)?;
+    let writer = WriterSide::open(&dir.path().join("store"))?;
+    let baseline = BaselineSide::open(&dir.path().join("baseline"))?;
+    let (mut units_s, mut baseline_s) = (0.0, 0.0);
+    let (mut units_done, mut commits_done) = (0, 0);
+    for round in 1..=args.rounds {
+        let units_end = args.units * round / args.rounds;
+        units_s += writer.commit(units_done..units_end, args.submitters)?;
+        units_done = units_end;
+        let commits_end = args.baseline_commits * round / args.rounds;
+        baseline_s += baseline.commit(commits_done..commits_end)?;
+        commits_done = commits_end;
+    }
+    let stored = writer.stored()?;
     if stored != args.units {
         bail!("{stored} records stored for {} units", args.units);
     }
-    let baseline_s = baseline_side(&dir.path().join("baseline"), args.baseline_commits)?;
+    let stored = baseline.stored()?;
+    if stored != args.baseline_commits {
+        bail!(
+            "the baseline stored {stored} records for {} commits",
+            args.baseline_commits
+        );
+    }
     let units_per_s = args.units as f64 / units_s;
     let baseline_commits_per_s = args.baseline_commits as f64 / baseline_s;
     let report = StoreReport {
@@ -121,84 +148,123 @@ pub fn run(args: &StoreArgs) -> anyhow::Result<StoreReport> {
     Ok(report)
 }
 
-/// Commits `args.units` units through the writer; returns the seconds taken and the
-/// number of records found afterwards.
-fn writer_side(dir: &std::path::Path, args: &StoreArgs) -> anyhow::Result<(f64, u64)> {
-    let options = StoreOptions {
-        map_size_bytes_initial: MAP_SIZE_BYTES,
-        ..StoreOptions::default().with_app_table(TABLE)
-    };
-    let store = Store::open(dir, options)?;
-    let table = store.app_table::<BenchRecord>(TABLE)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .context("building the tokio runtime")?;
-    let next = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    runtime.block_on(async {
-        let submitters: Vec<_> = (0..args.submitters)
-            .map(|_| {
-                let (store, table, next, units) =
-                    (store.clone(), table.clone(), Arc::clone(&next), args.units);
-                tokio::spawn(async move {
-                    loop {
-                        let index = next.fetch_add(1, Ordering::Relaxed);
-                        if index >= units {
-                            return Ok::<_, session_store::Error>(());
-                        }
-                        let table = table.clone();
-                        store
-                            .write_async(move |scope| {
-                                table.put(scope, index.to_be_bytes(), &record(index))
-                            })
-                            .await?;
-                    }
-                })
-            })
-            .collect();
-        for submitter in submitters {
-            submitter.await.context("a submitter task")??;
-        }
-        anyhow::Ok(())
-    })?;
-    let units_s = started.elapsed().as_secs_f64();
-    let mut stored = 0_u64;
-    table.for_each(&store.snapshot()?, |_, _| {
-        stored += 1;
-        Ok(())
-    })?;
-    Ok((units_s, stored))
+/// The store under test, its table and the runtime its submitters run on.
+struct WriterSide {
+    store: Store,
+    table: AppTable<BenchRecord>,
+    runtime: tokio::runtime::Runtime,
 }
 
-/// One put per durable commit with heed directly; returns the seconds taken.
-fn baseline_side(dir: &std::path::Path, commits: u64) -> anyhow::Result<f64> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut options = EnvOpenOptions::new();
-    options.map_size(MAP_SIZE_BYTES).max_dbs(1);
-    // SAFETY: the directory was just created inside this run's private temporary
-    // directory; nothing else opens or modifies its files while the environment lives.
-    let env = unsafe { options.open(dir) }.context("opening the baseline environment")?;
-    let wtxn = env.write_txn()?;
-    let created = env.create_databases_and_commit(wtxn, |opener, wtxn| {
-        opener
-            .create_database::<Bytes, SerdeBincode<BenchRecord>>(wtxn, Some(TABLE))
-            .map(CommitOrAbort::<_, ()>::Commit)
-    })?;
-    let CommitOrAbort::Commit(database) = created else {
-        bail!("creating the baseline table was aborted");
-    };
-    let started = Instant::now();
-    for index in 0..commits {
-        let mut wtxn = env.write_txn()?;
-        database.put(&mut wtxn, &index.to_be_bytes(), &record(index))?;
-        wtxn.commit()?;
+impl WriterSide {
+    fn open(dir: &std::path::Path) -> anyhow::Result<Self> {
+        let options = StoreOptions {
+            map_size_bytes_initial: MAP_SIZE_BYTES,
+            ..StoreOptions::default().with_app_table(TABLE)
+        };
+        let store = Store::open(dir, options)?;
+        let table = store.app_table::<BenchRecord>(TABLE)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .context("building the tokio runtime")?;
+        Ok(WriterSide {
+            store,
+            table,
+            runtime,
+        })
     }
-    let baseline_s = started.elapsed().as_secs_f64();
-    let rtxn = env.read_txn()?;
-    let stored = database.len(&rtxn)?;
-    if stored != commits {
-        bail!("the baseline stored {stored} records for {commits} commits");
+
+    /// Commits the units numbered `indexes` from `submitters` tasks; returns the seconds
+    /// from the first submission to the last durable reply.
+    fn commit(&self, indexes: Range<u64>, submitters: u64) -> anyhow::Result<f64> {
+        let next = Arc::new(AtomicU64::new(indexes.start));
+        let started = Instant::now();
+        self.runtime.block_on(async {
+            let tasks: Vec<_> = (0..submitters)
+                .map(|_| {
+                    let (store, table, next, end) = (
+                        self.store.clone(),
+                        self.table.clone(),
+                        Arc::clone(&next),
+                        indexes.end,
+                    );
+                    tokio::spawn(async move {
+                        loop {
+                            let index = next.fetch_add(1, Ordering::Relaxed);
+                            if index >= end {
+                                return Ok::<_, session_store::Error>(());
+                            }
+                            let table = table.clone();
+                            store
+                                .write_async(move |scope| {
+                                    table.put(scope, index.to_be_bytes(), &record(index))
+                                })
+                                .await?;
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.context("a submitter task")??;
+            }
+            anyhow::Ok(())
+        })?;
+        Ok(started.elapsed().as_secs_f64())
     }
-    Ok(baseline_s)
+
+    /// How many records the units left.
+    fn stored(&self) -> anyhow::Result<u64> {
+        let mut stored = 0_u64;
+        self.table.for_each(&self.store.snapshot()?, |_, _| {
+            stored += 1;
+            Ok(())
+        })?;
+        Ok(stored)
+    }
+}
+
+/// A plain heed environment: one put per durable commit.
+struct BaselineSide {
+    env: heed::Env,
+    database: heed::Database<'static, Bytes, SerdeBincode<BenchRecord>>,
+}
+
+impl BaselineSide {
+    fn open(dir: &std::path::Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut options = EnvOpenOptions::new();
+        options.map_size(MAP_SIZE_BYTES).max_dbs(1);
+        // SAFETY: the directory was just created inside this run's private temporary
+        // directory; nothing else opens or modifies its files while the environment lives.
+        let env = unsafe { options.open(dir) }.context("opening the baseline environment")?;
+        let wtxn = env.write_txn()?;
+        let created = env.create_databases_and_commit(wtxn, |opener, wtxn| {
+            opener
+                .create_database::<Bytes, SerdeBincode<BenchRecord>>(wtxn, Some(TABLE))
+                .map(CommitOrAbort::<_, ()>::Commit)
+        })?;
+        let CommitOrAbort::Commit(database) = created else {
+            bail!("creating the baseline table was aborted");
+        };
+        Ok(BaselineSide { env, database })
+    }
+
+    /// Commits the records numbered `indexes`, one per write transaction; returns the
+    /// seconds taken.
+    fn commit(&self, indexes: Range<u64>) -> anyhow::Result<f64> {
+        let started = Instant::now();
+        for index in indexes {
+            let mut wtxn = self.env.write_txn()?;
+            self.database
+                .put(&mut wtxn, &index.to_be_bytes(), &record(index))?;
+            wtxn.commit()?;
+        }
+        Ok(started.elapsed().as_secs_f64())
+    }
+
+    /// How many records the commits left.
+    fn stored(&self) -> anyhow::Result<u64> {
+        let rtxn = self.env.read_txn()?;
+        Ok(self.database.len(&rtxn)?)
+    }
 }
