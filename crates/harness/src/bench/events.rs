@@ -136,12 +136,16 @@ async fn deliver_all(
 ) -> anyhow::Result<EventsReport> {
     let sessions = Sessions::builder(dir).app_table(TABLE).open()?;
     let table = sessions.store().app_table::<u64>(TABLE)?;
-    let delegate = Delegate::transactional(move |delivery: &Delivery, scope: &mut session_store::WriteScope<'_>| {
-        table
-            .put(scope, delivery.key.to_string(), &delivery.key.seq)
-            .map_err(|error| DelegateError::new(error.to_string()))
-    });
-    let ids: Vec<SessionId> = (0..args.sessions).map(session_id).collect::<anyhow::Result<_>>()?;
+    let delegate = Delegate::transactional(
+        move |delivery: &Delivery, scope: &mut session_store::WriteScope<'_>| {
+            table
+                .put(scope, delivery.key.to_string(), &delivery.key.seq)
+                .map_err(|error| DelegateError::new(error.to_string()))
+        },
+    );
+    let ids: Vec<SessionId> = (0..args.sessions)
+        .map(session_id)
+        .collect::<anyhow::Result<_>>()?;
     let start = Instant::now();
     let attached = futures_util::future::join_all(
         ids.iter()
@@ -162,7 +166,10 @@ async fn deliver_all(
             break;
         }
         if start.elapsed() > Duration::from_secs(600) {
-            bail!("only {finished} of {} sessions finished in 600 s", args.sessions);
+            bail!(
+                "only {finished} of {} sessions finished in 600 s",
+                args.sessions
+            );
         }
         actix_rt::time::sleep(Duration::from_millis(2)).await;
     }

@@ -93,14 +93,20 @@ pub fn run(args: &RecoveryArgs) -> anyhow::Result<()> {
     let line = stdout.lines().last().context("the child printed nothing")?;
     let figures: ChildFigures = serde_json::from_str(line).context("the child's figures")?;
     if figures.actors != args.sessions as u64 {
-        bail!("{} actors started for {} sessions", figures.actors, args.sessions);
+        bail!(
+            "{} actors started for {} sessions",
+            figures.actors,
+            args.sessions
+        );
     }
     let report = RecoveryReport {
         sessions: args.sessions,
         tasks: args.sessions * args.tasks_per_session,
         recover_s: figures.recover_s,
         max_rss_bytes: figures.max_rss_bytes,
-        bytes_per_session: figures.max_rss_bytes.saturating_sub(figures.rss_before_bytes) as f64
+        bytes_per_session: figures
+            .max_rss_bytes
+            .saturating_sub(figures.rss_before_bytes) as f64
             / args.sessions.max(1) as f64,
     };
     if args.json {
@@ -164,7 +170,10 @@ fn measure(dir: &Path) -> anyhow::Result<ChildFigures> {
         let recovered = sessions.running() as u64;
         while sessions.actors_started() < recovered {
             if start.elapsed() > Duration::from_secs(600) {
-                bail!("{} of {recovered} actors started", sessions.actors_started());
+                bail!(
+                    "{} of {recovered} actors started",
+                    sessions.actors_started()
+                );
             }
             actix_rt::time::sleep(Duration::from_millis(1)).await;
         }
