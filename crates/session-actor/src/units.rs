@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use session_store::{EventBody, SessionId, SessionRecord, WriteScope};
+use session_store::{EventBody, EventRecord, SessionId, SessionRecord, WriteScope};
 
 use crate::delegate::{
     CompletionCall, CompletionHandler, Delivery, DeliveryKey, DownloadedFile, Event,
@@ -144,16 +144,7 @@ pub(crate) fn deliver_transactional(
         fail::fail_point!("actor-after-delegate-before-commit", |arg| Err(
             fail_point_fired("actor-after-delegate-before-commit", arg)
         ));
-        let transition = machine::apply(
-            Records {
-                session: Some(record.clone()),
-                tasks: BTreeMap::new(),
-            },
-            Input::Deliver { event },
-            context,
-        )?;
-        write_transition(scope, Some(&record), &transition)?;
-        scope.delete_event(session, seq)?;
+        let transition = commit_delivery(scope, record, event, context)?;
         record = transition.session;
         delivered.count += 1;
         delivered.actions.extend(
@@ -184,20 +175,35 @@ pub(crate) fn advance_cursor(
     let event = scope.event(session, seq)?.ok_or_else(|| {
         MachineError::InvalidRecord(format!("event {seq} of session {session} is missing"))
     })?;
+    let transition = commit_delivery(scope, record, event, context)?;
+    Ok(Delivered {
+        count: 1,
+        actions: transition.actions,
+    })
+}
+
+/// Advances the cursor past `event` (the next one) and removes it from the outbox, in
+/// the unit that also holds the delivery's effects.
+fn commit_delivery(
+    scope: &mut WriteScope<'_>,
+    record: SessionRecord,
+    event: EventRecord,
+    context: &Context,
+) -> Result<Transition, UnitError> {
+    let session = record.id.clone();
+    let seq = event.seq;
+    let before = record.clone();
     let transition = machine::apply(
         Records {
-            session: Some(record.clone()),
+            session: Some(record),
             tasks: BTreeMap::new(),
         },
         Input::Deliver { event },
         context,
     )?;
-    write_transition(scope, Some(&record), &transition)?;
-    scope.delete_event(session, seq)?;
-    Ok(Delivered {
-        count: 1,
-        actions: transition.actions,
-    })
+    write_transition(scope, Some(&before), &transition)?;
+    scope.delete_event(&session, seq)?;
+    Ok(transition)
 }
 
 /// The delegate's view of a stored event body.

@@ -7,7 +7,6 @@ use session_store::EventBody;
 use super::SessionActor;
 use crate::delegate::{Delegate, Delivery, DeliveryKey};
 use crate::error::UnitError;
-use crate::machine::Transition;
 use crate::units::{Delivered, advance_cursor, deliver_transactional, event_for_delegate};
 
 impl SessionActor {
@@ -43,24 +42,7 @@ impl SessionActor {
         match result {
             Ok(delivered) => {
                 tracing::debug!(parent: &self.span, events = delivered.count, "delivered");
-                let transition = Transition {
-                    session: match self
-                        .shared
-                        .store
-                        .snapshot()
-                        .and_then(|s| s.session(&self.id))
-                    {
-                        Ok(Some(session)) => session,
-                        Ok(None) => return,
-                        Err(error) => {
-                            return self.fail(format!("reading the session: {error}"), ctx);
-                        }
-                    },
-                    tasks: Vec::new(),
-                    events: Vec::new(),
-                    actions: delivered.actions,
-                };
-                self.perform(&transition, ctx);
+                self.perform_actions(&delivered.actions, &[], ctx);
             }
             Err(UnitError::UnknownCompletion(name)) => {
                 tracing::error!(parent: &self.span, %name,

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use session_http::Progress;
-use session_store::{Outcome, SessionId, TaskId, TaskKind, TaskState};
+use session_store::{Outcome, SessionId, TaskId, TaskKind, TaskRecord, TaskState};
 use tokio::sync::{oneshot, watch};
 
 use crate::delegate::Delegate;
@@ -131,9 +131,20 @@ impl SessionActor {
 
     /// Performs a committed transition's actions; a panic here restarts the actor.
     fn perform(&mut self, transition: &Transition, ctx: &mut Context<Self>) {
+        self.perform_actions(&transition.actions, &transition.tasks, ctx);
+    }
+
+    /// Performs actions after their commit; `tasks` are the records they refer to
+    /// (a transfer needs its task's request). A panic here restarts the actor.
+    fn perform_actions(
+        &mut self,
+        actions: &[Action],
+        tasks: &[TaskRecord],
+        ctx: &mut Context<Self>,
+    ) {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            for action in &transition.actions {
-                self.perform_one(action, transition, ctx);
+            for action in actions {
+                self.perform_one(action, tasks, ctx);
             }
         }));
         if let Err(panic) = outcome {
@@ -144,7 +155,7 @@ impl SessionActor {
         }
     }
 
-    fn perform_one(&mut self, action: &Action, transition: &Transition, ctx: &mut Context<Self>) {
+    fn perform_one(&mut self, action: &Action, tasks: &[TaskRecord], ctx: &mut Context<Self>) {
         match action {
             Action::Schedule {
                 task,
@@ -154,7 +165,7 @@ impl SessionActor {
                 task,
                 attempt,
                 deadline_ms,
-            } => match transition.tasks.iter().find(|record| &record.id == task) {
+            } => match tasks.iter().find(|record| &record.id == task) {
                 Some(record) => {
                     self.transfer(record.clone(), *attempt, ctx);
                     self.arm_deadline(task.clone(), *deadline_ms, ctx);
@@ -172,7 +183,7 @@ impl SessionActor {
                 }
             }
             Action::TaskTerminal { task } => {
-                if let Some(record) = transition.tasks.iter().find(|record| &record.id == task)
+                if let Some(record) = tasks.iter().find(|record| &record.id == task)
                     && record.kind == TaskKind::Download
                 {
                     self.remove_partial_download(task);
@@ -290,26 +301,7 @@ impl Actor for SessionActor {
         }
         match self.recovered.take() {
             // The recovery at open already moved lost transfers back to pending.
-            Some(actions) => {
-                let transition = Transition {
-                    session: match self
-                        .shared
-                        .store
-                        .snapshot()
-                        .and_then(|s| s.session(&self.id))
-                    {
-                        Ok(Some(session)) => session,
-                        Ok(None) => return,
-                        Err(error) => {
-                            return self.fail(format!("reading the session: {error}"), ctx);
-                        }
-                    },
-                    tasks: Vec::new(),
-                    events: Vec::new(),
-                    actions,
-                };
-                self.perform(&transition, ctx);
-            }
+            Some(actions) => self.perform_actions(&actions, &[], ctx),
             None => self.submit_and_perform(Input::Restart, ctx),
         }
     }
