@@ -158,6 +158,19 @@ impl Ledger {
         })
     }
 
+    /// The ledger by its table's name alone, for units that run before a store handle
+    /// is at hand (completion handlers are registered before the store is open). Using it
+    /// with a store that lacks the table is [`session_store::Error::UnknownTable`].
+    ///
+    /// # Errors
+    /// None in practice: the name is valid.
+    pub fn named() -> session_store::Result<Ledger> {
+        Ok(Ledger {
+            entries: AppTable::named(LEDGER_TABLE)?,
+            counter: AppTable::named(LEDGER_TABLE)?,
+        })
+    }
+
     /// Appends an entry (its `index` is assigned here) inside the unit's transaction.
     ///
     /// # Errors

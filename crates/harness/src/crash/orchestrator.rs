@@ -73,6 +73,7 @@ enum RunEnd {
 #[derive(Debug, Default)]
 struct WorkerOutput {
     panics: AtomicU64,
+    pokes: AtomicU64,
     restarts: AtomicU64,
     done: AtomicBool,
 }
@@ -117,7 +118,7 @@ pub fn run(args: &CrashArgs) -> anyhow::Result<ExitCode> {
             (plan, Server::External)
         }
         (None, None) => {
-            let content_seed = seed.rotate_left(17) ^ 0x5EED_0F_C0_47E47;
+            let content_seed = seed.rotate_left(17) ^ 0x0005_EED0_FC04_7E47;
             let origin = Origin::start_in_thread(OriginConfig {
                 seed: content_seed,
                 port: 0,
@@ -176,6 +177,7 @@ pub fn run(args: &CrashArgs) -> anyhow::Result<ExitCode> {
         let (end, output) = worker.run(limit)?;
         stats.delegate_panics += output.panics.load(Ordering::Relaxed);
         stats.supervisor_restarts += output.restarts.load(Ordering::Relaxed);
+        stats.delivery_pokes += output.pokes.load(Ordering::Relaxed);
         if let Some((_, index)) = &failpoint {
             chooser.record(*index, end == RunEnd::Aborted);
         }
@@ -222,6 +224,7 @@ pub fn run(args: &CrashArgs) -> anyhow::Result<ExitCode> {
     let (end, output) = worker.run(Duration::from_secs(args.final_timeout_s))?;
     stats.final_run_s = final_started.elapsed().as_secs_f64();
     stats.supervisor_restarts += output.restarts.load(Ordering::Relaxed);
+    stats.delivery_pokes += output.pokes.load(Ordering::Relaxed);
     match end {
         RunEnd::Finished => {}
         RunEnd::Killed => {
@@ -417,6 +420,8 @@ fn read_output(stdout: std::process::ChildStdout, output: &WorkerOutput) {
         let line = line.trim();
         if line == "event panic" {
             output.panics.fetch_add(1, Ordering::Relaxed);
+        } else if line == "poke" {
+            output.pokes.fetch_add(1, Ordering::Relaxed);
         } else if line == "done" {
             output.done.store(true, Ordering::Relaxed);
         } else if let Some(count) = line.strip_prefix("restarts ")
@@ -471,7 +476,7 @@ impl Progress {
         if self.terminal {
             eprint!("\r{line}");
             let _ = std::io::stderr().flush();
-        } else if stats.runs % 10 == 0 {
+        } else if stats.runs.is_multiple_of(10) {
             eprintln!("{line}");
         }
     }

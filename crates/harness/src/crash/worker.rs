@@ -13,7 +13,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -39,6 +38,10 @@ const CLEANUP_WAIT: Duration = Duration::from_secs(5);
 /// Supervised restarts a session gets per process: panics are injected on purpose, and a
 /// parked session would stall the run rather than show anything.
 const RESTART_LIMIT: u32 = 10_000;
+/// How often a request that met a restarting actor is sent again.
+const GONE_RETRIES_MAX: u32 = 40;
+/// How long an outbox may hold events without a delivery before the worker pokes.
+const STALL_BEFORE_POKE: Duration = Duration::from_secs(2);
 /// Transfers at once against the origin (all on 127.0.0.1).
 const CONNECTIONS_PER_HOST_MAX: usize = 32;
 
@@ -109,25 +112,17 @@ fn silence_injected_panics() {
 }
 
 async fn work(plan: Plan, root: PathBuf, args: WorkerArgs) -> anyhow::Result<()> {
-    // Completion handlers are registered before the store exists, and a table handle
-    // comes from the store: the handler finds the ledger here once it is open.
-    let ledger_cell: Arc<OnceLock<Ledger>> = Arc::new(OnceLock::new());
-    let handler = CompletionRecorder {
-        ledger: Arc::clone(&ledger_cell),
-        run: args.run,
-    };
     let mut engine = session_actor::EngineConfig::default();
     engine.connections_per_host_max = CONNECTIONS_PER_HOST_MAX;
     engine.connections_max = engine.connections_max.max(CONNECTIONS_PER_HOST_MAX);
     let sessions = Sessions::builder(&root)
         .app_table(LEDGER_TABLE)
-        .completion(COMPLETION_NAME, handler)
+        .completion(COMPLETION_NAME, completion_recorder(args.run))
         .engine_config(engine)
         .restart_limit(RESTART_LIMIT)
         .open()
         .context("opening the sessions")?;
     let ledger = Ledger::new(sessions.store())?;
-    let _ = ledger_cell.set(ledger.clone());
 
     let delegate = match args.delegate {
         DelegateMode::Transactional => Delegate::transactional(LedgerDelegate {
@@ -143,10 +138,16 @@ async fn work(plan: Plan, root: PathBuf, args: WorkerArgs) -> anyhow::Result<()>
     };
 
     let reporter = actix::spawn(report_restarts(sessions.clone()));
-    let drives = plan
-        .sessions
-        .iter()
-        .map(|session| drive_session(&sessions, &plan, session, delegate.clone(), &ledger));
+    let drives = plan.sessions.iter().map(|session| {
+        drive_session(
+            &sessions,
+            &plan,
+            session,
+            delegate.clone(),
+            &ledger,
+            args.run,
+        )
+    });
     let results = join_all(drives).await;
     reporter.abort();
     let mut failures = Vec::new();
@@ -216,6 +217,7 @@ async fn drive_session(
     planned: &PlannedSession,
     delegate: Delegate,
     ledger: &Ledger,
+    run: u32,
 ) -> anyhow::Result<()> {
     let session = sessions
         .session(&planned.id, plan.config.session_config(), delegate)
@@ -224,12 +226,11 @@ async fn drive_session(
         if completion_ran(sessions.store(), ledger, &planned.id, generation.number)? {
             continue;
         }
-        let enqueued = join_all(
-            generation
-                .tasks
-                .iter()
-                .map(|task| session.enqueue(&task.id, request(task))),
-        )
+        let enqueued = join_all(generation.tasks.iter().map(|task| {
+            let request = request(task);
+            let session = &session;
+            retry_gone(move || session.enqueue(&task.id, request.clone()))
+        }))
         .await;
         let mut store_generation = 0;
         for (task, handle) in generation.tasks.iter().zip(enqueued) {
@@ -239,12 +240,8 @@ async fn drive_session(
         // A generation of the store ends as soon as every task enqueued so far is
         // terminal, so one planned generation may span several; its completion goes to
         // the last of them, which ends after all of its tasks.
-        session
-            .set_completion(
-                store_generation,
-                COMPLETION_NAME,
-                Plan::completion_payload(&planned.id, generation.number),
-            )
+        let payload = Plan::completion_payload(&planned.id, generation.number);
+        retry_gone(|| session.set_completion(store_generation, COMPLETION_NAME, payload.clone()))
             .await
             .with_context(|| {
                 format!(
@@ -252,11 +249,74 @@ async fn drive_session(
                     generation.number
                 )
             })?;
+        let mut stall = Stall::default();
         while !completion_ran(sessions.store(), ledger, &planned.id, generation.number)? {
+            if stall.stalled(&session)? {
+                // See `Stall`: the library lost a delivery wakeup; say so and poke.
+                println!("poke");
+                sessions.register_completion(COMPLETION_NAME, completion_recorder(run));
+            }
             tokio::time::sleep(LEDGER_POLL).await;
         }
     }
     Ok(())
+}
+
+/// Calls `call` again when it fails with `SessionGone` while the session actor restarts.
+///
+/// Works around session-actor dropping the replies of requests in flight when a session
+/// actor restarts (actix's `restart` drops the context's spawned futures, among them the
+/// handlers' `ResponseActFuture`s): the caller sees `SessionGone` although the session
+/// lives on, and the request may have committed. Enqueue and set_completion are
+/// idempotent, so calling again is safe.
+async fn retry_gone<T, F, Fut>(mut call: F) -> session_actor::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = session_actor::Result<T>>,
+{
+    let mut attempts = 0;
+    loop {
+        match call().await {
+            Err(session_actor::Error::SessionGone { .. }) if attempts < GONE_RETRIES_MAX => {
+                attempts += 1;
+                tokio::time::sleep(LEDGER_POLL).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Watches a session's outbox for a stall: events waiting, none delivered for
+/// [`STALL_BEFORE_POKE`].
+///
+/// session-actor drops a delivery request that arrives while a delivery unit is in
+/// flight (`actor/delivery.rs`); if that unit found nothing, a completion stored right
+/// after a restart waits until something else triggers a delivery. The worker then pokes
+/// the actors and prints `poke`, which the orchestrator counts and reports.
+#[derive(Debug, Default)]
+struct Stall {
+    delivered_seq: Option<u64>,
+    since: Option<tokio::time::Instant>,
+}
+
+impl Stall {
+    fn stalled(&mut self, session: &session_actor::Session) -> anyhow::Result<bool> {
+        let Some(record) = session.record()? else {
+            return Ok(false);
+        };
+        let now = tokio::time::Instant::now();
+        if !record.has_undelivered_events() || self.delivered_seq != Some(record.delivered_seq) {
+            self.delivered_seq = Some(record.delivered_seq);
+            self.since = Some(now);
+            return Ok(false);
+        }
+        let since = *self.since.get_or_insert(now);
+        if now.duration_since(since) >= STALL_BEFORE_POKE {
+            self.since = Some(now);
+            return Ok(true);
+        }
+        Ok(false)
+    }
 }
 
 fn completion_ran(
@@ -360,16 +420,20 @@ impl AsyncDelegate for AsyncLedgerDelegate {
 
 /// The named completion handler: records its run (entry and marker) in its transaction.
 struct CompletionRecorder {
-    ledger: Arc<OnceLock<Ledger>>,
+    ledger: Ledger,
     run: u32,
+}
+
+fn completion_recorder(run: u32) -> CompletionRecorder {
+    CompletionRecorder {
+        // A handle by name: handlers are registered before the store is open.
+        ledger: Ledger::named().expect("the ledger's table name is valid"),
+        run,
+    }
 }
 
 impl session_actor::CompletionHandler for CompletionRecorder {
     fn run(&self, call: &CompletionCall, scope: &mut WriteScope<'_>) -> Result<(), DelegateError> {
-        let ledger = self
-            .ledger
-            .get()
-            .ok_or_else(|| DelegateError::new("the ledger is not open yet"))?;
         let entry = LedgerEntry {
             index: 0,
             run: self.run,
@@ -382,9 +446,9 @@ impl session_actor::CompletionHandler for CompletionRecorder {
             },
         };
         let failed = |error: session_store::Error| DelegateError::new(format!("ledger: {error}"));
-        let index = ledger.append(scope, entry).map_err(failed)?;
+        let index = self.ledger.append(scope, entry).map_err(failed)?;
         if let Some((session, generation)) = Plan::parse_completion_payload(&call.payload) {
-            ledger
+            self.ledger
                 .mark_completion(scope, &session, generation, index)
                 .map_err(failed)?;
         }
