@@ -756,3 +756,103 @@ fn resource_deadline_stops_a_running_transfer() {
         }
     });
 }
+
+/// A batch enqueued with its completion lands in one generation even when its tasks
+/// finish at once; re-issuing the batch after a restart reconnects and runs nothing
+/// again.
+#[test]
+fn batch_shares_one_generation_and_reissues_safely() {
+    let origin = origin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let batch: Vec<(String, TransferRequest)> = (0..5)
+        .map(|i| {
+            (
+                format!("b{i}"),
+                TransferRequest::download(origin.url(&format!("/objects/batch{i}?size=64"))),
+            )
+        })
+        .collect();
+    for launch in 0..2 {
+        let path = dir.path().to_path_buf();
+        let batch = batch.clone();
+        actix::System::new().block_on(async move {
+            let sessions = builder(&path).open().expect("open");
+            let session = sessions
+                .session("batch", config(), Delegate::transactional(record))
+                .await
+                .expect("session");
+            let handles = session
+                .enqueue_batch(batch, Some(("done", b"batch".to_vec())))
+                .await
+                .expect("batch");
+            assert!(
+                handles.iter().all(|h| h.generation() == 1),
+                "launch {launch}"
+            );
+            wait_for(|| completions_in(&sessions) == 1, "the completion").await;
+        });
+    }
+    check_exactly_once(&ledger(dir.path()), "batch", 5, 1);
+    assert_eq!(origin.counters().requests_total, 5, "no task ran twice");
+}
+
+/// Requests sent while the session keeps restarting (its delegate panics on every
+/// other delivery) all get their answer: a restart drops replies in flight, and the
+/// handle asks again.
+#[test]
+fn requests_survive_supervised_restarts() {
+    let origin = origin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    let flips = Arc::new(AtomicU32::new(0));
+    let urls: Vec<String> = (0..30)
+        .map(|i| origin.url(&format!("/objects/r{i}?size=32")))
+        .collect();
+    actix::System::new().block_on(async move {
+        let sessions = builder(&path).restart_limit(1000).open().expect("open");
+        let delegate = move |delivery: &Delivery, scope: &mut WriteScope<'_>| {
+            if flips.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                panic!("the delegate panics every other call");
+            }
+            record(delivery, scope)
+        };
+        let session = sessions
+            .session("restarting", config(), Delegate::transactional(delegate))
+            .await
+            .expect("session");
+        let handles = futures_util::future::join_all(urls.iter().enumerate().map(|(i, url)| {
+            let session = session.clone();
+            let url = url.clone();
+            async move {
+                session
+                    .enqueue(&format!("t{i}"), TransferRequest::download(url))
+                    .await
+            }
+        }))
+        .await;
+        let mut generation = 0;
+        for handle in handles {
+            generation = generation.max(handle.expect("every enqueue is answered").generation());
+        }
+        session
+            .set_completion(generation, "done", vec![])
+            .await
+            .expect("completion");
+        wait_for(
+            || {
+                let record = session.record().expect("record").expect("exists");
+                record.state == session_store::SessionState::Finished
+                    && record.generation == generation
+            },
+            "every generation to finish",
+        )
+        .await;
+        assert!(session.status().await.expect("status").restarts > 0);
+    });
+    let entries = ledger(dir.path());
+    let tasks = entries
+        .iter()
+        .filter(|e| matches!(e, Entry::Event { task: Some(_), .. }))
+        .count();
+    assert_eq!(tasks, 30, "every task reported once");
+}

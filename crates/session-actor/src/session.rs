@@ -11,10 +11,14 @@ use session_store::{
 use tokio::sync::watch;
 
 use crate::actor::{
-    Cancel, Enqueue, Invalidate, SessionActor, SessionStatus, SetCompletion, Status, Wait, Watch,
+    Cancel, Enqueue, EnqueueBatch, Invalidate, SessionActor, SessionStatus, SetCompletion, Status,
+    Wait, Watch,
 };
 use crate::error::{Error, Result};
 use crate::shared::Shared;
+
+/// How many times a request is sent when supervised restarts keep dropping its reply.
+const REQUEST_ATTEMPTS_MAX: usize = 64;
 
 /// A handle to one background session. Cheap to clone.
 #[derive(Clone)]
@@ -48,14 +52,33 @@ impl Session {
         }
     }
 
-    /// Adds a task with an identifier the application chooses, or reconnects to the
-    /// known task with that identifier (never a second transfer). The same identifier
-    /// with a different description is a conflict error.
-    ///
-    /// # Errors
-    /// An invalid identifier or transfer description (nothing is stored), a conflict,
-    /// a faulted session, a store error.
-    pub async fn enqueue(&self, task: &str, request: TransferRequest) -> Result<TaskHandle> {
+    /// Sends a request to the session's actor. A supervised restart drops the replies
+    /// in flight (actix clears the actor's futures) while the actor lives on, so the
+    /// request is sent again: every request is idempotent (a repeated enqueue
+    /// reconnects, a repeated completion or cancel changes nothing).
+    async fn ask<M>(&self, message: M) -> Result<M::Result>
+    where
+        M: actix::Message + Clone + Send + 'static,
+        M::Result: Send,
+        SessionActor: actix::Handler<M>,
+    {
+        for _ in 0..REQUEST_ATTEMPTS_MAX {
+            match self.addr.send(message.clone()).await {
+                Ok(reply) => return Ok(reply),
+                Err(_) if self.addr.connected() => {
+                    tracing::debug!(session = %self.id, "reply lost to a restart; asking again");
+                }
+                Err(_) => break,
+            }
+        }
+        Err(self.gone())
+    }
+
+    fn describe(
+        &self,
+        task: &str,
+        request: &TransferRequest,
+    ) -> Result<(TaskId, TaskKind, Vec<u8>)> {
         let task = TaskId::new(task)?;
         request
             .validate(&self.shared.engine.config().limits)
@@ -68,22 +91,63 @@ impl Session {
             TransferKind::Upload => TaskKind::Upload,
             TransferKind::Data => TaskKind::Data,
         };
-        let bytes = bincode::serialize(&request).map_err(|error| {
+        let bytes = bincode::serialize(request).map_err(|error| {
             Error::Store(session_store::Error::InvalidRecord {
                 table: "tasks",
                 key: format!("{}/{}", self.id, task),
                 reason: format!("the transfer description does not encode: {error}"),
             })
         })?;
+        Ok((task, kind, bytes))
+    }
+
+    /// Adds several tasks in one transaction, so that the new ones share one
+    /// generation, and stores that generation's completion (by name and payload) in the
+    /// same transaction. Known identifiers reconnect, as with [`Session::enqueue`], so
+    /// re-issuing the whole batch after a relaunch is safe.
+    ///
+    /// # Errors
+    /// As [`Session::enqueue`]; nothing of the batch is stored if any part is refused.
+    pub async fn enqueue_batch(
+        &self,
+        tasks: Vec<(String, TransferRequest)>,
+        completion: Option<(&str, Vec<u8>)>,
+    ) -> Result<Vec<TaskHandle>> {
+        let tasks = tasks
+            .iter()
+            .map(|(task, request)| self.describe(task, request))
+            .collect::<Result<Vec<_>>>()?;
+        let completion = completion.map(|(name, payload)| StoredCompletion {
+            name: name.to_owned(),
+            payload,
+        });
+        let records = self.ask(EnqueueBatch { tasks, completion }).await??;
+        Ok(records
+            .into_iter()
+            .map(|record| TaskHandle {
+                session: self.clone(),
+                task: record.id,
+                generation: record.generation,
+            })
+            .collect())
+    }
+
+    /// Adds a task with an identifier the application chooses, or reconnects to the
+    /// known task with that identifier (never a second transfer). The same identifier
+    /// with a different description is a conflict error.
+    ///
+    /// # Errors
+    /// An invalid identifier or transfer description (nothing is stored), a conflict,
+    /// a faulted session, a store error.
+    pub async fn enqueue(&self, task: &str, request: TransferRequest) -> Result<TaskHandle> {
+        let (task, kind, request) = self.describe(task, &request)?;
         let record = self
-            .addr
-            .send(Enqueue {
+            .ask(Enqueue {
                 task: task.clone(),
                 kind,
-                request: bytes,
+                request,
             })
-            .await
-            .map_err(|_| self.gone())??;
+            .await??;
         Ok(TaskHandle {
             session: self.clone(),
             task,
@@ -105,16 +169,14 @@ impl Session {
         name: &str,
         payload: Vec<u8>,
     ) -> Result<()> {
-        self.addr
-            .send(SetCompletion {
-                generation,
-                completion: StoredCompletion {
-                    name: name.to_owned(),
-                    payload,
-                },
-            })
-            .await
-            .map_err(|_| self.gone())?
+        self.ask(SetCompletion {
+            generation,
+            completion: StoredCompletion {
+                name: name.to_owned(),
+                payload,
+            },
+        })
+        .await?
     }
 
     /// Cancels a task; its event reports `Cancelled`. A finished task is left as it is.
@@ -134,7 +196,7 @@ impl Session {
     /// # Errors
     /// A store error.
     pub async fn invalidate(&self) -> Result<()> {
-        self.addr.send(Invalidate).await.map_err(|_| self.gone())?
+        self.ask(Invalidate).await?
     }
 
     /// The session's tasks, with their states, as committed.
@@ -158,7 +220,7 @@ impl Session {
     /// # Errors
     /// A store error, or the actor is gone.
     pub async fn status(&self) -> Result<SessionStatus> {
-        self.addr.send(Status).await.map_err(|_| self.gone())?
+        self.ask(Status).await?
     }
 
     /// A handle to a known task (for example after a restart).
@@ -212,12 +274,10 @@ impl TaskHandle {
     pub async fn outcome(&self) -> Result<Outcome> {
         let receiver = self
             .session
-            .addr
-            .send(Wait {
+            .ask(Wait {
                 task: self.task.clone(),
             })
-            .await
-            .map_err(|_| self.session.gone())??;
+            .await??;
         receiver.await.map_err(|_| self.session.gone())
     }
 
@@ -227,11 +287,9 @@ impl TaskHandle {
     /// The session's actor is gone.
     pub async fn progress(&self) -> Result<watch::Receiver<Progress>> {
         self.session
-            .addr
-            .send(Watch {
+            .ask(Watch {
                 task: self.task.clone(),
             })
             .await
-            .map_err(|_| self.session.gone())
     }
 }

@@ -16,7 +16,8 @@ use crate::error::UnitError;
 use crate::machine::{self, Action, Context, Input, MachineError, Records, Transition};
 
 /// The most events one delivery unit hands to the delegate. One unit is one nested
-/// transaction; if any delivery in it fails, none of them count and all come again.
+/// transaction; if any delivery in it fails, none of them count and all come again, so
+/// after a failure the actor goes back to one event per unit (see `SessionActor`).
 pub(crate) const DELIVERY_EVENTS_PER_UNIT_MAX: usize = 64;
 
 /// Runs one input for one session against the records in the transaction.
@@ -96,10 +97,11 @@ pub(crate) fn deliver_transactional(
     delegate: Option<&dyn TransactionalDelegate>,
     completions: &Completions,
     context: &Context,
+    events_max: usize,
 ) -> Result<Delivered, UnitError> {
     let mut delivered = Delivered::default();
     let mut record = scope.session(session)?.ok_or(MachineError::NoSession)?;
-    while record.has_undelivered_events() && delivered.count < DELIVERY_EVENTS_PER_UNIT_MAX {
+    while record.has_undelivered_events() && delivered.count < events_max.max(1) {
         let seq = record.delivered_seq;
         let event = scope.event(session, seq)?.ok_or_else(|| {
             MachineError::InvalidRecord(format!("event {seq} of session {session} is missing"))

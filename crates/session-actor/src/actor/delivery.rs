@@ -12,7 +12,12 @@ use crate::units::{Delivered, advance_cursor, deliver_transactional, event_for_d
 impl SessionActor {
     /// Delivers the next events if a delegate is attached and nothing is in flight.
     pub(super) fn deliver(&mut self, ctx: &mut Context<Self>) {
-        if self.delivering || self.faulted.is_some() || self.delivery_blocked.is_some() {
+        if self.faulted.is_some() || self.delivery_blocked.is_some() {
+            return;
+        }
+        if self.delivering {
+            // An event may have been appended after the unit in flight read the outbox.
+            self.deliver_again = true;
             return;
         }
         let Some(delegate) = self.delegate.clone() else {
@@ -24,10 +29,18 @@ impl SessionActor {
             Delegate::Transactional(delegate) => {
                 let id = self.id.clone();
                 let units = self.shared.unit_context();
+                let events_max = self.delivery_events_per_unit;
                 let pending = self.shared.store.write_async(move |scope| {
                     let completions = units.completions();
                     let context = units.machine_context();
-                    deliver_transactional(scope, &id, Some(&*delegate), &completions, &context)
+                    deliver_transactional(
+                        scope,
+                        &id,
+                        Some(&*delegate),
+                        &completions,
+                        &context,
+                        events_max,
+                    )
                 });
                 ctx.spawn(pending.into_actor(self).map(|result, act, ctx| {
                     act.delivering = false;
@@ -42,7 +55,14 @@ impl SessionActor {
         match result {
             Ok(delivered) => {
                 tracing::debug!(parent: &self.span, events = delivered.count, "delivered");
+                if delivered.count > 0 {
+                    self.delivery_events_per_unit = (self.delivery_events_per_unit * 2)
+                        .min(crate::units::DELIVERY_EVENTS_PER_UNIT_MAX);
+                }
                 self.perform_actions(&delivered.actions, &[], ctx);
+                if std::mem::take(&mut self.deliver_again) {
+                    self.deliver(ctx);
+                }
             }
             Err(UnitError::UnknownCompletion(name)) => {
                 tracing::error!(parent: &self.span, %name,
@@ -50,6 +70,7 @@ impl SessionActor {
                 self.delivery_blocked = Some(format!("unknown completion handler {name:?}"));
             }
             Err(error) => {
+                self.delivery_events_per_unit = 1;
                 let error = error.into_error(&self.id, 0);
                 self.fail(format!("delivery: {error}"), ctx);
             }
@@ -90,7 +111,7 @@ impl SessionActor {
             let pending = self.shared.store.write_async(move |scope| {
                 let completions = units.completions();
                 let context = units.machine_context();
-                deliver_transactional(scope, &id, None, &completions, &context)
+                deliver_transactional(scope, &id, None, &completions, &context, 1)
             });
             ctx.spawn(pending.into_actor(self).map(|result, act, ctx| {
                 act.delivering = false;

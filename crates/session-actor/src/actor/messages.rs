@@ -7,11 +7,12 @@ use tokio::sync::{oneshot, watch};
 
 use super::SessionActor;
 use crate::delegate::Delegate;
-use crate::error::Error;
+use crate::error::{Error, UnitError};
 use crate::machine::{Input, Transition};
+use crate::units::run_input;
 
 /// Add a task or reconnect to it; replies with its record after the commit.
-#[derive(Debug, Message)]
+#[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<TaskRecord, Error>")]
 pub(crate) struct Enqueue {
     pub(crate) task: TaskId,
@@ -19,8 +20,17 @@ pub(crate) struct Enqueue {
     pub(crate) request: Vec<u8>,
 }
 
+/// Add several tasks in one unit (so new ones share one generation), and optionally
+/// store the completion of the generation they land in, in the same unit.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Vec<TaskRecord>, Error>")]
+pub(crate) struct EnqueueBatch {
+    pub(crate) tasks: Vec<(TaskId, TaskKind, Vec<u8>)>,
+    pub(crate) completion: Option<StoredCompletion>,
+}
+
 /// Store a completion for a generation.
-#[derive(Debug, Message)]
+#[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<(), Error>")]
 pub(crate) struct SetCompletion {
     pub(crate) generation: u64,
@@ -28,26 +38,26 @@ pub(crate) struct SetCompletion {
 }
 
 /// Cancel one task.
-#[derive(Debug, Message)]
+#[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<(), Error>")]
 pub(crate) struct Cancel {
     pub(crate) task: TaskId,
 }
 
 /// Cancel every open task.
-#[derive(Debug, Message)]
+#[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<(), Error>")]
 pub(crate) struct Invalidate;
 
 /// Ask to be told a task's outcome.
-#[derive(Debug, Message)]
+#[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<oneshot::Receiver<Outcome>, Error>")]
 pub(crate) struct Wait {
     pub(crate) task: TaskId,
 }
 
 /// Ask for a task's progress channel.
-#[derive(Debug, Message)]
+#[derive(Debug, Clone, Message)]
 #[rtype(result = "watch::Receiver<Progress>")]
 pub(crate) struct Watch {
     pub(crate) task: TaskId,
@@ -64,7 +74,7 @@ pub(crate) struct SetDelegate(pub(crate) Delegate);
 pub(crate) struct Poke;
 
 /// Where the session is, for a person or a test.
-#[derive(Debug, Message)]
+#[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<SessionStatus, Error>")]
 pub(crate) struct Status;
 
@@ -146,6 +156,72 @@ impl Handler<Enqueue> for SessionActor {
             }
         }))
     }
+}
+
+impl Handler<EnqueueBatch> for SessionActor {
+    type Result = ResponseActFuture<Self, Result<Vec<TaskRecord>, Error>>;
+
+    fn handle(&mut self, message: EnqueueBatch, _: &mut Self::Context) -> Self::Result {
+        if let Err(error) = self.refuse_if_faulted() {
+            return Box::pin(actix::fut::ready(Err(error)));
+        }
+        let id = self.id.clone();
+        let units = self.shared.unit_context();
+        let pending = self
+            .shared
+            .store
+            .write_async(move |scope| run_batch(scope, &id, &message, &units.machine_context()));
+        let session = self.id.clone();
+        Box::pin(
+            async move {
+                pending
+                    .await
+                    .map_err(|error: UnitError| error.into_error(&session, 0))
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| {
+                let (transitions, records) = result?;
+                for transition in &transitions {
+                    act.perform(transition, ctx);
+                }
+                Ok(records)
+            }),
+        )
+    }
+}
+
+/// Runs a batch's inputs in one unit: every enqueue, then the completion for the
+/// highest generation the tasks are in.
+fn run_batch(
+    scope: &mut session_store::WriteScope<'_>,
+    session: &session_store::SessionId,
+    batch: &EnqueueBatch,
+    context: &crate::machine::Context,
+) -> Result<(Vec<Transition>, Vec<TaskRecord>), UnitError> {
+    let mut transitions = Vec::with_capacity(batch.tasks.len() + 1);
+    let mut records = Vec::with_capacity(batch.tasks.len());
+    for (task, kind, request) in &batch.tasks {
+        let input = Input::Enqueue {
+            task: task.clone(),
+            kind: *kind,
+            request: request.clone(),
+        };
+        transitions.push(run_input(scope, session, input, context)?);
+        let record = scope
+            .task(session, task)?
+            .ok_or_else(|| crate::machine::MachineError::UnknownTask { task: task.clone() })?;
+        records.push(record);
+    }
+    if let Some(completion) = &batch.completion
+        && let Some(generation) = records.iter().map(|record| record.generation).max()
+    {
+        let input = Input::SetCompletion {
+            generation,
+            completion: completion.clone(),
+        };
+        transitions.push(run_input(scope, session, input, context)?);
+    }
+    Ok((transitions, records))
 }
 
 impl Handler<SetCompletion> for SessionActor {

@@ -31,7 +31,8 @@ use crate::units::run_input;
 
 pub use messages::SessionStatus;
 pub(crate) use messages::{
-    Cancel, Enqueue, Invalidate, Poke, SetCompletion, SetDelegate, Status, Wait, Watch,
+    Cancel, Enqueue, EnqueueBatch, Invalidate, Poke, SetCompletion, SetDelegate, Status, Wait,
+    Watch,
 };
 
 /// One background session.
@@ -52,6 +53,11 @@ pub(crate) struct SessionActor {
     waiters: HashMap<TaskId, Vec<oneshot::Sender<Outcome>>>,
     progress: HashMap<TaskId, watch::Sender<Progress>>,
     delivering: bool,
+    /// Events per delivery unit: the maximum, down to 1 after a failed delivery so that
+    /// a delegate failing on one event cannot undo the deliveries before it forever.
+    delivery_events_per_unit: usize,
+    /// A delivery was asked for while one was in flight: run another when it ends.
+    deliver_again: bool,
     /// Why delivery is stopped (an unknown completion name), until poked.
     delivery_blocked: Option<String>,
     span: tracing::Span,
@@ -80,6 +86,8 @@ impl SessionActor {
             waiters: HashMap::new(),
             progress: HashMap::new(),
             delivering: false,
+            deliver_again: false,
+            delivery_events_per_unit: crate::units::DELIVERY_EVENTS_PER_UNIT_MAX,
             delivery_blocked: None,
             span,
         }
@@ -285,6 +293,7 @@ impl SessionActor {
             ctx.cancel_future(handle);
         }
         self.delivering = false;
+        self.deliver_again = false;
     }
 }
 
