@@ -811,7 +811,7 @@ fn requests_survive_supervised_restarts() {
     actix::System::new().block_on(async move {
         let sessions = builder(&path).restart_limit(1000).open().expect("open");
         let delegate = move |delivery: &Delivery, scope: &mut WriteScope<'_>| {
-            if flips.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+            if flips.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
                 panic!("the delegate panics every other call");
             }
             record(delivery, scope)
