@@ -38,10 +38,6 @@ const CONTENT_SEED: u64 = 11;
 const COMPLETION: &str = "prop-complete";
 /// How long a settle may take before the case fails as "did not finish".
 const SETTLE_MAX: Duration = Duration::from_secs(30);
-/// Whether a stalled settle pokes the actors (see [`settle`]).
-const POKE_LOST_WAKEUPS: bool = true;
-/// How long a settle waits without progress before it pokes.
-const STALL_BEFORE_POKE: Duration = Duration::from_secs(2);
 /// The fail points a `CrashAt` arms (never with `abort`: this is one process).
 const FAIL_POINTS: [&str; 6] = [
     "store-before-commit",
@@ -423,7 +419,7 @@ impl StateMachineTest for CrashTest {
                 let request = request(&sut.origin.url(""), session, slot);
                 let handle = sut.handle(session);
                 let task = task_id(slot);
-                sut.block_on(retry_gone(|| handle.enqueue(&task, request.clone())))
+                sut.block_on(handle.enqueue(&task, request))
                     .expect("enqueue (or reconnect) succeeds");
             }
             Step::SetCompletion { session } => {
@@ -438,10 +434,8 @@ impl StateMachineTest for CrashTest {
                 assert!(generation > 0, "a session with tasks has a generation");
                 let payload = format!("{id}/{generation}").into_bytes();
                 let handle = sut.handle(session);
-                sut.block_on(retry_gone(|| {
-                    handle.set_completion(generation, COMPLETION, payload.clone())
-                }))
-                .expect("storing the completion of the current generation succeeds");
+                sut.block_on(handle.set_completion(generation, COMPLETION, payload))
+                    .expect("storing the completion of the current generation succeeds");
                 sut.completions.insert((session, generation));
             }
             Step::Run { ms } => sut.run_for(ms),
@@ -482,44 +476,11 @@ fn ledger_delegate(panic_next: Arc<AtomicBool>) -> Delegate {
     })
 }
 
-/// Calls `call` again when it fails with `SessionGone` while the actor restarts.
-///
-/// Works around session-actor dropping the replies of requests in flight when a session
-/// actor restarts (actix's `restart` drops the context's spawned futures, among them
-/// the handlers' `ResponseActFuture`s): the caller sees `SessionGone` although the
-/// session lives on and the request's unit may well have committed. Enqueue and
-/// set_completion are idempotent, so calling again is safe.
-async fn retry_gone<T, F, Fut>(mut call: F) -> session_actor::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = session_actor::Result<T>>,
-{
-    let mut attempts = 0;
-    loop {
-        match call().await {
-            Err(session_actor::Error::SessionGone { .. }) if attempts < 20 => {
-                attempts += 1;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Runs without faults until the model's work is all done, or fails the case.
-///
-/// Works around a lost delivery wakeup in session-actor (`actor/delivery.rs`): a
-/// `DeliverEvents` that arrives while a delivery unit is in flight is dropped, and if that
-/// unit found nothing to deliver, the new event (here: a completion stored right after a
-/// restart for a generation that had already finished) waits until something else
-/// triggers a delivery. When nothing moves for [`STALL_BEFORE_POKE`], the settle pokes the
-/// actors (re-registering the completion handler does) and says so on stderr. Set
-/// [`POKE_LOST_WAKEUPS`] to `false` once the library re-checks the outbox after a delivery.
+/// Runs without faults until the model's work is all done, or fails the case (a lost
+/// delivery wakeup in the library shows up here as "did not finish").
 fn settle(sut: &Sut, model: &Model) {
     sut.panic_next.store(false, Ordering::SeqCst);
     let started = Instant::now();
-    let mut last_change = Instant::now();
-    let mut last = None;
     loop {
         let pending = pending_work(sut, model);
         match pending {
@@ -527,22 +488,7 @@ fn settle(sut: &Sut, model: &Model) {
             Some(what) if started.elapsed() > SETTLE_MAX => {
                 panic!("did not finish within {SETTLE_MAX:?}: {what}")
             }
-            Some(what) => {
-                if last.as_ref() != Some(&what) {
-                    last = Some(what);
-                    last_change = Instant::now();
-                } else if POKE_LOST_WAKEUPS && last_change.elapsed() > STALL_BEFORE_POKE {
-                    eprintln!(
-                        "crash_properties: no progress for {STALL_BEFORE_POKE:?} ({}); poking the \
-                         session actors (lost delivery wakeup in session-actor)",
-                        last.as_deref().unwrap_or_default()
-                    );
-                    sut.sessions()
-                        .register_completion(COMPLETION, record_completion);
-                    last_change = Instant::now();
-                }
-                sut.run_for(20);
-            }
+            Some(_) => sut.run_for(20),
         }
     }
 }

@@ -73,7 +73,6 @@ enum RunEnd {
 #[derive(Debug, Default)]
 struct WorkerOutput {
     panics: AtomicU64,
-    pokes: AtomicU64,
     restarts: AtomicU64,
     done: AtomicBool,
 }
@@ -177,7 +176,6 @@ pub fn run(args: &CrashArgs) -> anyhow::Result<ExitCode> {
         let (end, output) = worker.run(limit)?;
         stats.delegate_panics += output.panics.load(Ordering::Relaxed);
         stats.supervisor_restarts += output.restarts.load(Ordering::Relaxed);
-        stats.delivery_pokes += output.pokes.load(Ordering::Relaxed);
         if let Some((_, index)) = &failpoint {
             chooser.record(*index, end == RunEnd::Aborted);
         }
@@ -224,7 +222,6 @@ pub fn run(args: &CrashArgs) -> anyhow::Result<ExitCode> {
     let (end, output) = worker.run(Duration::from_secs(args.final_timeout_s))?;
     stats.final_run_s = final_started.elapsed().as_secs_f64();
     stats.supervisor_restarts += output.restarts.load(Ordering::Relaxed);
-    stats.delivery_pokes += output.pokes.load(Ordering::Relaxed);
     match end {
         RunEnd::Finished => {}
         RunEnd::Killed => {
@@ -420,8 +417,6 @@ fn read_output(stdout: std::process::ChildStdout, output: &WorkerOutput) {
         let line = line.trim();
         if line == "event panic" {
             output.panics.fetch_add(1, Ordering::Relaxed);
-        } else if line == "poke" {
-            output.pokes.fetch_add(1, Ordering::Relaxed);
         } else if line == "done" {
             output.done.store(true, Ordering::Relaxed);
         } else if let Some(count) = line.strip_prefix("restarts ")

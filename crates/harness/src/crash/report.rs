@@ -32,8 +32,6 @@ pub struct RunStats {
     pub delegate_panics: u64,
     /// Supervised restarts of session actors, all workers.
     pub supervisor_restarts: u64,
-    /// Stalled outboxes the worker had to poke (a lost delivery wakeup in the library).
-    pub delivery_pokes: u64,
     /// Workers that finished the whole plan before the last run.
     pub finished_early: u64,
     /// Body bytes the origin served.
@@ -174,14 +172,6 @@ impl Report {
                     f.upload_duplicates_at_origin,
                     mib(r.bytes_downloaded),
                     mib(f.bytes_needed)
-                ),
-                true,
-            ),
-            (
-                "pokes",
-                format!(
-                    "{} stalled outboxes poked (a lost delivery wakeup in the library)",
-                    r.delivery_pokes
                 ),
                 true,
             ),

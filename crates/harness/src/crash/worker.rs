@@ -38,10 +38,6 @@ const CLEANUP_WAIT: Duration = Duration::from_secs(5);
 /// Supervised restarts a session gets per process: panics are injected on purpose, and a
 /// parked session would stall the run rather than show anything.
 const RESTART_LIMIT: u32 = 10_000;
-/// How often a request that met a restarting actor is sent again.
-const GONE_RETRIES_MAX: u32 = 40;
-/// How long an outbox may hold events without a delivery before the worker pokes.
-const STALL_BEFORE_POKE: Duration = Duration::from_secs(2);
 /// Transfers at once against the origin (all on 127.0.0.1).
 const CONNECTIONS_PER_HOST_MAX: usize = 32;
 
@@ -138,16 +134,10 @@ async fn work(plan: Plan, root: PathBuf, args: WorkerArgs) -> anyhow::Result<()>
     };
 
     let reporter = actix::spawn(report_restarts(sessions.clone()));
-    let drives = plan.sessions.iter().map(|session| {
-        drive_session(
-            &sessions,
-            &plan,
-            session,
-            delegate.clone(),
-            &ledger,
-            args.run,
-        )
-    });
+    let drives = plan
+        .sessions
+        .iter()
+        .map(|session| drive_session(&sessions, &plan, session, delegate.clone(), &ledger));
     let results = join_all(drives).await;
     reporter.abort();
     let mut failures = Vec::new();
@@ -217,7 +207,6 @@ async fn drive_session(
     planned: &PlannedSession,
     delegate: Delegate,
     ledger: &Ledger,
-    run: u32,
 ) -> anyhow::Result<()> {
     let session = sessions
         .session(&planned.id, plan.config.session_config(), delegate)
@@ -226,97 +215,23 @@ async fn drive_session(
         if completion_ran(sessions.store(), ledger, &planned.id, generation.number)? {
             continue;
         }
-        let enqueued = join_all(generation.tasks.iter().map(|task| {
-            let request = request(task);
-            let session = &session;
-            retry_gone(move || session.enqueue(&task.id, request.clone()))
-        }))
-        .await;
-        let mut store_generation = 0;
-        for (task, handle) in generation.tasks.iter().zip(enqueued) {
-            let handle = handle.with_context(|| format!("enqueueing task {}", task.id))?;
-            store_generation = store_generation.max(handle.generation());
-        }
-        // A generation of the store ends as soon as every task enqueued so far is
-        // terminal, so one planned generation may span several; its completion goes to
-        // the last of them, which ends after all of its tasks.
+        // The generation's tasks and its completion go in one unit, so they share one
+        // generation of the store; re-issuing them after a relaunch reconnects.
+        let batch = generation
+            .tasks
+            .iter()
+            .map(|task| (task.id.clone(), request(task)))
+            .collect();
         let payload = Plan::completion_payload(&planned.id, generation.number);
-        retry_gone(|| session.set_completion(store_generation, COMPLETION_NAME, payload.clone()))
+        session
+            .enqueue_batch(batch, Some((COMPLETION_NAME, payload)))
             .await
-            .with_context(|| {
-                format!(
-                    "storing the completion of generation {} (store generation {store_generation})",
-                    generation.number
-                )
-            })?;
-        let mut stall = Stall::default();
+            .with_context(|| format!("enqueueing generation {}", generation.number))?;
         while !completion_ran(sessions.store(), ledger, &planned.id, generation.number)? {
-            if stall.stalled(&session)? {
-                // See `Stall`: the library lost a delivery wakeup; say so and poke.
-                println!("poke");
-                sessions.register_completion(COMPLETION_NAME, completion_recorder(run));
-            }
             tokio::time::sleep(LEDGER_POLL).await;
         }
     }
     Ok(())
-}
-
-/// Calls `call` again when it fails with `SessionGone` while the session actor restarts.
-///
-/// Works around session-actor dropping the replies of requests in flight when a session
-/// actor restarts (actix's `restart` drops the context's spawned futures, among them the
-/// handlers' `ResponseActFuture`s): the caller sees `SessionGone` although the session
-/// lives on, and the request may have committed. Enqueue and set_completion are
-/// idempotent, so calling again is safe.
-async fn retry_gone<T, F, Fut>(mut call: F) -> session_actor::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = session_actor::Result<T>>,
-{
-    let mut attempts = 0;
-    loop {
-        match call().await {
-            Err(session_actor::Error::SessionGone { .. }) if attempts < GONE_RETRIES_MAX => {
-                attempts += 1;
-                tokio::time::sleep(LEDGER_POLL).await;
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Watches a session's outbox for a stall: events waiting, none delivered for
-/// [`STALL_BEFORE_POKE`].
-///
-/// session-actor drops a delivery request that arrives while a delivery unit is in
-/// flight (`actor/delivery.rs`); if that unit found nothing, a completion stored right
-/// after a restart waits until something else triggers a delivery. The worker then pokes
-/// the actors and prints `poke`, which the orchestrator counts and reports.
-#[derive(Debug, Default)]
-struct Stall {
-    delivered_seq: Option<u64>,
-    since: Option<tokio::time::Instant>,
-}
-
-impl Stall {
-    fn stalled(&mut self, session: &session_actor::Session) -> anyhow::Result<bool> {
-        let Some(record) = session.record()? else {
-            return Ok(false);
-        };
-        let now = tokio::time::Instant::now();
-        if !record.has_undelivered_events() || self.delivered_seq != Some(record.delivered_seq) {
-            self.delivered_seq = Some(record.delivered_seq);
-            self.since = Some(now);
-            return Ok(false);
-        }
-        let since = *self.since.get_or_insert(now);
-        if now.duration_since(since) >= STALL_BEFORE_POKE {
-            self.since = Some(now);
-            return Ok(true);
-        }
-        Ok(false)
-    }
 }
 
 fn completion_ran(
