@@ -169,6 +169,56 @@ async fn reset_resumes_with_only_the_missing_bytes() {
     assert!(served <= size + reset_after);
 }
 
+/// A slow download abandoned mid-body (the process dies; here the attempt's future is
+/// dropped) keeps what it received in its `.part`, not only whole 1 MiB blocks: blocks
+/// are also written once they are 250 ms old, so the next attempt resumes from there.
+#[tokio::test]
+async fn slow_download_cut_off_keeps_its_bytes() {
+    let origin = start_origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let size: u64 = 400_000;
+    // 16 KiB every 40 ms: about 1 s for the whole object, far less than one block.
+    let url = origin.url(&format!("/objects/slow?size={size}&fault=drip:16384:40"));
+    let request = TransferRequest::download(&url);
+    let target = target(dir.path(), "slow");
+    let engine = engine();
+    let (part, _) = download_paths(dir.path(), "slow");
+    let cut = tokio::time::timeout(Duration::from_secs(30), async {
+        // Give up on the attempt once some bytes are on disk (the first block is written
+        // 250 ms after its first byte), well before the body ends.
+        let attempt = engine.run(&request, &target, None);
+        tokio::pin!(attempt);
+        loop {
+            tokio::select! {
+                outcome = &mut attempt => return Some(outcome),
+                () = tokio::time::sleep(Duration::from_millis(10)) => {
+                    if std::fs::metadata(&part).is_ok_and(|m| m.len() > 0) {
+                        return None;
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("bytes reach the disk in time");
+    assert!(
+        cut.is_none(),
+        "the attempt was cut before it ended: {cut:?}"
+    );
+    let kept = std::fs::metadata(&part).expect("the .part exists").len();
+    assert!(kept > 0 && kept < size, "kept {kept} bytes");
+
+    let second = success(engine.run(&request, &target, None).await);
+    assert_eq!(second.status, 206);
+    assert_exact(&second, dir.path(), "slow", "slow", size);
+    let ranges = origin.counters().ranges_for("slow").to_vec();
+    assert_eq!(
+        (ranges[1].status, ranges[1].start),
+        (206, kept),
+        "{ranges:?}"
+    );
+}
+
 /// When the object's ETag changes between attempts, the origin ignores the stale
 /// If-Range and sends 200, and the engine restarts from zero and still ends exact.
 #[tokio::test]

@@ -16,6 +16,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_RANGE, ETAG, HeaderMap, IF_RANGE, LAST_MODIFIED, RANGE};
 use sha2::{Digest, Sha256};
@@ -37,6 +38,10 @@ pub const FAIL_POINT_DOWNLOAD_AFTER_FSYNC: &str = "http-download-after-fsync";
 
 /// The size of one write to the `.part` file, in bytes.
 const WRITE_BLOCK_BYTES: usize = 1024 * 1024;
+/// The longest received bytes wait in memory before they are written: a fast download
+/// fills its block first, a slow one is written at least this often, so a crash loses
+/// at most this much of it and the next attempt resumes from there.
+const BLOCK_AGE_MAX: Duration = Duration::from_millis(250);
 /// The largest validator file read back, in bytes.
 const VALIDATOR_FILE_BYTES_MAX: u64 = 16 * 1024;
 
@@ -253,6 +258,7 @@ async fn attempt(
     let (file, hasher) = open_part(files, offset, new_validator, expected.sha256.is_some()).await?;
     let mut writer = PartWriter::new(file, hasher, &files.part);
     let mut block = Vec::with_capacity(WRITE_BLOCK_BYTES);
+    let mut block_since = Instant::now();
     let mut received: u64 = 0;
     loop {
         let chunk = match transport::next_chunk(&mut response, config.read_idle_timeout).await {
@@ -274,9 +280,14 @@ async fn attempt(
                 format!("the download passed the limit of {total_max} bytes"),
             ));
         }
-        if block.len() + chunk.len() > WRITE_BLOCK_BYTES {
+        let full = block.len() + chunk.len() > WRITE_BLOCK_BYTES;
+        let stale = !block.is_empty() && block_since.elapsed() >= BLOCK_AGE_MAX;
+        if full || stale {
             block = writer.write(block).await?;
             report(offset + received - chunk.len() as u64);
+        }
+        if block.is_empty() {
+            block_since = Instant::now();
         }
         block.extend_from_slice(&chunk);
     }
