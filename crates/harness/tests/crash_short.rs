@@ -16,10 +16,11 @@ fn short_crash_run_passes() {
             "crash",
             "--seed",
             "20260101",
+            // Large enough that the plan outlasts 20 kills and 5 aborts.
             "--sessions",
-            "6",
+            "8",
             "--tasks",
-            "6",
+            "8",
         ])
         .args(["--kills", "20", "--aborts", "5"])
         .arg("--dir")
