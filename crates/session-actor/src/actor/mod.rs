@@ -150,6 +150,12 @@ impl SessionActor {
         tasks: &[TaskRecord],
         ctx: &mut Context<Self>,
     ) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            // actix polls a stopping actor once more while its System is dropped, after
+            // the runtime is gone: no timer can be armed then, and the store (not this
+            // actor) is what the next launch resumes from.
+            return;
+        }
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             for action in actions {
                 self.perform_one(action, tasks, ctx);
@@ -282,16 +288,15 @@ impl SessionActor {
         ctx.stop();
     }
 
-    fn forget_in_flight(&mut self, ctx: &mut Context<Self>) {
+    /// Called from `restarting`: actix has already dropped every future of the old
+    /// context and numbers new ones from the start again, so the old handles are only
+    /// forgotten. Cancelling them would cancel the new context's first futures (the
+    /// restart's own `Restart` unit among them) and leave the session idle.
+    fn forget_in_flight(&mut self) {
         self.epoch += 1;
-        for (_, handle) in self
-            .transfers
-            .drain()
-            .chain(self.start_timers.drain())
-            .chain(self.deadline_timers.drain())
-        {
-            ctx.cancel_future(handle);
-        }
+        self.transfers.clear();
+        self.start_timers.clear();
+        self.deadline_timers.clear();
         self.delivering = false;
         self.deliver_again = false;
     }
@@ -320,8 +325,8 @@ impl Actor for SessionActor {
 pub(crate) const MAILBOX_CAPACITY: usize = 256;
 
 impl Supervised for SessionActor {
-    fn restarting(&mut self, ctx: &mut Self::Context) {
-        self.forget_in_flight(ctx);
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.forget_in_flight();
         self.restarts += 1;
         let reason = self
             .last_failure
