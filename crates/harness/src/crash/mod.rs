@@ -72,10 +72,10 @@ pub struct CrashArgs {
     #[arg(long, requires = "origin")]
     pub manifest: Option<PathBuf>,
     /// The earliest kill after a worker starts, in milliseconds.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 20)]
     pub kill_ms_min: u64,
     /// The latest kill after a worker starts, in milliseconds.
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 250)]
     pub kill_ms_max: u64,
     /// How long the last worker, without faults, may take to finish the plan.
     #[arg(long, default_value_t = 60)]

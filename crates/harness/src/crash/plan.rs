@@ -26,9 +26,9 @@ pub const DOWNLOAD_BYTES_MAX: u64 = 6 * 1024 * 1024;
 /// Downloads at least this large may be paced (dripped on every request).
 const PACED_BYTES_MIN: u64 = 64 * 1024;
 /// The shortest time a paced download takes uninterrupted, in milliseconds.
-const PACED_MS_MIN: u64 = 300;
+const PACED_MS_MIN: u64 = 1000;
 /// The longest time a paced download takes uninterrupted, in milliseconds.
-const PACED_MS_MAX: u64 = 4000;
+const PACED_MS_MAX: u64 = 10_000;
 /// The interval between the pieces of a paced download, in milliseconds.
 const PACE_INTERVAL_MS: u64 = 10;
 /// The most sessions a plan may have (session identifiers are `s000`..).
