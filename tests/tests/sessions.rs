@@ -98,6 +98,17 @@ fn builder(dir: &Path) -> SessionsBuilder {
         .completion("done", complete)
 }
 
+/// Opens `Sessions` on `dir` and the named session with the recording delegate, as an
+/// application does at launch.
+async fn open(dir: &Path, session: &str) -> (Sessions, session_actor::Session) {
+    let sessions = builder(dir).open().expect("open");
+    let session = sessions
+        .session(session, config(), Delegate::transactional(record))
+        .await
+        .expect("session");
+    (sessions, session)
+}
+
 fn config() -> SessionConfig {
     SessionConfig {
         attempts_max: 20,
@@ -236,11 +247,7 @@ fn exactly_once_across_in_process_restarts() {
         let urls = urls.clone();
         let last = launch == 9;
         actix::System::new().block_on(async move {
-            let sessions = builder(&dir).open().expect("open");
-            let session = sessions
-                .session("restarts", config(), Delegate::transactional(record))
-                .await
-                .expect("session");
+            let (sessions, session) = open(&dir, "restarts").await;
             let mut generation = 0;
             for (i, url) in urls.iter().enumerate() {
                 let handle = session
@@ -322,11 +329,7 @@ fn reconnect_starts_no_second_transfer_and_conflicts() {
         let other = other.clone();
         let dir = dir.path().to_path_buf();
         actix::System::new().block_on(async move {
-            let sessions = builder(&dir).open().expect("open");
-            let session = sessions
-                .session("reconnect", config(), Delegate::transactional(record))
-                .await
-                .expect("session");
+            let (_sessions, session) = open(&dir, "reconnect").await;
             let first = session
                 .enqueue("t", TransferRequest::download(url.as_str()))
                 .await
@@ -371,11 +374,7 @@ fn cancel_reports_cancelled_once() {
     let url = origin.url("/objects/slow?size=1000000&fault=drip:1000:50");
     let path = dir.path().to_path_buf();
     actix::System::new().block_on(async move {
-        let sessions = builder(&path).open().expect("open");
-        let session = sessions
-            .session("cancel", config(), Delegate::transactional(record))
-            .await
-            .expect("session");
+        let (sessions, session) = open(&path, "cancel").await;
         let handle = session
             .enqueue("t", TransferRequest::download(url.as_str()))
             .await
@@ -414,11 +413,7 @@ fn second_generation_after_finished() {
     let b = origin.url("/objects/gen-b?size=200");
     let path = dir.path().to_path_buf();
     actix::System::new().block_on(async move {
-        let sessions = builder(&path).open().expect("open");
-        let session = sessions
-            .session("generations", config(), Delegate::transactional(record))
-            .await
-            .expect("session");
+        let (sessions, session) = open(&path, "generations").await;
         let first = session
             .enqueue("a", TransferRequest::download(a.as_str()))
             .await
@@ -461,11 +456,7 @@ fn unknown_completion_waits_then_runs_once() {
     let url = origin.url("/objects/later?size=10");
     let path = dir.path().to_path_buf();
     actix::System::new().block_on(async move {
-        let sessions = builder(&path).open().expect("open");
-        let session = sessions
-            .session("waits", config(), Delegate::transactional(record))
-            .await
-            .expect("session");
+        let (sessions, session) = open(&path, "waits").await;
         let handle = session
             .enqueue("t", TransferRequest::download(url.as_str()))
             .await
@@ -623,11 +614,7 @@ fn invalidate_cancels_open_tasks_and_lists_them() {
     let slow = origin.url("/objects/stuck?size=100000&fault=stall");
     let path = dir.path().to_path_buf();
     actix::System::new().block_on(async move {
-        let sessions = builder(&path).open().expect("open");
-        let session = sessions
-            .session("invalidate", config(), Delegate::transactional(record))
-            .await
-            .expect("session");
+        let (sessions, session) = open(&path, "invalidate").await;
         let stuck = session
             .enqueue("stuck", TransferRequest::download(slow.as_str()))
             .await
@@ -664,11 +651,7 @@ fn retry_after_is_persisted_and_rearmed_after_restart() {
     let path = dir.path().to_path_buf();
     let request_url = url.clone();
     let not_before_ms = actix::System::new().block_on(async move {
-        let sessions = builder(&path).open().expect("open");
-        let session = sessions
-            .session("retry", config(), Delegate::transactional(record))
-            .await
-            .expect("session");
+        let (_sessions, session) = open(&path, "retry").await;
         session
             .enqueue("t", TransferRequest::download(request_url.as_str()))
             .await
@@ -776,11 +759,7 @@ fn batch_shares_one_generation_and_reissues_safely() {
         let path = dir.path().to_path_buf();
         let batch = batch.clone();
         actix::System::new().block_on(async move {
-            let sessions = builder(&path).open().expect("open");
-            let session = sessions
-                .session("batch", config(), Delegate::transactional(record))
-                .await
-                .expect("session");
+            let (sessions, session) = open(&path, "batch").await;
             let handles = session
                 .enqueue_batch(batch, Some(("done", b"batch".to_vec())))
                 .await

@@ -181,6 +181,18 @@ mod tests {
 
     use super::*;
 
+    /// How many files the application table records, read with the service stopped.
+    fn kept_records(dir: &Path) -> usize {
+        let options = session_store::StoreOptions::default()
+            .with_app_table(KEPT)
+            .with_app_table(DONE);
+        let store = session_store::Store::open(dir, options).expect("store");
+        let kept = store.app_table::<u64>(KEPT).expect("table");
+        kept.entries(&store.snapshot().expect("snapshot"))
+            .expect("entries")
+            .len()
+    }
+
     /// The service, SIGKILLed mid-download and started again, reconnects: every file
     /// is kept and recorded exactly once, and downloads resume with range requests (the
     /// origin never serves a file again from the start).
@@ -232,19 +244,7 @@ mod tests {
         }
         first.kill().expect("SIGKILL");
         first.wait().expect("reap");
-        let kept_before = {
-            let store = session_store::Store::open(
-                dir.path(),
-                session_store::StoreOptions::default()
-                    .with_app_table(KEPT)
-                    .with_app_table(DONE),
-            )
-            .expect("store");
-            let kept = store.app_table::<u64>(KEPT).expect("table");
-            kept.entries(&store.snapshot().expect("snapshot"))
-                .expect("entries")
-                .len()
-        };
+        let kept_before = kept_records(dir.path());
         assert!(
             kept_before < FILES,
             "the kill must land before every file was kept"
@@ -254,18 +254,7 @@ mod tests {
             status.success(),
             "the restarted service must finish: {status}"
         );
-        let store = session_store::Store::open(
-            dir.path(),
-            session_store::StoreOptions::default()
-                .with_app_table(KEPT)
-                .with_app_table(DONE),
-        )
-        .expect("store");
-        let kept = store.app_table::<u64>(KEPT).expect("table");
-        let entries = kept
-            .entries(&store.snapshot().expect("snapshot"))
-            .expect("entries");
-        assert_eq!(entries.len(), FILES, "every file recorded once");
+        assert_eq!(kept_records(dir.path()), FILES, "every file recorded once");
         let counters = origin.counters();
         let mut resumed = 0;
         for index in 0..FILES {
