@@ -114,12 +114,8 @@ impl SessionActor {
 
     /// Submits an input whose transition the actor only needs to act on.
     fn submit_and_perform(&mut self, input: Input, ctx: &mut Context<Self>) {
-        let what = format!("{input:?}");
-        let what = what
-            .split([' ', '{', '('])
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        // By name only: an input's contents may carry credentials (request headers).
+        let what = input.name();
         ctx.spawn(self.submit(input).map(move |result, act, ctx| match result {
             Ok(transition) => act.perform(&transition, ctx),
             Err(Error::Refused {
