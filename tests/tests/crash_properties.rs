@@ -11,8 +11,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
@@ -24,7 +24,7 @@ use session_actor::{
 };
 use session_harness::crash::ledger::{EntryKind, LEDGER_TABLE, Ledger, LedgerEntry};
 use session_harness::crash::plan::Expect;
-use session_harness::crash::worker::entry_for;
+use session_harness::crash::worker::{INJECTED_PANIC, entry_for, silence_injected_panics};
 use session_harness::origin::{Origin, OriginConfig, OriginHandle, sha256};
 use session_store::{Store, StoreOptions, TaskState};
 
@@ -47,8 +47,6 @@ const FAIL_POINTS: [&str; 6] = [
     "actor-between-transfer-and-result",
     session_http::FAIL_POINT_DOWNLOAD_AFTER_FSYNC,
 ];
-/// The message of an injected delegate panic (kept off stderr).
-const INJECTED_PANIC: &str = "crash_properties: injected delegate panic";
 
 /// What a task slot transfers and must end as.
 #[derive(Debug, Clone)]
@@ -369,22 +367,6 @@ fn record_completion(
             },
         },
     )
-}
-
-fn silence_injected_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let injected = info
-                .payload()
-                .downcast_ref::<&str>()
-                .is_some_and(|message| *message == INJECTED_PANIC);
-            if !injected {
-                default(info);
-            }
-        }));
-    });
 }
 
 struct CrashTest;

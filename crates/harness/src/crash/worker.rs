@@ -93,18 +93,22 @@ fn install_tracing() {
     }
 }
 
-/// Keeps the default panic message for every panic but the injected ones.
-fn silence_injected_panics() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let injected = info
-            .payload()
-            .downcast_ref::<&str>()
-            .is_some_and(|message| *message == INJECTED_PANIC);
-        if !injected {
-            default(info);
-        }
-    }));
+/// Keeps the default panic message for every panic but the injected ones
+/// ([`INJECTED_PANIC`]). Installs the hook once per process, however often it is called.
+pub fn silence_injected_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let injected = info
+                .payload()
+                .downcast_ref::<&str>()
+                .is_some_and(|message| *message == INJECTED_PANIC);
+            if !injected {
+                default(info);
+            }
+        }));
+    });
 }
 
 async fn work(plan: Plan, root: PathBuf, args: WorkerArgs) -> anyhow::Result<()> {
