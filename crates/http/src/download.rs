@@ -11,7 +11,9 @@
 //!
 //! Writes go to a blocking thread in 1 MiB blocks, double-buffered: one block fills from
 //! the network while the previous one is written (and hashed). Memory stays at two blocks
-//! whatever the size of the file.
+//! whatever the size of the file. The disk writes the file back while it downloads
+//! ([`crate::writeback`]), so the fsync before the rename does not start from a whole
+//! file of dirty pages.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -30,6 +32,7 @@ use crate::engine::{Inner, Progress};
 use crate::paths::{download_paths, download_validator_path};
 use crate::request::{Target, TransferRequest};
 use crate::transport::{self, Activity};
+use crate::writeback::Writeback;
 
 /// The fail point hit right after a download's fsync and rename, before the caller
 /// records it. With the `failpoints` feature, `return(abort)` aborts the process and any
@@ -256,7 +259,7 @@ async fn attempt(
         None
     };
     let (file, hasher) = open_part(files, offset, new_validator, expected.sha256.is_some()).await?;
-    let mut writer = PartWriter::new(file, hasher, &files.part);
+    let mut writer = PartWriter::new(file, offset, hasher, &files.part);
     let mut block = Vec::with_capacity(WRITE_BLOCK_BYTES);
     let mut block_since = Instant::now();
     let mut received: u64 = 0;
@@ -605,43 +608,30 @@ fn content_range(headers: &HeaderMap) -> Option<ContentRange> {
 }
 
 /// Writes blocks to the `.part` on a blocking thread, one in flight while the next fills,
-/// hashing them there too.
-///
-/// Every [`EARLY_SYNC_BYTES`] it also starts an fsync of what is written so far on a
-/// second descriptor, without waiting for it: the disk writes back while the network
-/// keeps delivering, so the fsync before the rename only has the tail left instead of the
-/// whole file (and the kernel never throttles us for a gigabyte of dirty pages).
+/// hashing them there too, and starting their write-back to the disk as they go
+/// ([`Writeback`]), so the fsync before the rename has only the tail left.
 struct PartWriter<'a> {
     file: Option<File>,
     hasher: Option<Sha256>,
+    writeback: Writeback,
     in_flight: Option<JoinHandle<Written>>,
-    /// A clone of the descriptor for early fsyncs (`None` if it could not be cloned, or
-    /// while an early fsync holds it).
-    syncer: Option<File>,
-    syncing: Option<JoinHandle<(File, io::Result<()>)>>,
-    unsynced_bytes: u64,
     path: &'a Path,
 }
 
-/// How many bytes are written between early fsyncs.
-const EARLY_SYNC_BYTES: u64 = 32 * 1024 * 1024;
-
-type Written = (File, Option<Sha256>, Vec<u8>, io::Result<()>);
+type Written = (File, Option<Sha256>, Writeback, Vec<u8>, io::Result<()>);
 
 fn no_file() -> io::Error {
     io::Error::other("invariant violation: no file after the last write settled")
 }
 
 impl<'a> PartWriter<'a> {
-    fn new(file: File, hasher: Option<Sha256>, path: &'a Path) -> PartWriter<'a> {
+    /// A writer of `file`, positioned at `offset`.
+    fn new(file: File, offset: u64, hasher: Option<Sha256>, path: &'a Path) -> PartWriter<'a> {
         PartWriter {
-            // Without a clone, the final fsync simply does all the work.
-            syncer: file.try_clone().ok(),
             file: Some(file),
             hasher,
+            writeback: Writeback::new(offset),
             in_flight: None,
-            syncing: None,
-            unsynced_bytes: 0,
             path,
         }
     }
@@ -655,50 +645,18 @@ impl<'a> PartWriter<'a> {
         let Some(mut file) = self.file.take() else {
             return Err(disk("writing", self.path, no_file()));
         };
-        self.unsynced_bytes += block.len() as u64;
         let mut hasher = self.hasher.take();
+        let mut writeback = self.writeback;
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            let result = file.write_all(&block);
+            let result = file
+                .write_all(&block)
+                .and_then(|()| writeback.written(&file, block.len() as u64));
             if let (Ok(()), Some(hasher)) = (&result, &mut hasher) {
                 hasher.update(&block);
             }
-            (file, hasher, block, result)
+            (file, hasher, writeback, block, result)
         }));
-        if self.unsynced_bytes >= EARLY_SYNC_BYTES {
-            self.start_early_sync().await?;
-        }
         Ok(spare)
-    }
-
-    /// Starts an fsync in the background unless one is still running.
-    async fn start_early_sync(&mut self) -> Result<(), Classified> {
-        if self
-            .syncing
-            .as_ref()
-            .is_some_and(|syncing| !syncing.is_finished())
-        {
-            return Ok(());
-        }
-        self.wait_early_sync().await?;
-        if let Some(syncer) = self.syncer.take() {
-            self.unsynced_bytes = 0;
-            self.syncing = Some(tokio::task::spawn_blocking(move || {
-                let result = syncer.sync_data();
-                (syncer, result)
-            }));
-        }
-        Ok(())
-    }
-
-    async fn wait_early_sync(&mut self) -> Result<(), Classified> {
-        let Some(syncing) = self.syncing.take() else {
-            return Ok(());
-        };
-        let (syncer, result) = syncing
-            .await
-            .map_err(|error| disk("fsyncing", self.path, io::Error::other(error)))?;
-        self.syncer = Some(syncer);
-        result.map_err(|error| disk("fsyncing", self.path, error))
     }
 
     /// Waits for the write in flight; returns its buffer, emptied (or a new one).
@@ -706,20 +664,20 @@ impl<'a> PartWriter<'a> {
         let Some(handle) = self.in_flight.take() else {
             return Ok(Vec::with_capacity(WRITE_BLOCK_BYTES));
         };
-        let (file, hasher, mut block, result) = handle
+        let (file, hasher, writeback, mut block, result) = handle
             .await
             .map_err(|error| disk("writing", self.path, io::Error::other(error)))?;
         self.file = Some(file);
         self.hasher = hasher;
+        self.writeback = writeback;
         result.map_err(|error| disk("writing", self.path, error))?;
         block.clear();
         Ok(block)
     }
 
-    /// Waits for the last write and any early fsync.
+    /// Waits for the last write.
     async fn finish(mut self) -> Result<(File, Option<Sha256>), Classified> {
         self.settle().await?;
-        self.wait_early_sync().await?;
         let Some(file) = self.file.take() else {
             return Err(disk("writing", self.path, no_file()));
         };

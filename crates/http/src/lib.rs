@@ -53,6 +53,7 @@ mod request;
 mod retry_after;
 mod transport;
 mod upload;
+mod writeback;
 
 pub use classify::{
     Classified, FailReason, MESSAGE_BYTES_MAX, Mismatch, Response, RetryReason, StatusClass,
