@@ -746,6 +746,26 @@ async fn invalid_requests_and_disk_errors_fail() {
     assert_eq!(fail_reason(&outcome), FailReason::LocalDisk, "{outcome:?}");
 }
 
+/// A full disk: the `.part` is a symbolic link to `/dev/full`, where every write fails
+/// with ENOSPC whoever runs the test. The download fails as a local disk error that names
+/// the cause, and nothing is renamed into place.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn full_disk_fails_as_a_local_disk_error() {
+    let origin = start_origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (part, complete) = download_paths(dir.path(), "full");
+    std::os::unix::fs::symlink("/dev/full", &part).expect("a symbolic link to /dev/full");
+    let request = TransferRequest::download(origin.url("/objects/full?size=3000000"));
+    let outcome = engine().run(&request, &target(dir.path(), "full"), None).await;
+    let Classified::Failed { reason, message } = &outcome else {
+        panic!("expected a failure, got {outcome:?}");
+    };
+    assert_eq!(*reason, FailReason::LocalDisk, "{outcome:?}");
+    assert!(message.contains("StorageFull"), "{message}");
+    assert!(!complete.exists(), "a file that was never written is in place");
+}
+
 /// A data task's response over its limit fails rather than being silently cut.
 #[tokio::test]
 async fn data_response_over_the_limit_fails() {
