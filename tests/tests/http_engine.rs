@@ -757,13 +757,18 @@ async fn full_disk_fails_as_a_local_disk_error() {
     let (part, complete) = download_paths(dir.path(), "full");
     std::os::unix::fs::symlink("/dev/full", &part).expect("a symbolic link to /dev/full");
     let request = TransferRequest::download(origin.url("/objects/full?size=3000000"));
-    let outcome = engine().run(&request, &target(dir.path(), "full"), None).await;
+    let outcome = engine()
+        .run(&request, &target(dir.path(), "full"), None)
+        .await;
     let Classified::Failed { reason, message } = &outcome else {
         panic!("expected a failure, got {outcome:?}");
     };
     assert_eq!(*reason, FailReason::LocalDisk, "{outcome:?}");
     assert!(message.contains("StorageFull"), "{message}");
-    assert!(!complete.exists(), "a file that was never written is in place");
+    assert!(
+        !complete.exists(),
+        "a file that was never written is in place"
+    );
 }
 
 /// A data task's response over its limit fails rather than being silently cut.
