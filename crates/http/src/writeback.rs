@@ -28,10 +28,8 @@ pub(crate) const WINDOWS_IN_FLIGHT: u64 = 4;
 pub(crate) struct Writeback {
     /// The end of the bytes written so far (the file offset of the next write).
     written_to: u64,
-    /// Write-back has been started for `[window_base, started_to)`.
+    /// Write-back has been started up to here (windows count from the first offset).
     started_to: u64,
-    /// The first offset this writer wrote; windows before it are not its business.
-    window_base: u64,
 }
 
 impl Writeback {
@@ -40,7 +38,6 @@ impl Writeback {
         Writeback {
             written_to: offset,
             started_to: offset,
-            window_base: offset,
         }
     }
 
@@ -55,9 +52,10 @@ impl Writeback {
         while self.written_to - self.started_to >= WINDOW_BYTES {
             let start = self.started_to;
             range(file, start, WINDOW_BYTES, Step::Start)?;
-            let lag = WINDOW_BYTES * WINDOWS_IN_FLIGHT;
-            if start >= self.window_base + lag {
-                range(file, start - lag, WINDOW_BYTES, Step::Wait)?;
+            // Before a resumed offset, the oldest window is an earlier attempt's: waiting
+            // for it is as cheap and as right as for this attempt's own.
+            if let Some(oldest) = start.checked_sub(WINDOW_BYTES * WINDOWS_IN_FLIGHT) {
+                range(file, oldest, WINDOW_BYTES, Step::Wait)?;
             }
             self.started_to += WINDOW_BYTES;
         }
