@@ -1,5 +1,5 @@
-//! Reads shared by `WriteScope` and `Snapshot`: every value is decoded with heed's
-//! `SerdeBincode` from the raw bytes (so a failure can name its key), then validated and
+//! Reads shared by `WriteScope` and `Snapshot`: every value is decoded from the raw bytes
+//! (so a failure can name its key) with its version (`records::codec`), then validated and
 //! checked against its key. A record that fails any of these is `Error::Corrupt`.
 
 use std::ops::Bound;
@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::ids::{SessionId, TaskId};
 use crate::keys;
+use crate::records::codec::{self, Versioned};
 use crate::records::{EventRecord, SessionRecord, TaskRecord};
 use crate::tables::{EVENTS, SESSIONS, TASKS, Tables};
 
@@ -28,6 +29,19 @@ impl std::fmt::Debug for View<'_> {
             .field("txn_id", &self.txn.id())
             .finish_non_exhaustive()
     }
+}
+
+/// Decodes a versioned record; a failure is `Corrupt` naming the key.
+fn decode_record<T: Versioned>(
+    table: &'static str,
+    key: impl FnOnce() -> String,
+    bytes: &[u8],
+) -> Result<T> {
+    codec::decode(bytes).map_err(|reason| Error::Corrupt {
+        table,
+        key: key(),
+        reason,
+    })
 }
 
 /// Decodes a value with heed's `SerdeBincode`; a failure is `Corrupt` naming the key.
@@ -63,7 +77,7 @@ fn lmdb(operation: &'static str) -> impl FnOnce(heed::Error) -> Error {
 /// Decodes and checks a session record stored under `key`.
 fn session_from(key: &[u8], bytes: &[u8]) -> Result<SessionRecord> {
     let printable = || keys::printable(key);
-    let record: SessionRecord = decode(SESSIONS, printable, bytes)?;
+    let record: SessionRecord = decode_record(SESSIONS, printable, bytes)?;
     checked(SESSIONS, printable, record.validate())?;
     let expected = record.id.as_str().as_bytes();
     checked(
@@ -84,7 +98,7 @@ fn session_from(key: &[u8], bytes: &[u8]) -> Result<SessionRecord> {
 /// Decodes and checks a task record stored under `key`.
 fn task_from(key: &[u8], bytes: &[u8]) -> Result<TaskRecord> {
     let printable = || keys::printable_task(key);
-    let record: TaskRecord = decode(TASKS, printable, bytes)?;
+    let record: TaskRecord = decode_record(TASKS, printable, bytes)?;
     checked(TASKS, printable, record.validate())?;
     checked(
         TASKS,
@@ -104,7 +118,7 @@ fn task_from(key: &[u8], bytes: &[u8]) -> Result<TaskRecord> {
 /// Decodes and checks an event record stored under `key`.
 fn event_from(key: &[u8], bytes: &[u8]) -> Result<EventRecord> {
     let printable = || keys::printable_event(key);
-    let record: EventRecord = decode(EVENTS, printable, bytes)?;
+    let record: EventRecord = decode_record(EVENTS, printable, bytes)?;
     checked(EVENTS, printable, record.validate())?;
     checked(
         EVENTS,
@@ -122,9 +136,10 @@ fn event_from(key: &[u8], bytes: &[u8]) -> Result<EventRecord> {
 }
 
 pub(crate) fn session(view: View<'_>, id: &SessionId) -> Result<Option<SessionRecord>> {
-    let raw = view.tables.sessions.remap_data_type::<Bytes>();
-    match raw
-        .get(view.txn, id.as_str())
+    match view
+        .tables
+        .sessions
+        .get(view.txn, id.as_str().as_bytes())
         .map_err(lmdb("reading a session"))?
     {
         Some(bytes) => session_from(id.as_str().as_bytes(), bytes).map(Some),
@@ -133,9 +148,8 @@ pub(crate) fn session(view: View<'_>, id: &SessionId) -> Result<Option<SessionRe
 }
 
 pub(crate) fn sessions(view: View<'_>) -> Result<Vec<SessionRecord>> {
-    let raw = view.tables.sessions.remap_types::<Bytes, Bytes>();
     let mut records = Vec::new();
-    for entry in raw.iter(view.txn).map_err(lmdb("listing sessions"))? {
+    for entry in view.tables.sessions.iter(view.txn).map_err(lmdb("listing sessions"))? {
         let (key, bytes) = entry.map_err(lmdb("listing sessions"))?;
         records.push(session_from(key, bytes)?);
     }
@@ -148,8 +162,7 @@ pub(crate) fn task(
     task: &TaskId,
 ) -> Result<Option<TaskRecord>> {
     let key = keys::task_key(session, task);
-    let raw = view.tables.tasks.remap_data_type::<Bytes>();
-    match raw.get(view.txn, &key).map_err(lmdb("reading a task"))? {
+    match view.tables.tasks.get(view.txn, &key).map_err(lmdb("reading a task"))? {
         Some(bytes) => task_from(&key, bytes).map(Some),
         None => Ok(None),
     }
@@ -157,9 +170,10 @@ pub(crate) fn task(
 
 pub(crate) fn tasks(view: View<'_>, session: &SessionId) -> Result<Vec<TaskRecord>> {
     let prefix = keys::session_prefix(session);
-    let raw = view.tables.tasks.remap_data_type::<Bytes>();
     let mut records = Vec::new();
-    for entry in raw
+    for entry in view
+        .tables
+        .tasks
         .prefix_iter(view.txn, &prefix)
         .map_err(lmdb("listing a session's tasks"))?
     {
@@ -173,8 +187,7 @@ pub(crate) fn for_each_task(
     view: View<'_>,
     mut visit: impl FnMut(TaskRecord) -> Result<()>,
 ) -> Result<()> {
-    let raw = view.tables.tasks.remap_data_type::<Bytes>();
-    for entry in raw.iter(view.txn).map_err(lmdb("listing tasks"))? {
+    for entry in view.tables.tasks.iter(view.txn).map_err(lmdb("listing tasks"))? {
         let (key, bytes) = entry.map_err(lmdb("listing tasks"))?;
         visit(task_from(key, bytes)?)?;
     }
@@ -183,8 +196,7 @@ pub(crate) fn for_each_task(
 
 pub(crate) fn event(view: View<'_>, session: &SessionId, seq: u64) -> Result<Option<EventRecord>> {
     let key = keys::event_key(session, seq);
-    let raw = view.tables.events.remap_data_type::<Bytes>();
-    match raw.get(view.txn, &key).map_err(lmdb("reading an event"))? {
+    match view.tables.events.get(view.txn, &key).map_err(lmdb("reading an event"))? {
         Some(bytes) => event_from(&key, bytes).map(Some),
         None => Ok(None),
     }
@@ -202,9 +214,10 @@ pub(crate) fn events(
         Bound::Included(start.as_slice()),
         Bound::Excluded(end.as_slice()),
     );
-    let raw = view.tables.events.remap_data_type::<Bytes>();
     let mut records = Vec::new();
-    for entry in raw
+    for entry in view
+        .tables
+        .events
         .range(view.txn, &range)
         .map_err(lmdb("listing a session's events"))?
         .take(limit)

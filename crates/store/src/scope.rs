@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::ids::{SessionId, TaskId};
 use crate::keys;
 use crate::read::{self, View};
+use crate::records::codec::{self, Versioned};
 use crate::records::{EventRecord, SessionRecord, TaskRecord};
 use crate::store::Shared;
 use crate::tables::{EVENTS, SESSIONS, TASKS};
@@ -92,15 +93,11 @@ impl<'t> WriteScope<'t> {
 
     /// Validates and writes a session record under its id.
     pub fn put_session(&mut self, record: &SessionRecord) -> Result<()> {
-        record.validate().map_err(|reason| Error::InvalidRecord {
-            table: SESSIONS,
-            key: record.id.to_string(),
-            reason,
-        })?;
+        let bytes = checked_encode(SESSIONS, || record.id.to_string(), record, record.validate())?;
         self.shared
             .tables
             .sessions
-            .put(&mut self.txn, record.id.as_str(), record)
+            .put(&mut self.txn, record.id.as_str().as_bytes(), &bytes)
             .map_err(|e| self.lmdb("writing a session", e))
     }
 
@@ -116,16 +113,17 @@ impl<'t> WriteScope<'t> {
 
     /// Validates and writes a task record under `(session, id)`.
     pub fn put_task(&mut self, record: &TaskRecord) -> Result<()> {
-        record.validate().map_err(|reason| Error::InvalidRecord {
-            table: TASKS,
-            key: format!("{}/{}", record.session, record.id),
-            reason,
-        })?;
+        let bytes = checked_encode(
+            TASKS,
+            || format!("{}/{}", record.session, record.id),
+            record,
+            record.validate(),
+        )?;
         let key = keys::task_key(&record.session, &record.id);
         self.shared
             .tables
             .tasks
-            .put(&mut self.txn, &key, record)
+            .put(&mut self.txn, &key, &bytes)
             .map_err(|e| self.lmdb("writing a task", e))
     }
 
@@ -147,17 +145,18 @@ impl<'t> WriteScope<'t> {
     /// Validates and appends an event under `(session, seq)`. An event is never
     /// overwritten: an existing `seq` is [`Error::EventExists`].
     pub fn put_event(&mut self, record: &EventRecord) -> Result<()> {
-        record.validate().map_err(|reason| Error::InvalidRecord {
-            table: EVENTS,
-            key: format!("{}/{}", record.session, record.seq),
-            reason,
-        })?;
+        let bytes = checked_encode(
+            EVENTS,
+            || format!("{}/{}", record.session, record.seq),
+            record,
+            record.validate(),
+        )?;
         let key = keys::event_key(&record.session, record.seq);
         match self.shared.tables.events.put_with_flags(
             &mut self.txn,
             PutFlags::NO_OVERWRITE,
             &key,
-            record,
+            &bytes,
         ) {
             Ok(()) => Ok(()),
             Err(heed::Error::Mdb(heed::MdbError::KeyExist)) => Err(Error::EventExists {
@@ -203,6 +202,22 @@ impl<'t> WriteScope<'t> {
             .delete(&mut self.txn, key)
             .map_err(|e| self.lmdb("deleting from an application table", e))
     }
+}
+
+/// A record's versioned bytes, once its own validation passed.
+fn checked_encode<T: Versioned>(
+    table: &'static str,
+    key: impl FnOnce() -> String,
+    record: &T,
+    validation: std::result::Result<(), String>,
+) -> Result<Vec<u8>> {
+    validation
+        .and_then(|()| codec::encode(record))
+        .map_err(|reason| Error::InvalidRecord {
+            table,
+            key: key(),
+            reason,
+        })
 }
 
 /// LMDB refuses empty keys and keys over its maximum size; say so before it does.

@@ -12,7 +12,7 @@ use heed::{
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::read;
-use crate::records::{EventRecord, SCHEMA_VERSION, SessionRecord, TaskRecord};
+use crate::records::SCHEMA_VERSION;
 
 /// The `meta` table's name.
 pub(crate) const META: &str = "meta";
@@ -32,22 +32,24 @@ const APP_TABLE_PREFIX: &str = "app.";
 pub(crate) const META_SCHEMA_VERSION: &str = "schema_version";
 /// The `meta` key holding the codec version.
 pub(crate) const META_CODEC_VERSION: &str = "codec_version";
-/// The codec this build writes: heed's `SerdeBincode`, i.e. bincode 1.3 with its default
-/// options (little-endian, fixed-width integers). A different encoding gets a new number.
+/// The codec this build writes: bincode 1.3 with its default (legacy) options,
+/// little-endian and fixed-width integers, inside the versioned layout of
+/// `records::codec`. A different encoding gets a new number.
 pub const CODEC_VERSION: u32 = 1;
 
-/// A built-in table whose values are `T`, encoded with heed's `SerdeBincode`.
-pub(crate) type Table<K, T> = Database<'static, K, SerdeBincode<T>>;
+/// A built-in table: keys and values are bytes; values are versioned records
+/// (`records::codec`), decoded in `read`.
+pub(crate) type Table = Database<'static, Bytes, Bytes>;
 
 /// Handles to every table; plain copyable handles, valid for the environment's life.
 #[derive(Debug)]
 pub(crate) struct Tables {
     /// Session id to session record.
-    pub(crate) sessions: Table<Str, SessionRecord>,
+    pub(crate) sessions: Table,
     /// `session 0x00 task` to task record.
-    pub(crate) tasks: Table<Bytes, TaskRecord>,
+    pub(crate) tasks: Table,
     /// `session 0x00 seq(BE)` to event record.
-    pub(crate) events: Table<Bytes, EventRecord>,
+    pub(crate) events: Table,
     /// Application tables by name; values are `SerdeBincode<V>` bytes of the caller's `V`.
     pub(crate) app: HashMap<String, Database<'static, Bytes, Bytes>>,
 }
@@ -56,9 +58,9 @@ pub(crate) struct Tables {
 struct OpenedTables<'e> {
     /// Names to versions; only read and written while opening.
     meta: Database<'e, Str, SerdeBincode<u32>>,
-    sessions: Database<'e, Str, SerdeBincode<SessionRecord>>,
-    tasks: Database<'e, Bytes, SerdeBincode<TaskRecord>>,
-    events: Database<'e, Bytes, SerdeBincode<EventRecord>>,
+    sessions: Database<'e, Bytes, Bytes>,
+    tasks: Database<'e, Bytes, Bytes>,
+    events: Database<'e, Bytes, Bytes>,
     app: Vec<(String, Database<'e, Bytes, Bytes>)>,
 }
 
@@ -161,13 +163,23 @@ fn check_versions(tables: &OpenedTables<'_>, wtxn: &mut RwTxn<'_>, dir: &Path) -
                 supported: SCHEMA_VERSION,
             });
         }
-        // Schema 1 is the first; when a later one exists, its migration goes here.
         Some(found) if found < 1 => {
             return Err(Error::Corrupt {
                 table: META,
                 key: META_SCHEMA_VERSION.into(),
                 reason: format!("schema version {found} does not exist"),
             });
+        }
+        // Schema 1 values carry no version; `records::codec` reads them beside current
+        // ones, so the store is usable at once and records are rewritten as they change.
+        // The schema number moves on so that a release that cannot read versioned values
+        // refuses this store instead of misreading it.
+        Some(found) if found < SCHEMA_VERSION => {
+            tracing::info!(dir = %dir.display(), from = found, to = SCHEMA_VERSION, "store schema upgraded");
+            tables
+                .meta
+                .put(wtxn, META_SCHEMA_VERSION, &SCHEMA_VERSION)
+                .map_err(|e| Error::lmdb("recording the schema version", e))?;
         }
         Some(_) => {}
         None => {

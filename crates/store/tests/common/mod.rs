@@ -44,6 +44,7 @@ pub fn task(session: &str, id: &str, state: TaskState) -> TaskRecord {
         request: format!("GET /{session}/{id}").into_bytes(),
         created_ms: 1_700_000_000_123,
         state,
+        wait: None,
     };
     record.validate().expect("the test task is valid");
     record
@@ -54,7 +55,7 @@ pub fn response(status: u16) -> ResponseSummary {
         status,
         headers: vec![("etag".into(), "\"v1\"".into())],
         body: b"body".to_vec(),
-        file: Some("downloads/s/t.bin".into()),
+        file: Some("t.bin".into()),
         bytes: 4,
     }
 }
@@ -64,6 +65,7 @@ pub fn every_task_state() -> Vec<TaskState> {
     let completed = |outcome| TaskState::Completed {
         outcome,
         event_seq: 2,
+        finished_ms: 1_700_000_000_456,
     };
     vec![
         TaskState::Pending {
