@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use crate::classify::{Classified, FailReason};
 use crate::error::{Error, Result};
 use crate::limits::EngineConfig;
+use crate::redact::{redact_parsed, redact_urls_in};
 use crate::request::{Target, TransferKind, TransferRequest};
 use crate::{download, transport, upload};
 
@@ -56,7 +57,9 @@ impl Engine {
         config.validate()?;
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
-            .redirect(transport::redirect_policy(config.redirects_max))
+            // The engine follows redirects itself (crate::redirect): its own method, scheme
+            // and sensitive-header rules, and bodies sent again on 307 and 308.
+            .redirect(reqwest::redirect::Policy::none())
             // A Referer would tell another host where the redirect came from.
             .referer(false)
             .pool_max_idle_per_host(config.connections_per_host_max)
@@ -65,7 +68,7 @@ impl Engine {
             builder = builder.no_proxy();
         }
         let client = builder.build().map_err(|error| Error::Client {
-            reason: transport::error_chain(&error),
+            reason: redact_urls_in(&transport::error_chain(&error)),
         })?;
         let global = Arc::new(Semaphore::new(config.connections_max));
         Ok(Engine {
@@ -120,7 +123,8 @@ impl Engine {
             Ok(url) => url,
             Err(error) => return Classified::failed(FailReason::InvalidUrl, error.to_string()),
         };
-        tracing::debug!(method = ?request.method, url = %url, name = %target.name, "attempt starts");
+        let shown_url = redact_parsed(&url);
+        tracing::debug!(method = ?request.method, url = %shown_url, name = %target.name, "attempt starts");
         let attempt = self.attempt(request, url, target, progress);
         let outcome = match tokio::time::timeout_at(deadline, attempt).await {
             Ok(outcome) => outcome,
@@ -129,7 +133,7 @@ impl Engine {
                 "the attempt ran past its resource deadline",
             ),
         };
-        log_outcome(&request.url, &outcome);
+        log_outcome(&shown_url, &outcome);
         outcome
     }
 
@@ -196,6 +200,7 @@ impl Inner {
     }
 }
 
+/// One line per attempt; `url` is redacted, and messages were redacted when built.
 fn log_outcome(url: &str, outcome: &Classified) {
     match outcome {
         Classified::Success(response) => {
