@@ -326,3 +326,33 @@ pub(crate) fn error_chain(error: &(dyn StdError + 'static)) -> String {
     }
     message
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A response keeps its headers but the built-in sensitive ones and those the request
+    /// marked, which a server might echo.
+    #[test]
+    fn response_headers_drop_sensitive_ones() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("set-cookie", "session=secret"),
+            ("x-api-key", "secret"),
+            ("X-Api-Key", "secret-again"),
+            ("content-type", "text/plain"),
+        ] {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("a valid name"),
+                HeaderValue::from_static(value),
+            );
+        }
+        let request = TransferRequest::download("http://127.0.0.1/x")
+            .with_sensitive_header("X-API-KEY", "secret");
+        let kept = response_headers(&headers, 10, &request);
+        assert_eq!(
+            kept,
+            vec![("content-type".to_owned(), "text/plain".to_owned())]
+        );
+    }
+}
