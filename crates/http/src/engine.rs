@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::classify::{Classified, FailReason};
 use crate::error::{Error, Result};
@@ -124,17 +125,28 @@ impl Engine {
             Err(error) => return Classified::failed(FailReason::InvalidUrl, error.to_string()),
         };
         let shown_url = redact_parsed(&url);
-        tracing::debug!(method = ?request.method, url = %shown_url, name = %target.name, "attempt starts");
-        let attempt = self.attempt(request, url, target, progress);
-        let outcome = match tokio::time::timeout_at(deadline, attempt).await {
-            Ok(outcome) => outcome,
-            Err(_elapsed) => Classified::failed(
-                FailReason::DeadlineExceeded,
-                "the attempt ran past its resource deadline",
-            ),
-        };
-        log_outcome(&shown_url, &outcome);
-        outcome
+        // Every line of the attempt, reqwest's included, carries the URL without its query.
+        let span = tracing::debug_span!(
+            "attempt",
+            method = ?request.method,
+            url = %shown_url,
+            name = %target.name
+        );
+        async move {
+            tracing::debug!("attempt starts");
+            let attempt = self.attempt(request, url, target, progress);
+            let outcome = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(outcome) => outcome,
+                Err(_elapsed) => Classified::failed(
+                    FailReason::DeadlineExceeded,
+                    "the attempt ran past its resource deadline",
+                ),
+            };
+            log_outcome(&shown_url, &outcome);
+            outcome
+        }
+        .instrument(span)
+        .await
     }
 
     async fn attempt(

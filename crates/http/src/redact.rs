@@ -77,8 +77,19 @@ pub fn redact_urls_in(text: &str) -> String {
             .find(|c: char| c.is_whitespace() || c.is_control() || "\"'<>`\\".contains(c))
             .unwrap_or(candidate.len());
         let url = candidate[..run].trim_end_matches(|c: char| ")]}.,;:!".contains(c));
+        let after = &candidate[url.len()..];
+        // A URL redacted before (a message built from `redact_url`) stays as it is: its
+        // `<` would otherwise end the URL and leave a second `<redacted>` behind.
+        let already = REDACTED_QUERY.strip_prefix('?').unwrap_or(REDACTED_QUERY);
+        if let (Some(bare), Some(remaining)) = (url.strip_suffix('?'), after.strip_prefix(already))
+        {
+            shown.push_str(&redact_embedded(bare));
+            shown.push_str(REDACTED_QUERY);
+            rest = remaining;
+            continue;
+        }
         shown.push_str(&redact_embedded(url));
-        rest = &candidate[url.len()..];
+        rest = after;
     }
     shown.push_str(rest);
     shown
@@ -143,7 +154,7 @@ mod tests {
     }
 
     /// Every URL in a text is redacted, parsable or not, in any case, with the text around
-    /// it kept.
+    /// it kept; a URL redacted before stays as it was.
     #[test]
     fn texts_lose_every_query() {
         let cases = [
@@ -161,6 +172,10 @@ mod tests {
             ),
             ("http://h/p?a=SECRET)b", "http://h/p?<redacted>"),
             ("no url here", "no url here"),
+            (
+                "the 302 from http://h/r?<redacted> goes on",
+                "the 302 from http://h/r?<redacted> goes on",
+            ),
             ("http://", "http://"),
         ];
         for (text, expected) in cases {
