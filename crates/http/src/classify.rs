@@ -1,9 +1,34 @@
 //! The outcome of an attempt and the exhaustive status table (DESIGN section 7).
+//!
+//! # Content codings
+//!
+//! The engine sends `Accept-Encoding: identity` and never decodes a body (reqwest's
+//! `gzip`, `brotli`, `deflate` and `zstd` features stay off, so a `Content-Encoding`
+//! header reaches the engine as sent). A server may still answer with an encoded body.
+//! For a **download** that is a failure, [`FailReason::UnsupportedContentEncoding`],
+//! decided from the headers before a byte is written: a resumed download asks for a
+//! `Range` of the file, and the ranges of an encoded representation are offsets into the
+//! compressed stream, not into the file; its `Content-Length` and a checksum describe the
+//! compressed bytes. Storing it would deliver a file that is not the object, and resuming
+//! it would splice two streams. Decoding it on the fly would not help either: a `.part`
+//! cut mid-stream cannot be resumed from its decoded length. So the response writes
+//! nothing (a `.part` of earlier identity bytes stays as it was), and the task fails with
+//! the coding named; retrying would get the same answer from the same server.
+//!
+//! **Data and upload** responses are kept as received: their body is the server's bytes,
+//! still encoded, and the `content-encoding` header in [`Response::headers`] says so; the
+//! application decodes it if it wants to.
+//!
+//! # Secrets
+//!
+//! Every message of a [`Classified`] built here passes through
+//! [`crate::redact_urls_in`]: reqwest's errors quote the whole URL, query included.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::redact::redact_urls_in;
 use crate::retry_after::RetryAfter;
 
 /// The longest message kept in an outcome, in bytes (the store keeps at most 4 KiB).
@@ -24,20 +49,20 @@ pub enum Classified {
         retry_after: Option<RetryAfter>,
         /// What went wrong.
         reason: RetryReason,
-        /// Details for humans (never a credential).
+        /// Details for humans (never a credential, never a URL's query).
         message: String,
     },
     /// A failure that another attempt would repeat.
     Failed {
         /// What went wrong.
         reason: FailReason,
-        /// Details for humans (never a credential).
+        /// Details for humans (never a credential, never a URL's query).
         message: String,
     },
 }
 
 impl Classified {
-    /// A `Retry` with a message cut to [`MESSAGE_BYTES_MAX`].
+    /// A `Retry` with a message redacted and cut to [`MESSAGE_BYTES_MAX`].
     pub(crate) fn retry(
         reason: RetryReason,
         retry_after: Option<RetryAfter>,
@@ -46,20 +71,23 @@ impl Classified {
         Classified::Retry {
             retry_after,
             reason,
-            message: bounded(message.into()),
+            message: bounded(&message.into()),
         }
     }
 
-    /// A `Failed` with a message cut to [`MESSAGE_BYTES_MAX`].
+    /// A `Failed` with a message redacted and cut to [`MESSAGE_BYTES_MAX`].
     pub(crate) fn failed(reason: FailReason, message: impl Into<String>) -> Classified {
         Classified::Failed {
             reason,
-            message: bounded(message.into()),
+            message: bounded(&message.into()),
         }
     }
 }
 
-fn bounded(mut message: String) -> String {
+/// A message as kept: URLs redacted, then cut to [`MESSAGE_BYTES_MAX`] (in this order, so
+/// a cut cannot leave a URL that no longer parses as a URL).
+fn bounded(message: &str) -> String {
+    let mut message = redact_urls_in(message);
     if message.len() > MESSAGE_BYTES_MAX {
         let mut end = MESSAGE_BYTES_MAX;
         while !message.is_char_boundary(end) {
@@ -73,11 +101,12 @@ fn bounded(mut message: String) -> String {
 /// A server's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
-    /// The status code of the final response (after redirects). A download found already
+    /// The status code of the final response (after the redirects the engine followed). A download found already
     /// complete on disk reports 200 without a request.
     pub status: u16,
     /// Response headers, lower-case names, at most [`crate::Limits::response_headers_max`];
-    /// never `Authorization`, `Cookie` or `Set-Cookie`.
+    /// never a sensitive one ([`crate::SENSITIVE_HEADERS`] such as `Set-Cookie`, or a name
+    /// the request marked sensitive, should the server echo it).
     pub headers: Vec<(String, String)>,
     /// The body of a data task, or the first bytes of a rejection or upload answer (capped).
     /// Empty for downloads.
@@ -135,7 +164,16 @@ pub enum FailReason {
     UnexpectedStatus(u16),
     /// The attempt ran past its resource deadline.
     DeadlineExceeded,
+    /// A download's response came with a `Content-Encoding` other than `identity` (the
+    /// coding named, at most [`CONTENT_CODING_BYTES_MAX`] bytes) although the engine asked
+    /// for `identity`. Nothing of it was written: offsets into an encoded body are not
+    /// offsets into the file, so it could neither be resumed nor verified (see
+    /// [`classify_status`] and the crate docs).
+    UnsupportedContentEncoding(String),
 }
+
+/// The longest content coding kept in [`FailReason::UnsupportedContentEncoding`], in bytes.
+pub const CONTENT_CODING_BYTES_MAX: usize = 64;
 
 /// How a downloaded file differed from what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,10 +212,13 @@ pub enum StatusClass {
 /// - 1xx: `Failed`. hyper consumes interim responses itself; a 1xx as the final answer
 ///   (an unrequested `101`) is a protocol violation that another attempt would repeat.
 /// - 2xx: `Success`.
-/// - 3xx: `Rejected`. Redirects are followed before this point, so a 3xx here has no
-///   usable `Location`, or is a `300`/`304` we cannot act on: the server's definitive
-///   answer, passed to the application with its headers. (Too many redirects is not a
-///   status; it fails as [`FailReason::TooManyRedirects`].)
+/// - 3xx: `Rejected`. The engine follows 301, 302, 303, 307 and 308 itself before this
+///   point, so a 3xx here is one that is not a redirect to follow (`300`, `304`, `305`,
+///   `306`, unassigned codes): the server's definitive answer, passed to the application
+///   with its headers. A followed redirect that cannot be followed is not a status: a
+///   missing or unusable `Location`, or one that is not `http`/`https`, fails as
+///   [`FailReason::InvalidRedirect`]; too many redirects or a loop as
+///   [`FailReason::TooManyRedirects`].
 /// - 408, 429: `Retry`. Every other 4xx: `Rejected`.
 /// - 500, 502, 503, 504: `Retry`. Every other 5xx (501, 505, 506, 507, 508, 510, 511,
 ///   unassigned): `Rejected`, since the server has said it cannot do this request and
@@ -216,6 +257,20 @@ mod tests {
                 StatusClass::Failed
             };
             assert_eq!(classify_status(status), expected, "status {status}");
+        }
+    }
+
+    /// Messages lose the queries of the URLs they quote.
+    #[test]
+    fn messages_are_redacted() {
+        let quoted = "error sending request for url (http://127.0.0.1:1/x?token=SECRET)";
+        for outcome in [
+            Classified::failed(FailReason::Tls, quoted),
+            Classified::retry(RetryReason::Connect, None, quoted),
+        ] {
+            let shown = format!("{outcome:?}");
+            assert!(!shown.contains("SECRET"), "{shown}");
+            assert!(shown.contains("http://127.0.0.1:1/x?<redacted>"), "{shown}");
         }
     }
 

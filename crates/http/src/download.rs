@@ -20,18 +20,22 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use reqwest::header::{CONTENT_RANGE, ETAG, HeaderMap, IF_RANGE, LAST_MODIFIED, RANGE};
+use reqwest::header::{
+    CONTENT_ENCODING, CONTENT_RANGE, ETAG, HeaderMap, IF_RANGE, LAST_MODIFIED, RANGE,
+};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::classify::{
-    Classified, FailReason, Mismatch, Response, RetryReason, StatusClass, classify_status,
+    CONTENT_CODING_BYTES_MAX, Classified, FailReason, Mismatch, Response, RetryReason, StatusClass,
+    classify_status,
 };
 use crate::engine::{Inner, Progress};
 use crate::paths::{download_paths, download_validator_path};
+use crate::redirect;
 use crate::request::{Target, TransferRequest};
-use crate::transport::{self, Activity};
+use crate::transport;
 use crate::writeback::Writeback;
 
 /// The fail point hit right after a download's fsync and rename, before the caller
@@ -183,15 +187,15 @@ async fn attempt(
         Some(_) | None => 0,
     };
 
-    let mut builder = transport::request_builder(&engine.client, request, url, target);
+    // The range goes with every redirect: the file is the same whoever serves it, and
+    // If-Range makes a server with other bytes send them all.
+    let mut range = Vec::new();
     if let (Some(validator), true) = (&validator, resume_from > 0) {
-        builder = builder
-            .header(RANGE, format!("bytes={resume_from}-"))
-            .header(IF_RANGE, validator.value());
+        range.push((RANGE, format!("bytes={resume_from}-")));
+        range.push((IF_RANGE, validator.value().to_owned()));
     }
     tracing::debug!(name = %target.name, resume_from, "download request");
-    let activity = Activity::new();
-    let mut response = transport::send(builder, config.read_idle_timeout, &activity).await?;
+    let mut response = redirect::send(engine, request, url, target, &range, None).await?;
     let status = response.status().as_u16();
     match classify_status(status) {
         StatusClass::Success => {}
@@ -201,8 +205,18 @@ async fn attempt(
         }
         // Not a body for the file: keep the partial file for the next attempt.
         StatusClass::Retry | StatusClass::Rejected | StatusClass::Failed => {
-            return Ok(transport::answer(response, config).await);
+            return Ok(transport::answer(response, config, request).await);
         }
+    }
+    // Decided before a byte is written: an encoded body is not the file (crate docs).
+    if let Some(coding) = content_coding(response.headers()) {
+        return Err(Classified::failed(
+            FailReason::UnsupportedContentEncoding(coding.clone()),
+            format!(
+                "the {status} came with Content-Encoding {coding:?} although identity was \
+                 asked for; nothing of it was written"
+            ),
+        ));
     }
 
     // Where this response's bytes go, and how long the file will be.
@@ -309,8 +323,11 @@ async fn attempt(
             format!("the body ended at {length} of {total} bytes"),
         ));
     }
-    let headers =
-        transport::response_headers(response.headers(), config.limits.response_headers_max);
+    let headers = transport::response_headers(
+        response.headers(),
+        config.limits.response_headers_max,
+        request,
+    );
     complete(
         files, file, hasher, length, total, expected, status, headers,
     )
@@ -576,6 +593,35 @@ async fn read_validator(path: &Path) -> Result<Option<Validator>, Classified> {
     Ok(text.as_deref().and_then(Validator::decode))
 }
 
+/// The response's content coding when it is not `identity` (every `Content-Encoding`
+/// value, as sent, cut to [`CONTENT_CODING_BYTES_MAX`]); `None` for an unencoded body.
+fn content_coding(headers: &HeaderMap) -> Option<String> {
+    let values: Vec<String> = headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+        .collect();
+    let encoded = values
+        .iter()
+        .flat_map(|value| value.split(','))
+        .any(|coding| {
+            let coding = coding.trim();
+            !coding.is_empty() && !coding.eq_ignore_ascii_case("identity")
+        });
+    if !encoded {
+        return None;
+    }
+    let mut shown = values.join(", ");
+    if shown.len() > CONTENT_CODING_BYTES_MAX {
+        let mut end = CONTENT_CODING_BYTES_MAX;
+        while !shown.is_char_boundary(end) {
+            end -= 1;
+        }
+        shown.truncate(end);
+    }
+    Some(shown)
+}
+
 /// A parsed `Content-Range: bytes start-end/total` (or `bytes */total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ContentRange {
@@ -736,6 +782,35 @@ mod tests {
             map.insert(*name, value.parse().expect("valid header value"));
         }
         map
+    }
+
+    /// Only an absent, empty or `identity` Content-Encoding is an unencoded body; any other
+    /// coding, alone or in a list, in any case, is named.
+    #[test]
+    fn content_codings() {
+        assert_eq!(content_coding(&headers(&[])), None);
+        for plain in ["identity", "IDENTITY", " identity , identity", ""] {
+            let found = content_coding(&headers(&[("content-encoding", plain)]));
+            assert_eq!(found, None, "{plain:?}");
+        }
+        for (encoded, shown) in [
+            ("gzip", "gzip"),
+            ("identity, br", "identity, br"),
+            ("GZIP", "GZIP"),
+        ] {
+            let found = content_coding(&headers(&[("content-encoding", encoded)]));
+            assert_eq!(found.as_deref(), Some(shown), "{encoded:?}");
+        }
+        let mut two = HeaderMap::new();
+        two.append(CONTENT_ENCODING, "identity".parse().expect("value"));
+        two.append(CONTENT_ENCODING, "zstd".parse().expect("value"));
+        assert_eq!(content_coding(&two).as_deref(), Some("identity, zstd"));
+        let long = "x".repeat(1000);
+        let found = content_coding(&headers(&[("content-encoding", long.as_str())]));
+        assert_eq!(
+            found.map(|coding| coding.len()),
+            Some(CONTENT_CODING_BYTES_MAX)
+        );
     }
 
     /// Content-Range parsing accepts the RFC forms and refuses inconsistent ones.

@@ -7,10 +7,12 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::classify::{Classified, FailReason};
 use crate::error::{Error, Result};
 use crate::limits::EngineConfig;
+use crate::redact::{redact_parsed, redact_urls_in};
 use crate::request::{Target, TransferKind, TransferRequest};
 use crate::{download, transport, upload};
 
@@ -56,7 +58,9 @@ impl Engine {
         config.validate()?;
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
-            .redirect(transport::redirect_policy(config.redirects_max))
+            // The engine follows redirects itself (crate::redirect): its own method, scheme
+            // and sensitive-header rules, and bodies sent again on 307 and 308.
+            .redirect(reqwest::redirect::Policy::none())
             // A Referer would tell another host where the redirect came from.
             .referer(false)
             .pool_max_idle_per_host(config.connections_per_host_max)
@@ -65,7 +69,7 @@ impl Engine {
             builder = builder.no_proxy();
         }
         let client = builder.build().map_err(|error| Error::Client {
-            reason: transport::error_chain(&error),
+            reason: redact_urls_in(&transport::error_chain(&error)),
         })?;
         let global = Arc::new(Semaphore::new(config.connections_max));
         Ok(Engine {
@@ -120,17 +124,29 @@ impl Engine {
             Ok(url) => url,
             Err(error) => return Classified::failed(FailReason::InvalidUrl, error.to_string()),
         };
-        tracing::debug!(method = ?request.method, url = %url, name = %target.name, "attempt starts");
-        let attempt = self.attempt(request, url, target, progress);
-        let outcome = match tokio::time::timeout_at(deadline, attempt).await {
-            Ok(outcome) => outcome,
-            Err(_elapsed) => Classified::failed(
-                FailReason::DeadlineExceeded,
-                "the attempt ran past its resource deadline",
-            ),
-        };
-        log_outcome(&request.url, &outcome);
-        outcome
+        let shown_url = redact_parsed(&url);
+        // Every line of the attempt, reqwest's included, carries the URL without its query.
+        let span = tracing::debug_span!(
+            "attempt",
+            method = ?request.method,
+            url = %shown_url,
+            name = %target.name
+        );
+        async move {
+            tracing::debug!("attempt starts");
+            let attempt = self.attempt(request, url, target, progress);
+            let outcome = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(outcome) => outcome,
+                Err(_elapsed) => Classified::failed(
+                    FailReason::DeadlineExceeded,
+                    "the attempt ran past its resource deadline",
+                ),
+            };
+            log_outcome(&shown_url, &outcome);
+            outcome
+        }
+        .instrument(span)
+        .await
     }
 
     async fn attempt(
@@ -196,6 +212,7 @@ impl Inner {
     }
 }
 
+/// One line per attempt; `url` is redacted, and messages were redacted when built.
 fn log_outcome(url: &str, outcome: &Classified) {
     match outcome {
         Classified::Success(response) => {

@@ -5,7 +5,7 @@ use crate::request::Method;
 
 /// What is wrong with a transfer request or the engine's configuration.
 ///
-/// Messages never contain header values or bodies (they may be secrets).
+/// Messages never contain header values, bodies or a URL's query (they may be secrets).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The URL does not parse.
@@ -105,6 +105,13 @@ pub enum Error {
         /// The client's error.
         reason: String,
     },
+    /// Bytes given to [`crate::TransferRequest::from_bytes`] are no encoding of a request
+    /// this release reads (garbage, truncated, or a newer version).
+    #[error("the stored transfer request does not decode: {reason}")]
+    InvalidEncoding {
+        /// What is wrong with them.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -126,7 +133,8 @@ impl Error {
             | Error::DownloadWithBody
             | Error::InvalidSha256 { .. }
             | Error::InvalidConfig { .. }
-            | Error::Client { .. } => false,
+            | Error::Client { .. }
+            | Error::InvalidEncoding { .. } => false,
         }
     }
 }

@@ -3,19 +3,35 @@
 //! exhaustively as success, rejection, retry or failure (DESIGN section 7).
 //!
 //! The engine knows neither the store nor actix: the session actor persists a
-//! [`TransferRequest`] (opaque serde data), calls [`Engine::run`] once per attempt, and
-//! turns the [`Classified`] outcome into a state transition.
+//! [`TransferRequest`] ([`TransferRequest::to_bytes`], a versioned encoding that also
+//! reads the previous release's), calls [`Engine::run`] once per attempt, and turns the
+//! [`Classified`] outcome into a state transition.
+//!
+//! Secrets stay inside: `Authorization`, `Cookie` and the headers a request marks with
+//! [`TransferRequest::with_sensitive_header`] are never logged, shown by `Debug`, returned
+//! in a [`Response`], or sent on once a redirect leaves the request's origin; a URL's query
+//! (where signed URLs carry their signature) never appears in a log line, span or message
+//! ([`redact_url`], [`redact_urls_in`]).
+//!
+//! Redirects are followed by the engine (at most [`EngineConfig::redirects_max`], `http`
+//! and `https` only, browser method rules, bodies sent again on 307 and 308). Bodies are
+//! never decoded: a download answered with a `Content-Encoding` fails as
+//! [`FailReason::UnsupportedContentEncoding`], since an encoded body's offsets cannot be
+//! resumed; data and upload answers keep their encoded body and its header.
 //!
 //! Modules, one concern each:
-//! - `error`: the crate's error type (request validation and engine construction).
+//! - `error`: the crate's error type (request validation, decoding, engine construction).
 //! - `limits`: [`Limits`] and [`EngineConfig`], every bound with its unit.
 //! - `request`: [`TransferRequest`], [`Target`] and their validation.
+//! - `encoding`: the versioned stored form of a request, and the frozen legacy layout.
+//! - `redact`: URLs and texts as they may be shown.
 //! - `paths`: mapping an application's name to a file that cannot leave the directory.
 //! - `retry_after`: parsing `Retry-After` in both forms.
-//! - `classify`: the outcome types and the exhaustive status table.
-//! - `transport`: sending with an idle timer, reading bodies, classifying transport errors.
+//! - `classify`: the outcome types, the exhaustive status table, content codings.
+//! - `transport`: one hop's request, the idle timer, bounded bodies, transport errors.
+//! - `redirect`: following redirects: limits, targets, methods, stripped headers.
 //! - `download`: resumable, verified downloads into `.part` files.
-//! - `upload`: streaming a file as a request body.
+//! - `upload`: request bodies, a file streamed from disk, and the answer kept in memory.
 //! - `engine`: [`Engine`], its client, connection limits and the attempt driver.
 
 //! ```no_run
@@ -45,10 +61,13 @@
 
 mod classify;
 mod download;
+mod encoding;
 mod engine;
 mod error;
 mod limits;
 mod paths;
+mod redact;
+mod redirect;
 mod request;
 mod retry_after;
 mod transport;
@@ -56,14 +75,16 @@ mod upload;
 mod writeback;
 
 pub use classify::{
-    Classified, FailReason, MESSAGE_BYTES_MAX, Mismatch, Response, RetryReason, StatusClass,
-    classify_status,
+    CONTENT_CODING_BYTES_MAX, Classified, FailReason, MESSAGE_BYTES_MAX, Mismatch, Response,
+    RetryReason, StatusClass, classify_status,
 };
 pub use download::FAIL_POINT_DOWNLOAD_AFTER_FSYNC;
+pub use encoding::REQUEST_ENCODING_VERSION;
 pub use engine::{Engine, Progress};
 pub use error::{Error, Result};
 pub use limits::{EngineConfig, Limits};
 pub use paths::{download_paths, download_validator_path, safe_file_name};
+pub use redact::{redact_url, redact_urls_in};
 pub use request::{
     Body, Method, SENSITIVE_HEADERS, Target, TransferKind, TransferRequest, is_sensitive_header,
 };

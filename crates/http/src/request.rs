@@ -1,5 +1,9 @@
 //! What to transfer ([`TransferRequest`], persisted by the caller) and where to put it
 //! ([`Target`]), with validation that runs before anything is sent.
+//!
+//! The serde layout of these types is the stored encoding (see [`crate::encoding`]):
+//! changing a field or a variant changes what a store holds, so it bumps
+//! [`crate::REQUEST_ENCODING_VERSION`] and freezes the old layout for decoding.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -8,18 +12,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::limits::Limits;
+use crate::redact::redact_url;
 
 /// Header names whose values never leave the engine: not logged, not in `Debug`, not in a
-/// [`crate::Response`], not forwarded to another host on a redirect (reqwest's rule).
-pub const SENSITIVE_HEADERS: [&str; 5] = [
+/// [`crate::Response`], not forwarded when a redirect changes scheme, host or port. A
+/// request adds its own with [`TransferRequest::with_sensitive_header`].
+pub const SENSITIVE_HEADERS: [&str; 6] = [
     "authorization",
     "proxy-authorization",
     "cookie",
+    "cookie2",
     "set-cookie",
     "set-cookie2",
 ];
 
-/// Whether a header's value must never be logged or returned.
+/// Whether a header's value must never be logged or returned, whatever the request (the
+/// built-in [`SENSITIVE_HEADERS`]; [`TransferRequest::is_sensitive`] adds a request's
+/// own).
 pub fn is_sensitive_header(name: &str) -> bool {
     SENSITIVE_HEADERS
         .iter()
@@ -78,8 +87,9 @@ pub enum Body {
     Empty,
     /// Bytes kept with the task (bounded by [`Limits::body_bytes_max`]).
     Bytes(Vec<u8>),
-    /// A file streamed from disk, with its length as `Content-Length`.
-    File(PathBuf),
+    /// A file streamed from disk, with its length as `Content-Length`. Any path the OS
+    /// accepts, including one that is not UTF-8 (it is stored as its bytes).
+    File(#[serde(with = "crate::encoding::path_bytes")] PathBuf),
 }
 
 impl fmt::Debug for Body {
@@ -109,21 +119,28 @@ pub enum TransferKind {
     Data,
 }
 
-/// One transfer, as the caller persists it (serde; the session actor stores it as
-/// bincode).
+/// One transfer, as the caller persists it: [`TransferRequest::to_bytes`] and
+/// [`TransferRequest::from_bytes`] are its versioned encoding, which also reads what the
+/// previous release stored.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferRequest {
     /// The method.
     pub method: Method,
-    /// The absolute `http` or `https` URL.
+    /// The absolute `http` or `https` URL. Its query is never logged (signed URLs carry
+    /// their signature there).
     pub url: String,
-    /// Request headers, in order. Sensitive values are redacted from `Debug` and logs and
-    /// are not forwarded to another host on a redirect.
+    /// Request headers, in order. Sensitive values (see [`TransferRequest::is_sensitive`])
+    /// are redacted from `Debug` and logs and are not forwarded when a redirect leaves the
+    /// request's origin.
     pub headers: Vec<(String, String)>,
     /// The request body.
     pub body: Body,
     /// The kind of transfer.
     pub kind: TransferKind,
+    /// Names of further headers whose values are secrets (an `X-Api-Key`, say), treated
+    /// like `Authorization`: compared case-insensitively, at most
+    /// [`Limits::headers_max`]. Filled by [`TransferRequest::with_sensitive_header`].
+    pub sensitive_headers: Vec<String>,
 }
 
 impl TransferRequest {
@@ -138,6 +155,7 @@ impl TransferRequest {
                 sha256: None,
                 expected_bytes: None,
             },
+            sensitive_headers: Vec::new(),
         }
     }
 
@@ -149,6 +167,7 @@ impl TransferRequest {
             headers: Vec::new(),
             body: Body::File(file.into()),
             kind: TransferKind::Upload,
+            sensitive_headers: Vec::new(),
         }
     }
 
@@ -160,6 +179,7 @@ impl TransferRequest {
             headers: Vec::new(),
             body: Body::Empty,
             kind: TransferKind::Data,
+            sensitive_headers: Vec::new(),
         }
     }
 
@@ -167,6 +187,33 @@ impl TransferRequest {
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
         self
+    }
+
+    /// Adds a request header whose value is a secret, and marks its name sensitive: the
+    /// value is never logged, never shown by `Debug`, never returned in a
+    /// [`crate::Response`] (should the server echo it), and not sent on once a redirect
+    /// leaves the request's origin (scheme, host and port).
+    pub fn with_sensitive_header(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
+        let name = name.into();
+        if !self.is_sensitive(&name) {
+            self.sensitive_headers.push(name.to_ascii_lowercase());
+        }
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Whether the value of header `name` is a secret for this request: one of
+    /// [`SENSITIVE_HEADERS`] or a name the request marked (case-insensitive).
+    pub fn is_sensitive(&self, name: &str) -> bool {
+        is_sensitive_header(name)
+            || self
+                .sensitive_headers
+                .iter()
+                .any(|marked| marked.eq_ignore_ascii_case(name))
     }
 
     /// Replaces the method (an upload may be a POST).
@@ -302,17 +349,29 @@ impl TransferRequest {
                 return Err(Error::ReservedHeader { name: name.clone() });
             }
         }
+        if self.sensitive_headers.len() > limits.headers_max {
+            return Err(Error::TooManyHeaders {
+                count: self.sensitive_headers.len(),
+                max: limits.headers_max,
+            });
+        }
+        for name in &self.sensitive_headers {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(Error::InvalidHeaderName { name: name.clone() });
+            }
+        }
         Ok(())
     }
 }
 
 impl fmt::Debug for TransferRequest {
+    // Debug output ends up in logs and panic messages: no query, no secret header value.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let headers: Vec<(&str, &str)> = self
             .headers
             .iter()
             .map(|(name, value)| {
-                let shown = if is_sensitive_header(name) {
+                let shown = if self.is_sensitive(name) {
                     "<redacted>"
                 } else {
                     value.as_str()
@@ -322,10 +381,11 @@ impl fmt::Debug for TransferRequest {
             .collect();
         f.debug_struct("TransferRequest")
             .field("method", &self.method)
-            .field("url", &self.url)
+            .field("url", &redact_url(&self.url))
             .field("headers", &headers)
             .field("body", &self.body)
             .field("kind", &self.kind)
+            .field("sensitive_headers", &self.sensitive_headers)
             .finish()
     }
 }
@@ -434,32 +494,75 @@ mod tests {
         }
     }
 
-    /// Authorization and Cookie values never appear in a request's `Debug` output.
+    /// Authorization, Cookie and marked header values, and the URL's query, never appear
+    /// in a request's `Debug` output; other headers do.
     #[test]
     fn debug_redacts_credentials() {
-        let request = TransferRequest::download("http://127.0.0.1/x")
+        let request = TransferRequest::download("http://127.0.0.1/x?X-Amz-Signature=secret-sig")
             .with_header("Authorization", "Bearer secret-token")
             .with_header("cookie", "session=secret-cookie")
+            .with_sensitive_header("X-Api-Key", "secret-key")
             .with_header("x-visible", "shown");
         let shown = format!("{request:?}");
         assert!(!shown.contains("secret"), "{shown}");
         assert!(shown.contains("shown"), "{shown}");
+        assert!(shown.contains("http://127.0.0.1/x?<redacted>"), "{shown}");
     }
 
-    /// A request survives a bincode round trip unchanged (the actor persists it so).
+    /// Marked names are sensitive in any case, alongside the built-in ones; a name is
+    /// marked once however often it is added; invalid marked names are refused.
+    #[test]
+    fn marked_headers_are_sensitive() {
+        let request = TransferRequest::data(Method::Get, "http://127.0.0.1/x")
+            .with_sensitive_header("X-Api-Key", "a")
+            .with_sensitive_header("x-api-key", "b")
+            .with_header("X-Other", "c");
+        assert_eq!(request.sensitive_headers, vec!["x-api-key".to_owned()]);
+        assert_eq!(request.headers.len(), 3);
+        for name in [
+            "X-API-KEY",
+            "x-api-key",
+            "Authorization",
+            "COOKIE",
+            "proxy-authorization",
+        ] {
+            assert!(request.is_sensitive(name), "{name}");
+        }
+        assert!(!request.is_sensitive("x-other"));
+        assert_eq!(request.validate(&limits()), Ok(()));
+
+        let mut bad = request.clone();
+        bad.sensitive_headers.push("bad name".to_owned());
+        assert!(matches!(
+            bad.validate(&limits()),
+            Err(Error::InvalidHeaderName { .. })
+        ));
+        let mut many = request;
+        many.sensitive_headers = (0..65).map(|i| format!("x-{i}")).collect();
+        assert!(matches!(
+            many.validate(&limits()),
+            Err(Error::TooManyHeaders { count: 65, .. })
+        ));
+    }
+
+    /// A request survives a plain bincode round trip unchanged (what the actor stored
+    /// before versioned encoding) and a `to_bytes` one.
     #[test]
     fn bincode_round_trip() {
-        let request = TransferRequest::upload("http://127.0.0.1/u", "/tmp/file")
+        let upload = TransferRequest::upload("http://127.0.0.1/u", "/tmp/file")
             .with_method(Method::Post)
-            .with_header("x-a", "b");
-        let bytes = bincode::serialize(&request).expect("serializable");
-        let back: TransferRequest = bincode::deserialize(&bytes).expect("deserializable");
-        assert_eq!(back, request);
+            .with_sensitive_header("x-a", "b");
         let download = TransferRequest::download("http://127.0.0.1/d")
             .with_sha256("ab".repeat(32))
             .with_expected_bytes(7);
-        let bytes = bincode::serialize(&download).expect("serializable");
-        let back: TransferRequest = bincode::deserialize(&bytes).expect("deserializable");
-        assert_eq!(back, download);
+        for request in [upload, download] {
+            let bytes = bincode::serialize(&request).expect("serializable");
+            let back: TransferRequest = bincode::deserialize(&bytes).expect("deserializable");
+            assert_eq!(back, request);
+            assert_eq!(
+                TransferRequest::from_bytes(&request.to_bytes()),
+                Ok(request)
+            );
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! Talking to the server: building a request, sending it under the idle timer, reading
-//! bounded bodies, and classifying every transport error.
+//! Talking to the server: building the request of one hop (redirects are followed by
+//! [`crate::redirect`]), sending it under the idle timer, reading bounded bodies, and
+//! classifying every transport error.
 //!
 //! The idle timer is the engine's own rather than reqwest's `read_timeout`: reqwest's
 //! timer for the response head starts when the request starts and is not reset while a
@@ -7,21 +8,21 @@
 //! whenever a request body chunk is taken or a response chunk arrives.
 
 use std::error::Error as StdError;
-use std::fmt;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use reqwest::header::{ACCEPT_ENCODING, HeaderMap, RETRY_AFTER};
+use reqwest::header::{ACCEPT_ENCODING, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use tokio::time::Instant;
 
 use crate::classify::{
     Classified, FailReason, Response, RetryReason, StatusClass, classify_status,
 };
 use crate::limits::EngineConfig;
-use crate::request::{Target, TransferRequest, is_sensitive_header};
+use crate::redirect::{Hop, is_body_header};
+use crate::request::{Target, TransferRequest};
 use crate::retry_after::RetryAfter;
 
 /// The header carrying a target's idempotency key.
@@ -53,66 +54,45 @@ impl Activity {
     }
 }
 
-/// Why the redirect policy refused to follow.
-#[derive(Debug)]
-pub(crate) enum RedirectRefused {
-    TooMany { redirects_max: usize },
-    Loop,
-    Scheme(String),
-}
-
-impl fmt::Display for RedirectRefused {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RedirectRefused::TooMany { redirects_max } => {
-                write!(f, "more than {redirects_max} redirects")
-            }
-            RedirectRefused::Loop => f.write_str("redirect loop"),
-            RedirectRefused::Scheme(scheme) => write!(f, "redirect to a {scheme:?} URL"),
-        }
-    }
-}
-
-impl StdError for RedirectRefused {}
-
-/// The redirect policy: at most `redirects_max`, http(s) only, no loops. reqwest itself
-/// removes `Authorization`, `Cookie` and `Proxy-Authorization` when a redirect changes
-/// scheme, host or port (its `remove_sensitive_headers`), and the tests check it.
-pub(crate) fn redirect_policy(redirects_max: usize) -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(move |attempt| {
-        if attempt.previous().len() > redirects_max {
-            let error = RedirectRefused::TooMany { redirects_max };
-            return attempt.error(error);
-        }
-        let scheme = attempt.url().scheme().to_owned();
-        if scheme != "http" && scheme != "https" {
-            return attempt.error(RedirectRefused::Scheme(scheme));
-        }
-        if attempt.previous().contains(attempt.url()) {
-            return attempt.error(RedirectRefused::Loop);
-        }
-        attempt.follow()
-    })
-}
-
-/// A request with the caller's headers and the engine's own: `Accept-Encoding: identity`
-/// (offsets must be offsets into the file) and the target's `Idempotency-Key`.
+/// A request for one hop of a redirect chain: the caller's headers (less the sensitive
+/// ones once the chain left the original origin, less those describing a dropped body),
+/// then the engine's own: `Accept-Encoding: identity` (offsets must be offsets into the
+/// file), the target's `Idempotency-Key`, and `extra` (a download's range). Sensitive
+/// values are marked so (hyper never indexes them in HPACK, reqwest's `Debug` hides them).
 pub(crate) fn request_builder(
     client: &reqwest::Client,
     request: &TransferRequest,
-    url: reqwest::Url,
+    hop: &Hop,
     target: &Target,
+    extra: &[(HeaderName, String)],
 ) -> reqwest::RequestBuilder {
-    let mut builder = client.request(request.method.to_reqwest(), url);
+    let mut builder = client.request(hop.method.to_reqwest(), hop.url.clone());
     for (name, value) in &request.headers {
-        if target.idempotency_key.is_some() && name.eq_ignore_ascii_case(IDEMPOTENCY_KEY) {
+        let sensitive = request.is_sensitive(name);
+        let replaced =
+            target.idempotency_key.is_some() && name.eq_ignore_ascii_case(IDEMPOTENCY_KEY);
+        if replaced
+            || (hop.strip_sensitive && sensitive)
+            || (!hop.with_body && is_body_header(name))
+        {
             continue;
         }
-        builder = builder.header(name.as_str(), value.as_str());
+        builder = match HeaderValue::from_str(value) {
+            Ok(mut value) => {
+                value.set_sensitive(sensitive);
+                builder.header(name.as_str(), value)
+            }
+            // Validation refused such values already; if one got here, reqwest reports it
+            // as a builder error (InvalidRequest) without quoting it.
+            Err(_) => builder.header(name.as_str(), value.as_str()),
+        };
     }
     builder = builder.header(ACCEPT_ENCODING, "identity");
     if let Some(key) = &target.idempotency_key {
         builder = builder.header(IDEMPOTENCY_KEY, key.as_str());
+    }
+    for (name, value) in extra {
+        builder = builder.header(name.clone(), value.as_str());
     }
     builder
 }
@@ -179,12 +159,16 @@ pub(crate) async fn read_body_capped(
     Ok((body, false))
 }
 
-/// Response headers as kept in a [`Response`]: lower-case names, sensitive ones dropped,
-/// at most `max`.
-pub(crate) fn response_headers(headers: &HeaderMap, max: usize) -> Vec<(String, String)> {
+/// Response headers as kept in a [`Response`]: lower-case names, sensitive ones dropped
+/// (built-in, and those `request` marked, should the server echo them), at most `max`.
+pub(crate) fn response_headers(
+    headers: &HeaderMap,
+    max: usize,
+    request: &TransferRequest,
+) -> Vec<(String, String)> {
     headers
         .iter()
-        .filter(|(name, _)| !is_sensitive_header(name.as_str()))
+        .filter(|(name, _)| !request.is_sensitive(name.as_str()))
         .take(max)
         .map(|(name, value)| {
             let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -195,7 +179,11 @@ pub(crate) fn response_headers(headers: &HeaderMap, max: usize) -> Vec<(String, 
 
 /// The outcome of a response by its status alone: the caller has already handled the
 /// kind-specific successes, so a `Success` here keeps a capped body like a rejection.
-pub(crate) async fn answer(mut response: reqwest::Response, config: &EngineConfig) -> Classified {
+pub(crate) async fn answer(
+    mut response: reqwest::Response,
+    config: &EngineConfig,
+    request: &TransferRequest,
+) -> Classified {
     let status = response.status().as_u16();
     match classify_status(status) {
         StatusClass::Retry => {
@@ -215,7 +203,11 @@ pub(crate) async fn answer(mut response: reqwest::Response, config: &EngineConfi
             format!("{status} is not a final HTTP status"),
         ),
         class @ (StatusClass::Rejected | StatusClass::Success) => {
-            let headers = response_headers(response.headers(), config.limits.response_headers_max);
+            let headers = response_headers(
+                response.headers(),
+                config.limits.response_headers_max,
+                request,
+            );
             let cap = config.limits.error_body_bytes_max;
             let body = match read_body_capped(&mut response, cap, config.read_idle_timeout).await {
                 Ok((body, _more)) => body,
@@ -241,14 +233,10 @@ pub(crate) async fn answer(mut response: reqwest::Response, config: &EngineConfi
 /// Classifies a reqwest error. reqwest exposes its kinds only as `is_*` predicates, so
 /// this is an ordered chain of tests; the last case is an explicit, documented decision.
 pub(crate) fn classify_error(error: &reqwest::Error) -> Classified {
+    // reqwest quotes the URL, query included; Classified's constructors redact it.
     let message = error_chain(error);
-    if let Some(refused) = find_source::<RedirectRefused>(error) {
-        let reason = match refused {
-            RedirectRefused::TooMany { .. } | RedirectRefused::Loop => FailReason::TooManyRedirects,
-            RedirectRefused::Scheme(_) => FailReason::InvalidRedirect,
-        };
-        return Classified::failed(reason, message);
-    }
+    // The client follows no redirect (`Policy::none()`), so this is unreachable; were a
+    // redirect error to appear, it is one.
     if error.is_redirect() {
         return Classified::failed(FailReason::InvalidRedirect, message);
     }
@@ -324,17 +312,6 @@ fn io_error_kinds(error: &(dyn StdError + 'static)) -> Vec<io::ErrorKind> {
     kinds
 }
 
-fn find_source<'a, T: StdError + 'static>(error: &'a (dyn StdError + 'static)) -> Option<&'a T> {
-    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
-    while let Some(error) = current {
-        if let Some(found) = error.downcast_ref::<T>() {
-            return Some(found);
-        }
-        current = error.source();
-    }
-    None
-}
-
 /// The error and its causes on one line.
 pub(crate) fn error_chain(error: &(dyn StdError + 'static)) -> String {
     let mut message = error.to_string();
@@ -348,4 +325,34 @@ pub(crate) fn error_chain(error: &(dyn StdError + 'static)) -> String {
         current = cause.source();
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A response keeps its headers but the built-in sensitive ones and those the request
+    /// marked, which a server might echo.
+    #[test]
+    fn response_headers_drop_sensitive_ones() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("set-cookie", "session=secret"),
+            ("x-api-key", "secret"),
+            ("X-Api-Key", "secret-again"),
+            ("content-type", "text/plain"),
+        ] {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("a valid name"),
+                HeaderValue::from_static(value),
+            );
+        }
+        let request = TransferRequest::download("http://127.0.0.1/x")
+            .with_sensitive_header("X-API-KEY", "secret");
+        let kept = response_headers(&headers, 10, &request);
+        assert_eq!(
+            kept,
+            vec![("content-type".to_owned(), "text/plain".to_owned())]
+        );
+    }
 }

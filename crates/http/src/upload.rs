@@ -1,5 +1,6 @@
 //! Uploads and data tasks: a request body out (empty, bytes, or a file streamed with its
-//! `Content-Length`), a bounded response body back.
+//! `Content-Length`, sent again on each redirect that keeps the body), a bounded response
+//! body back, kept as received (an encoded body stays encoded).
 
 use std::io;
 use std::path::Path;
@@ -12,6 +13,8 @@ use tokio::sync::watch;
 
 use crate::classify::{Classified, FailReason, Response, StatusClass, classify_status};
 use crate::engine::{Inner, Progress};
+use crate::limits::EngineConfig;
+use crate::redirect;
 use crate::request::{Body, Target, TransferKind, TransferRequest};
 use crate::transport::{self, Activity};
 
@@ -27,35 +30,7 @@ pub(crate) async fn run(
     progress: Option<&watch::Sender<Progress>>,
 ) -> Classified {
     let config = &engine.config;
-    let activity = Activity::new();
-    let mut builder = transport::request_builder(&engine.client, request, url, target);
-    let mut local_error = None;
-    match &request.body {
-        Body::Empty => {}
-        Body::Bytes(bytes) => builder = builder.body(bytes.clone()),
-        Body::File(path) => {
-            let file = match FileBody::open(path, config.limits.upload_file_bytes_max).await {
-                Ok(file) => file,
-                Err(classified) => return classified,
-            };
-            if let Some(progress) = progress {
-                progress.send_replace(Progress {
-                    bytes_done: 0,
-                    bytes_expected: Some(file.length),
-                });
-            }
-            builder = builder.header(CONTENT_LENGTH, file.length);
-            local_error = Some(Arc::clone(&file.error));
-            builder = builder.body(file.into_body(activity.clone(), progress.cloned()));
-        }
-    }
-    let sent = transport::send(builder, config.read_idle_timeout, &activity).await;
-    // A failure to read our own file surfaces as a request error: say what it really was.
-    let local_failure = local_error.and_then(|error| error.lock().ok().and_then(|e| e.clone()));
-    if let Some(message) = local_failure {
-        return Classified::failed(FailReason::LocalDisk, message);
-    }
-    let mut response = match sent {
+    let mut response = match redirect::send(engine, request, url, target, &[], progress).await {
         Ok(response) => response,
         Err(classified) => return classified,
     };
@@ -63,11 +38,15 @@ pub(crate) async fn run(
     match classify_status(status) {
         StatusClass::Success => {}
         StatusClass::Retry | StatusClass::Rejected | StatusClass::Failed => {
-            return transport::answer(response, config).await;
+            return transport::answer(response, config, request).await;
         }
     }
-    let headers =
-        transport::response_headers(response.headers(), config.limits.response_headers_max);
+    // The body is kept as received, `Content-Encoding` included (see the crate docs).
+    let headers = transport::response_headers(
+        response.headers(),
+        config.limits.response_headers_max,
+        request,
+    );
     let (cap, over_cap_fails) = match request.kind {
         TransferKind::Data => (config.limits.data_response_bytes_max, true),
         // The upload succeeded whatever the answer's size: keep its beginning.
@@ -95,13 +74,51 @@ pub(crate) async fn run(
     })
 }
 
+/// Where a file body records the first local read error, so that it is reported as a disk
+/// failure rather than as whatever the client makes of an aborted body.
+pub(crate) type LocalError = Arc<Mutex<Option<String>>>;
+
+/// The local read error recorded, if any.
+pub(crate) fn local_failure(error: &LocalError) -> Option<String> {
+    error.lock().ok().and_then(|slot| slot.clone())
+}
+
+/// Attaches the request body to one hop's request: bytes are sent again as they are, a
+/// file is opened afresh and streamed from its start with its length as `Content-Length`
+/// (progress starts again from zero).
+pub(crate) async fn attach_body(
+    builder: reqwest::RequestBuilder,
+    body: &Body,
+    config: &EngineConfig,
+    activity: &Activity,
+    progress: Option<&watch::Sender<Progress>>,
+) -> Result<(reqwest::RequestBuilder, Option<LocalError>), Classified> {
+    match body {
+        Body::Empty => Ok((builder, None)),
+        Body::Bytes(bytes) => Ok((builder.body(bytes.clone()), None)),
+        Body::File(path) => {
+            let file = FileBody::open(path, config.limits.upload_file_bytes_max).await?;
+            if let Some(progress) = progress {
+                progress.send_replace(Progress {
+                    bytes_done: 0,
+                    bytes_expected: Some(file.length),
+                });
+            }
+            let error = Arc::clone(&file.error);
+            let builder = builder
+                .header(CONTENT_LENGTH, file.length)
+                .body(file.into_body(activity.clone(), progress.cloned()));
+            Ok((builder, Some(error)))
+        }
+    }
+}
+
 /// A file opened for streaming as a request body.
 struct FileBody {
     file: tokio::fs::File,
     length: u64,
-    /// The first local read error, if any, so it is reported as a disk failure rather than
-    /// as whatever the client makes of an aborted body.
-    error: Arc<Mutex<Option<String>>>,
+    /// The first local read error, if any.
+    error: LocalError,
 }
 
 impl FileBody {
@@ -147,7 +164,7 @@ impl FileBody {
             length: u64,
             activity: Activity,
             progress: Option<watch::Sender<Progress>>,
-            error: Arc<Mutex<Option<String>>>,
+            error: LocalError,
         }
         let state = State {
             file: self.file,

@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 const URLS_MAX: usize = 65_536;
 /// The most served ranges remembered per object.
 const RANGES_PER_OBJECT_MAX: usize = 256;
+/// The most request heads remembered per object (the first ones).
+const SEEN_PER_OBJECT_MAX: usize = 16;
+/// The most objects whose request heads are remembered.
+const SEEN_OBJECTS_MAX: usize = 4096;
 
 /// One object response: which bytes it announced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +71,55 @@ impl CountersSnapshot {
             .get(name)
             .map(Vec::as_slice)
             .unwrap_or_default()
+    }
+}
+
+/// A request head as the origin received it, so a test can check what a client sent
+/// (which headers survived a redirect, which method arrived).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenRequest {
+    /// The method.
+    pub method: String,
+    /// Path and query as received.
+    pub target: String,
+    /// The headers, lower-case names, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl SeenRequest {
+    /// The first value of a header (`name` in lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// The first request heads per object, bounded in both directions. Kept apart from
+/// [`CountersSnapshot`], which goes into run reports: heads carry credentials.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    by_object: BTreeMap<String, Vec<SeenRequest>>,
+}
+
+impl Seen {
+    pub(crate) fn record(&mut self, object: &str, request: SeenRequest) {
+        let objects = self.by_object.len();
+        let heads = match self.by_object.get_mut(object) {
+            Some(heads) => heads,
+            None if objects < SEEN_OBJECTS_MAX => {
+                self.by_object.entry(object.to_owned()).or_default()
+            }
+            None => return,
+        };
+        if heads.len() < SEEN_PER_OBJECT_MAX {
+            heads.push(request);
+        }
+    }
+
+    pub(crate) fn for_object(&self, object: &str) -> Vec<SeenRequest> {
+        self.by_object.get(object).cloned().unwrap_or_default()
     }
 }
 

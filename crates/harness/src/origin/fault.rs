@@ -28,6 +28,9 @@ pub(crate) enum Fault {
     Stall {
         after_bytes: u64,
     },
+    Encoding {
+        coding: String,
+    },
 }
 
 /// How a fault's Retry-After is written.
@@ -97,6 +100,19 @@ impl Fault {
                     None => 0,
                 },
             },
+            "encoding" => {
+                let coding = first.ok_or("fault \"encoding\" needs a content coding")?;
+                let token = !coding.is_empty()
+                    && coding.bytes().all(|byte| {
+                        byte.is_ascii_alphanumeric() || b"-._~!#$&'*+^`|".contains(&byte)
+                    });
+                if !token {
+                    return Err(format!("content coding {coding:?} is not a token"));
+                }
+                Fault::Encoding {
+                    coding: coding.to_owned(),
+                }
+            }
             other => return Err(format!("unknown fault {other:?}")),
         };
         if second.is_some() && !matches!(fault, Fault::Status { .. } | Fault::Drip { .. }) {
@@ -147,8 +163,24 @@ mod tests {
         );
         assert_eq!(Fault::parse("lie:7"), Ok(Fault::Lie { sent_bytes: 7 }));
         assert_eq!(Fault::parse("stall"), Ok(Fault::Stall { after_bytes: 0 }));
+        assert_eq!(
+            Fault::parse("encoding:gzip"),
+            Ok(Fault::Encoding {
+                coding: "gzip".into()
+            })
+        );
         for bad in [
-            "", "boom", "reset", "reset:x", "status:5", "drip:1", "lie:1:2",
+            "",
+            "boom",
+            "reset",
+            "reset:x",
+            "status:5",
+            "drip:1",
+            "lie:1:2",
+            "encoding",
+            "encoding:",
+            "encoding:a b",
+            "encoding:gzip:1",
         ] {
             assert!(Fault::parse(bad).is_err(), "{bad}");
         }

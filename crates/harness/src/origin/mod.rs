@@ -8,7 +8,8 @@
 //! |---|---|
 //! | `GET`/`HEAD /objects/<name>?size=N` | the first N bytes of object `<name>` (see [`content`]), with `Range` (one range), `If-Range`, `ETag` and `Last-Modified`; no `size`: 404 |
 //! | `PUT`/`POST /uploads/<name>?size=N` | 201 when the body (with `Content-Length`) is exactly `content(seed, name, 0..N)`, else 422; a repeated `Idempotency-Key` gets the first answer again and counts as a suppressed duplicate |
-//! | `GET /redirect?to=URL[&hops=H][&status=3xx]` | a redirect (302 by default) to `URL` after H hops through itself |
+//! | `* /redirect?to=URL[&hops=H][&status=3xx]` | a redirect (302 by default) to `URL` (sent as given: any scheme, or garbage) after H hops through itself; a request body is read first |
+//! | `* /redirect?location=omit[&status=3xx]` | the redirect status without a `Location` |
 //! | `GET /loop` | a redirect to itself |
 //! | `* /echo` | the request's headers, one `name: value` line each |
 //!
@@ -28,7 +29,9 @@
 //!
 //! [`CountersSnapshot`]: requests in total, per URL and per object, body bytes served and
 //! ranges announced per object, resets, uploads received, duplicates suppressed,
-//! mismatches.
+//! mismatches. Apart from them (they carry credentials, and snapshots go into reports),
+//! [`Origin::requests_seen`] returns the first request heads of an object or upload name:
+//! method, target and headers as received.
 
 mod content;
 mod counters;
@@ -47,7 +50,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 pub use content::{content, matches, sha256};
-pub use counters::{CountersSnapshot, ServedRange};
+pub use counters::{CountersSnapshot, SeenRequest, ServedRange};
 
 /// The most connections served at once; more are closed on accept.
 const CONNECTIONS_MAX: usize = 1024;
@@ -103,6 +106,7 @@ impl Drop for InFlight<'_> {
 #[derive(Debug, Default)]
 struct State {
     counters: counters::Counters,
+    seen: counters::Seen,
     /// The first answer to each idempotency key: (status, body).
     upload_answers: HashMap<String, (u16, String)>,
 }
@@ -115,6 +119,20 @@ impl Shared {
 
     pub(crate) fn count(&self, url: &str, object: Option<&str>) -> u64 {
         self.lock().counters.request(url, object)
+    }
+
+    /// Remembers what a request for `object` looked like.
+    pub(crate) fn seen(&self, object: &str, head: &wire::RequestHead) {
+        let request = SeenRequest {
+            method: head.method.clone(),
+            target: head.target.clone(),
+            headers: head.headers.clone(),
+        };
+        self.lock().seen.record(object, request);
+    }
+
+    fn requests_seen(&self, object: &str) -> Vec<SeenRequest> {
+        self.lock().seen.for_object(object)
     }
 
     pub(crate) fn served(&self, object: &str, range: ServedRange) {
@@ -277,6 +295,11 @@ impl Origin {
     pub fn counters(&self) -> CountersSnapshot {
         self.shared.snapshot()
     }
+
+    /// The first request heads (up to 16) received for an object or upload name, in order.
+    pub fn requests_seen(&self, name: &str) -> Vec<SeenRequest> {
+        self.shared.requests_seen(name)
+    }
 }
 
 impl Drop for Origin {
@@ -314,6 +337,11 @@ impl OriginHandle {
     /// A copy of the counters.
     pub fn counters(&self) -> CountersSnapshot {
         self.shared.snapshot()
+    }
+
+    /// The first request heads (up to 16) received for an object or upload name, in order.
+    pub fn requests_seen(&self, name: &str) -> Vec<SeenRequest> {
+        self.shared.requests_seen(name)
     }
 }
 

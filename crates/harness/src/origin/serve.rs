@@ -52,7 +52,7 @@ async fn handle(stream: &mut TcpStream, shared: &Shared) -> io::Result<()> {
     }
     shared.count(&head.target, None);
     match path.as_str() {
-        "/redirect" => redirect(stream, &head).await,
+        "/redirect" => redirect(stream, &head, early_body).await,
         "/loop" => write_simple(stream, 302, &[("Location", "/loop".to_owned())], b"").await,
         "/echo" => echo(stream, &head).await,
         _ => write_simple(stream, 404, &[], b"no such resource\n").await,
@@ -101,6 +101,7 @@ async fn object(
     name: &str,
 ) -> io::Result<()> {
     let number = shared.count(&head.target, Some(name));
+    shared.seen(name, head);
     let mut in_flight = InFlight::start(shared);
     let is_head = match head.method.as_str() {
         "GET" => false,
@@ -164,6 +165,9 @@ async fn object(
     };
 
     let mut headers = vec![("Content-Type", "application/octet-stream".to_owned())];
+    if let Some(Fault::Encoding { coding }) = &program.fault {
+        headers.push(("Content-Encoding", coding.clone()));
+    }
     if !ranges_ignored {
         headers.push(("Accept-Ranges", "bytes".to_owned()));
     }
@@ -227,7 +231,9 @@ async fn send_body(
         Some(Fault::Drip { bytes, interval }) => {
             (length, (*bytes).min(BODY_CHUNK_BYTES), Some(*interval))
         }
-        Some(Fault::Status { .. }) | None => (length, BODY_CHUNK_BYTES, None),
+        Some(Fault::Status { .. }) | Some(Fault::Encoding { .. }) | None => {
+            (length, BODY_CHUNK_BYTES, None)
+        }
     };
     let mut buffer = vec![0u8; usize::try_from(piece.min(limit)).unwrap_or(0)];
     let mut sent = 0;
@@ -255,9 +261,11 @@ async fn send_body(
         }
         Some(Fault::Stall { .. }) => hold(stream).await,
         // A lying Content-Length ends like an honest one: a clean close, too early.
-        Some(Fault::Lie { .. }) | Some(Fault::Drip { .. }) | Some(Fault::Status { .. }) | None => {
-            stream.shutdown().await
-        }
+        Some(Fault::Lie { .. })
+        | Some(Fault::Drip { .. })
+        | Some(Fault::Status { .. })
+        | Some(Fault::Encoding { .. })
+        | None => stream.shutdown().await,
     }
 }
 
@@ -284,6 +292,7 @@ async fn upload(
     early_body: Vec<u8>,
 ) -> io::Result<()> {
     let number = shared.count(&head.target, Some(name));
+    shared.seen(name, head);
     if head.method != "PUT" && head.method != "POST" {
         let allow = [("Allow", "PUT, POST".to_owned())];
         return write_simple(stream, 405, &allow, b"").await;
@@ -354,8 +363,12 @@ async fn upload(
             return write_simple(stream, code, &headers, b"").await;
         }
         Some(Fault::Stall { .. }) => return hold(stream).await,
-        // Resets were handled while reading; drips and lies shape downloads only.
-        Some(Fault::Reset { .. }) | Some(Fault::Drip { .. }) | Some(Fault::Lie { .. }) | None => {}
+        // Resets were handled while reading; drips, lies and encodings shape downloads only.
+        Some(Fault::Reset { .. })
+        | Some(Fault::Drip { .. })
+        | Some(Fault::Lie { .. })
+        | Some(Fault::Encoding { .. })
+        | None => {}
     }
     let (status, body) =
         shared.upload_answer(name, head.header("idempotency-key"), matched, length);
@@ -363,7 +376,24 @@ async fn upload(
     stream.shutdown().await
 }
 
-async fn redirect(stream: &mut TcpStream, head: &RequestHead) -> io::Result<()> {
+async fn redirect(
+    stream: &mut TcpStream,
+    head: &RequestHead,
+    early_body: Vec<u8>,
+) -> io::Result<()> {
+    // Read the request body first: closing a socket with unread bytes sends a reset, which
+    // could reach the client before the redirect does.
+    if !drain_body(stream, head, early_body).await? {
+        return Ok(());
+    }
+    let status = head
+        .param("status")
+        .and_then(|status| status.parse::<u16>().ok())
+        .filter(|status| (300..400).contains(status))
+        .unwrap_or(302);
+    if head.param("location") == Some("omit") {
+        return write_simple(stream, status, &[], b"").await;
+    }
     let Some(to) = head.param("to") else {
         return write_simple(stream, 400, &[], b"the to parameter is missing\n").await;
     };
@@ -371,11 +401,6 @@ async fn redirect(stream: &mut TcpStream, head: &RequestHead) -> io::Result<()> 
         .param("hops")
         .and_then(|hops| hops.parse::<u64>().ok())
         .unwrap_or(1);
-    let status = head
-        .param("status")
-        .and_then(|status| status.parse::<u16>().ok())
-        .filter(|status| (300..400).contains(status))
-        .unwrap_or(302);
     let location = if hops > 1 {
         format!(
             "/redirect?to={}&hops={}&status={status}",
@@ -386,6 +411,31 @@ async fn redirect(stream: &mut TcpStream, head: &RequestHead) -> io::Result<()> 
         to.to_owned()
     };
     write_simple(stream, status, &[("Location", location)], b"").await
+}
+
+/// Reads and drops a request body announced by `Content-Length` (at most
+/// [`UPLOAD_BYTES_MAX`]); false when the client left before its end.
+async fn drain_body(
+    stream: &mut TcpStream,
+    head: &RequestHead,
+    early_body: Vec<u8>,
+) -> io::Result<bool> {
+    let length = head
+        .header("content-length")
+        .and_then(|value| value.parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(UPLOAD_BYTES_MAX);
+    let mut received = early_body.len() as u64;
+    let mut buffer = vec![0u8; BODY_CHUNK_BYTES as usize];
+    while received < length {
+        let want = usize::try_from((length - received).min(BODY_CHUNK_BYTES)).unwrap_or(0);
+        let read = stream.read(&mut buffer[..want]).await?;
+        if read == 0 {
+            return Ok(false);
+        }
+        received += read as u64;
+    }
+    Ok(true)
 }
 
 async fn echo(stream: &mut TcpStream, head: &RequestHead) -> io::Result<()> {

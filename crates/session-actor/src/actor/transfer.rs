@@ -130,7 +130,8 @@ pub(crate) fn classify(classified: Classified, now_ms: u64) -> TransferResult {
                 | FailReason::LocalDisk
                 | FailReason::Verification(_)
                 | FailReason::ResponseTooLarge
-                | FailReason::UnexpectedStatus(_) => FailureReason::Transfer,
+                | FailReason::UnexpectedStatus(_)
+                | FailReason::UnsupportedContentEncoding(_) => FailureReason::Transfer,
             };
             TransferResult::Failed(Failure {
                 reason: reason_kind,
