@@ -348,3 +348,49 @@ fn missing_binaries_fail_when_required() {
 fn open_to_everyone(dir: &Path) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
+
+/// `bench pg-client` commits exactly the rows each shape must (its own row-count check
+/// passes, one unit per batch short for the failing shapes) with the round trips its
+/// shape promises, on tiny counts.
+#[test]
+fn bench_pg_client_commits_what_each_shape_promises() {
+    let Some(binaries) = binaries_or_skip("bench_pg_client_commits_what_each_shape_promises")
+    else {
+        return;
+    };
+    let args = session_harness::bench::pg_client::PgClientArgs {
+        single_transactions: 20,
+        batches: 3,
+        batch_units: 10,
+        runs: 1,
+        json: true,
+    };
+    let report = session_harness::bench::pg_client::run(&args).expect("bench pg-client");
+    let shape = |name: &str| {
+        report
+            .shapes
+            .iter()
+            .find(|shape| shape.name == name)
+            .unwrap_or_else(|| panic!("no shape {name}"))
+    };
+    let expected = [
+        ("single", 1.0, Some(1.0)),
+        ("batch_round_trips", 10.0, Some(12.0)),
+        ("batch_savepoint_round_trips", 10.0, Some(32.0)),
+        ("batch_pipelined", 10.0, Some(2.0)),
+        ("batch_unnest", 10.0, Some(1.0)),
+        ("batch_savepoint_pipelined", 10.0, Some(2.0)),
+        ("batch_savepoint_simple_query", 10.0, Some(1.0)),
+        ("batch_savepoint_pipelined_one_failing", 9.0, Some(3.0)),
+        ("batch_pipelined_one_failing_rerun", 9.0, Some(4.0)),
+    ];
+    for (name, rows, round_trips) in expected {
+        let measured = shape(name);
+        assert_eq!(measured.rows_per_transaction, rows, "{name}");
+        assert_eq!(measured.round_trips_per_transaction, round_trips, "{name}");
+        assert!(measured.rows_per_s_median > 0.0, "{name}");
+    }
+    if binaries.tool("pgbench").is_some() {
+        assert_eq!(shape("pgbench_single").rows_per_transaction, 1.0);
+    }
+}

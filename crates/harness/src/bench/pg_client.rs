@@ -26,6 +26,13 @@
 //! median, minimum and maximum over the runs. Before each measurement the table is
 //! emptied; after it, its row count is checked against what the shape must have
 //! committed. Round trips are counted, not assumed: one per awaited exchange.
+//!
+//! Two behaviours of PostgreSQL the pipelined shapes rely on, which the writer will too:
+//! tokio-postgres ends every statement with its own Sync, so after a failing statement
+//! the server refuses each later one of the pipeline with SQLSTATE 25P02 (none is skipped
+//! silently, and the first error names the failing unit); and a COMMIT of an aborted
+//! transaction succeeds as a ROLLBACK, so COMMIT is sent only after every reply of the
+//! batch was checked, never pipelined behind the units.
 
 use std::cell::Cell;
 use std::future::Future;

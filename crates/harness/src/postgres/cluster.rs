@@ -37,6 +37,8 @@ const LOG_TAIL_BYTES_MAX: u64 = 64 * 1024;
 const SOCKET_PATH_BYTES_MAX: usize = 107;
 /// The socket's name under its directory at the widest port, with its slash.
 const SOCKET_NAME_BYTES_MAX: usize = "/.s.PGSQL.65535".len();
+// The message of `check_path_supported` names the longest directory path.
+const _: () = assert!(SOCKET_PATH_BYTES_MAX - SOCKET_NAME_BYTES_MAX == 92);
 /// The prefix of [`Cluster::start_temp`]'s directories.
 const TEMP_PREFIX: &str = "bgsession-pg-";
 /// What the server log says when its TCP port is taken (messages are in English: every
@@ -253,7 +255,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // A server stopped under the cluster (`stop_dir`, by hand) is nothing to warn about.
         if self.running
+            && self.server.is_running().unwrap_or(true)
             && let Err(error) = self.server.stop(StopMode::Immediate)
         {
             tracing::warn!(%error, dir = %self.server.dir.display(), "stopping a PostgreSQL cluster on drop");
