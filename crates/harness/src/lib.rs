@@ -11,3 +11,5 @@ pub mod bench;
 pub mod crash;
 /// The origin server: deterministic content and fault programs on 127.0.0.1.
 pub mod origin;
+/// Throwaway PostgreSQL clusters for tests, the crash harness and benchmarks.
+pub mod postgres;

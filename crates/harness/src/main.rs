@@ -1,5 +1,6 @@
 //! `session-harness`: bgsession's fault-injection harness, origin server and benchmarks.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,11 @@ enum Command {
         #[command(subcommand)]
         which: BenchCommand,
     },
+    /// Throwaway PostgreSQL clusters for the PostgreSQL backend and the crash harness.
+    Postgres {
+        #[command(subcommand)]
+        which: PostgresCommand,
+    },
     /// Runs the origin server on 127.0.0.1 in the foreground and prints its address.
     Origin {
         /// The port to listen on (0 picks a free one).
@@ -41,11 +47,34 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum PostgresCommand {
+    /// Starts the cluster of --dir (initdb first when the directory is missing or empty),
+    /// prints its URL on stdout and exits, leaving the server running.
+    Start {
+        /// The cluster directory: data/, postgres.log and the unix socket go inside.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The port on 127.0.0.1 (by default a free one).
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Stops the server of --dir (a clean shutdown); a server not running is no error.
+    Stop {
+        /// The cluster directory given to `start`.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Download throughput and memory of the engine against curl, from the origin.
     Download(session_harness::bench::download::DownloadArgs),
     /// Delivery throughput of waiting events to a transactional delegate.
     Events(session_harness::bench::events::EventsArgs),
+    /// Durable INSERTs per second into a throwaway PostgreSQL cluster, per statement
+    /// shape of the future PostgreSQL writer, against pgbench.
+    PgClient(session_harness::bench::pg_client::PgClientArgs),
     /// Recovery time and memory for a large store.
     Recovery(session_harness::bench::recovery::RecoveryArgs),
     /// Durable units per second through the store's group-commit writer, against one
@@ -66,12 +95,16 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(anyhow::Error::from)
         }
+        Command::Postgres { which } => postgres(which),
         Command::Bench { which } => match which {
             BenchCommand::Download(args) => {
                 session_harness::bench::download::run(&args).map(|_| ExitCode::SUCCESS)
             }
             BenchCommand::Events(args) => {
                 session_harness::bench::events::run(&args).map(|_| ExitCode::SUCCESS)
+            }
+            BenchCommand::PgClient(args) => {
+                session_harness::bench::pg_client::run(&args).map(|_| ExitCode::SUCCESS)
             }
             BenchCommand::Recovery(args) => {
                 session_harness::bench::recovery::run(&args).map(|_| ExitCode::SUCCESS)
@@ -88,4 +121,29 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn postgres(which: PostgresCommand) -> anyhow::Result<ExitCode> {
+    use session_harness::postgres::{Cluster, StartOptions, StopOutcome, stop_dir};
+    match which {
+        PostgresCommand::Start { dir, port } => {
+            let options = StartOptions {
+                port,
+                ..StartOptions::default()
+            };
+            let cluster = Cluster::start(&dir, &options)?;
+            println!("{}", cluster.url());
+            cluster.detach();
+        }
+        PostgresCommand::Stop { dir } => match stop_dir(&dir)? {
+            StopOutcome::Stopped => {}
+            StopOutcome::NotRunning => {
+                eprintln!(
+                    "session-harness: no server was running on {}",
+                    dir.display()
+                );
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
 }

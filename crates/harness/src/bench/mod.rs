@@ -3,12 +3,15 @@
 //!
 //! - `events`: delivery throughput to a transactional delegate.
 //! - `download`: the engine's download throughput and memory against curl.
+//! - `pg-client`: durable INSERTs per second into PostgreSQL, per statement shape, against
+//!   pgbench.
 //! - `recovery`: opening a large store and bringing every session back up.
 //! - `rss`: memory figures of the running process.
 //! - `store`: durable units per second through the store's group-commit writer.
 
 pub mod download;
 pub mod events;
+pub mod pg_client;
 pub mod recovery;
 pub mod rss;
 pub mod store;
