@@ -6,6 +6,8 @@
 //! [`Snapshot`]s usable from any thread.
 //!
 //! - `ids`: validated session and task identifiers.
+//! - `identity`: the identity file that makes a directory remember it held a store.
+//! - `check`: [`check_dir`] and the checks of the data file run before LMDB maps it.
 //! - `records`: the persisted session, task and event records and their validation.
 //! - `error`: the crate's one error type.
 //! - `options`: [`StoreOptions`] and the limits they default to.
@@ -23,8 +25,10 @@
 #![warn(missing_docs)]
 
 mod app_table;
+mod check;
 mod error;
 mod gate;
+mod identity;
 mod ids;
 mod keys;
 mod options;
@@ -42,11 +46,14 @@ mod writer;
 pub use heed;
 
 pub use app_table::{AppTable, ReadScope};
-pub use error::{Error, Result};
+pub use check::{CheckReport, TableReport, check_dir};
+pub use error::{Error, ErrorKind, Result};
+pub use identity::{IDENTITY_FILE_NAME, StoreIdentity};
 pub use ids::{IDENTIFIER_BYTES_MAX, IdentifierKind, SessionId, TaskId, validate_identifier};
 pub use options::{
-    APP_TABLE_NAME_BYTES_MAX, APP_TABLES_MAX, BATCH_UNITS_MAX, MAP_SIZE_BYTES_INITIAL,
-    MAP_SIZE_BYTES_MAX, QUEUE_UNITS_MAX, READERS_MAX, StoreOptions,
+    APP_TABLE_NAME_BYTES_MAX, APP_TABLES_MAX, BATCH_UNITS_MAX, CHECK_DATA_BYTES_MAX, CheckAtOpen,
+    MAP_SIZE_BYTES_INITIAL, MAP_SIZE_BYTES_MAX, QUEUE_UNITS_MAX, READERS_MAX, SNAPSHOT_AGE_MS_MAX,
+    StoreOptions,
 };
 pub use records::*;
 pub use scope::{APP_KEY_BYTES_MAX, APP_VALUE_BYTES_MAX, WriteScope};
