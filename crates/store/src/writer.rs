@@ -211,7 +211,10 @@ pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
     }
     // SAFETY: statvfs returned 0, so it initialized the struct.
     let stat = unsafe { stat.assume_init() };
-    Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+    // The field types are u64 on 64-bit Linux but not on every target.
+    #[allow(clippy::useless_conversion)]
+    let (blocks, block_bytes) = (u64::from(stat.f_bavail), u64::from(stat.f_frsize));
+    Some(blocks.saturating_mul(block_bytes))
 }
 
 /// The free bytes, if `error` is what LMDB reports for a write that found the file

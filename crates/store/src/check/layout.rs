@@ -314,7 +314,7 @@ pub(crate) fn node(page: &[u8], index: usize, branch: bool) -> Result<Node<'_>, 
     let pointer_at = PAGE_HEADER_BYTES + 2 * index;
     let offset = usize::from(u16_at(page, pointer_at));
     let header = PageHeader::parse(page);
-    if offset < usize::from(header.upper) || offset % 2 != 0 {
+    if offset < usize::from(header.upper) || !offset.is_multiple_of(2) {
         return Err(format!(
             "node {index} is at offset {offset}, outside the node area {}..{} or odd",
             header.upper,

@@ -98,7 +98,7 @@ pub(crate) struct DataFile {
 pub(crate) enum DataFileState {
     Missing,
     Empty,
-    Present(DataFile),
+    Present(Box<DataFile>),
 }
 
 impl DataFileState {
@@ -135,7 +135,11 @@ pub(crate) fn open_data_file(dir: &Path) -> Result<DataFileState> {
     }
     let choice = walk::read_meta(&file, &path, os_page_bytes())?;
     walk::check_length(&file, &path, choice)?;
-    Ok(DataFileState::Present(DataFile { path, file, choice }))
+    Ok(DataFileState::Present(Box::new(DataFile {
+        path,
+        file,
+        choice,
+    })))
 }
 
 impl DataFile {

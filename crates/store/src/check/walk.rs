@@ -258,7 +258,7 @@ impl<'f> Walker<'f> {
     /// Marks `pages` pages from `pgno` as reached and reads the first one.
     fn claim(&mut self, pgno: u64, pages: u64, name: &TreeName) -> Result<Vec<u8>> {
         let last = self.choice.meta.last_pgno;
-        let end = pgno.checked_add(pages).unwrap_or(u64::MAX);
+        let end = pgno.saturating_add(pages);
         if pgno < META_PAGES || end.saturating_sub(1) > last {
             return Err(self.page_error(
                 pgno,
@@ -380,7 +380,7 @@ impl<'f> Walker<'f> {
         }
         let (lower, upper) = (usize::from(header.lower), usize::from(header.upper));
         if lower < PAGE_HEADER_BYTES
-            || (lower - PAGE_HEADER_BYTES) % 2 != 0
+            || !(lower - PAGE_HEADER_BYTES).is_multiple_of(2)
             || lower > upper
             || upper > page.len()
         {
@@ -559,7 +559,7 @@ impl<'f> Walker<'f> {
                 ),
             )
         };
-        if list.len() < 8 || list.len() % 8 != 0 {
+        if list.len() < 8 || !list.len().is_multiple_of(8) {
             return Err(damaged(format!(
                 "it is {} bytes, not a list of page numbers",
                 list.len()
