@@ -3,7 +3,13 @@
 //!
 //! A [`Store`] is one LMDB environment in one directory, owned by one process at a time.
 //! Writes are units of work run by a single writer thread, many to a commit; reads are
-//! [`Snapshot`]s usable from any thread.
+//! [`Snapshot`]s usable from any thread. [`Store::close`] shuts it down cleanly.
+//!
+//! LMDB trusts its file: it has no checksums, and a truncated file or a damaged page
+//! makes it fault. So `Store::open` reads the meta pages and checks the file's length
+//! with plain reads before LMDB maps it, and (see [`CheckAtOpen`]) walks every page and
+//! record; [`check_dir`] runs the same checks on a closed store. Every error has a
+//! [`kind`](Error::kind) that code above the store can act on.
 //!
 //! - `ids`: validated session and task identifiers.
 //! - `identity`: the identity file that makes a directory remember it held a store.

@@ -332,7 +332,8 @@ impl Store {
         Ok(())
     }
 
-    /// What the full check at open found, if it ran (see [`CheckAtOpen`](crate::CheckAtOpen)).
+    /// What the full check at open found, if it ran: `None` for a new store and when
+    /// [`CheckAtOpen`](crate::CheckAtOpen) skipped it.
     pub fn check_report(&self) -> Option<&CheckReport> {
         self.inner.check_report.as_ref()
     }
