@@ -406,12 +406,13 @@ fn a_damaged_record_is_a_typed_error_at_open_or_first_read() {
     }
 }
 
-/// The newer meta page damaged (its main root pointing past the last page, or its
-/// magic), or both meta pages damaged, is `CorruptFile` at open.
+/// The newer meta page damaged (its main root pointing past the last page, its last
+/// page far past the file, or its magic), or both meta pages damaged, is `CorruptFile`
+/// at open.
 #[test]
 fn damaged_meta_pages_are_a_typed_error() {
     let page_bytes = page_bytes();
-    for damage in ["newer-root", "newer-magic", "both"] {
+    for damage in ["newer-root", "newer-last-page", "newer-magic", "both"] {
         let dir = built();
         let path = data_file(dir.path());
         let txnids = [read_u64(&path, 144), read_u64(&path, page_bytes + 144)];
@@ -420,6 +421,10 @@ fn damaged_meta_pages_are_a_typed_error() {
         match damage {
             // `mm_dbs[MAIN_DBI].md_root` is at byte 128 of a meta page.
             "newer-root" => write_bytes(&path, meta_at(newer) + 128, &(1_u64 << 40).to_ne_bytes()),
+            // `mm_last_pg` is at byte 136.
+            "newer-last-page" => {
+                write_bytes(&path, meta_at(newer) + 136, &(1_u64 << 36).to_ne_bytes())
+            }
             "newer-magic" => write_bytes(&path, meta_at(newer) + 16, &[0; 4]),
             _ => {
                 write_bytes(&path, meta_at(0) + 16, &[0; 4]);

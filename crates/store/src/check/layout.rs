@@ -219,6 +219,14 @@ impl Meta {
         if self.last_pgno < META_PAGES - 1 {
             return Some(format!("its last page is {}", self.last_pgno));
         }
+        // LMDB never commits past its map, and records the map size with each commit.
+        let used_bytes = (self.last_pgno + 1).saturating_mul(u64::from(self.page_bytes()));
+        if used_bytes > self.map_size_bytes {
+            return Some(format!(
+                "its last page {} lies past its own map size of {} bytes",
+                self.last_pgno, self.map_size_bytes
+            ));
+        }
         for (name, db) in [("free", &self.free), ("main", &self.main)] {
             if let Some(damage) = root_damage(db, self.last_pgno) {
                 return Some(format!("the {name} database's {damage}"));
