@@ -316,28 +316,38 @@ fn a_truncated_data_file_is_a_typed_error() {
     }
 }
 
-/// Flipped bytes in the header of a leaf page of the tasks table (its flags, lower and
-/// upper bounds) are `CorruptFile` naming that page, at open.
+/// Flipped bytes in the header of a leaf page of the tasks table are `CorruptFile`
+/// naming that page, at open: its flags, lower and upper bounds (LMDB would report
+/// "corrupted" at the first read), or its page number (LMDB would not notice, and its
+/// next write of the page would free the page the header names, still in use).
 #[test]
 fn a_damaged_page_header_is_a_typed_error() {
-    let dir = compacted();
-    let path = data_file(dir.path());
-    let page = tasks_leaf_page(&path);
-    let at = page * page_bytes() + PAGE_FLAGS_AT as u64;
-    let mut header = [0_u8; 6];
-    fs::File::open(&path)
-        .and_then(|file| file.read_exact_at(&mut header, at))
-        .expect("read the header");
-    for byte in &mut header {
-        *byte ^= 0x5a;
+    for damage in ["kind", "number"] {
+        let dir = compacted();
+        let path = data_file(dir.path());
+        let page = tasks_leaf_page(&path);
+        let page_at = page * page_bytes();
+        match damage {
+            "kind" => {
+                let at = page_at + PAGE_FLAGS_AT as u64;
+                let mut header = [0_u8; 6];
+                fs::File::open(&path)
+                    .and_then(|file| file.read_exact_at(&mut header, at))
+                    .expect("read the header");
+                for byte in &mut header {
+                    *byte ^= 0x5a;
+                }
+                write_bytes(&path, at, &header);
+            }
+            _ => write_bytes(&path, page_at, &(page + 1).to_ne_bytes()),
+        }
+        let outcome = run_child(dir.path(), false);
+        assert_typed(&outcome, "open", ErrorKind::Corrupt, "CorruptFile");
+        assert!(
+            outcome.contains(&format!("page: Some({page})")),
+            "{damage}: {outcome}"
+        );
     }
-    write_bytes(&path, at, &header);
-    let outcome = run_child(dir.path(), false);
-    assert_typed(&outcome, "open", ErrorKind::Corrupt, "CorruptFile");
-    assert!(
-        outcome.contains(&format!("page: Some({page})")),
-        "{outcome}"
-    );
 }
 
 /// Flipped bytes in a node of a leaf page of the tasks table: a node header whose data
