@@ -189,8 +189,9 @@ fn close_waits_a_bounded_time_for_snapshots() {
     Store::open(dir.path(), options()).expect("the directory opens");
 }
 
-/// Fills the file system holding `path` with a file there; returns its path.
-fn fill(dir: &Path) -> std::path::PathBuf {
+/// Fills the file system holding `dir` with a file there, then gives back `left_bytes`
+/// of it; returns its path.
+fn fill(dir: &Path, left_bytes: u64) -> std::path::PathBuf {
     let path = dir.join("filler");
     let mut file = File::create(&path).expect("create the filler");
     let chunk = vec![0x55_u8; 64 * 1024];
@@ -205,47 +206,53 @@ fn fill(dir: &Path) -> std::path::PathBuf {
     // A last partial chunk may still fit.
     let small = vec![0x55_u8; 512];
     while file.write(&small).map(|n| n > 0).unwrap_or(false) {}
+    let len = file.metadata().expect("filler metadata").len();
+    file.set_len(len.saturating_sub(left_bytes))
+        .expect("give back room");
     path
 }
 
 /// On a full 8 MiB tmpfs a write fails with `StorageFull` (kind `Full`) naming the
-/// directory, not "Input/output error"; every acknowledged write is still there; after
-/// the filler is removed the same write succeeds on the same open store, and everything
-/// survives a reopen.
+/// directory, not an LMDB I/O error: with no room at all (the kernel refuses the write:
+/// ENOSPC) and with 64 KiB left (the kernel cuts the write short and LMDB says EIO).
+/// Every acknowledged write is still there; after the filler is removed the same write
+/// succeeds on the same open store, and everything survives a reopen.
 #[test]
 fn a_full_file_system_is_storage_full() {
-    let Some(tmpfs) = mount_tmpfs("a_full_file_system_is_storage_full", 8 << 20) else {
-        return;
-    };
-    let dir = tmpfs.path().join("store");
-    let store = Store::open(&dir, options()).expect("open on the tmpfs");
-    let acknowledged: Vec<String> = (0..8).map(|n| format!("ack-{n}")).collect();
-    for key in &acknowledged {
-        put(&store, key, 64 * 1024).expect("a write with room commits");
-    }
-    let filler = fill(tmpfs.path());
-    let result = put(&store, "big", 1024 * 1024);
-    assert!(
-        matches!(&result, Err(error @ Error::StorageFull { dir: full, .. })
-            if *full == dir && error.kind() == ErrorKind::Full),
-        "{result:?}"
-    );
-    for key in &acknowledged {
-        assert_eq!(
-            get(&store, key),
-            Some(64 * 1024),
-            "{key} survives the failed write"
+    for left_bytes in [0, 64 * 1024] {
+        let Some(tmpfs) = mount_tmpfs("a_full_file_system_is_storage_full", 8 << 20) else {
+            return;
+        };
+        let dir = tmpfs.path().join("store");
+        let store = Store::open(&dir, options()).expect("open on the tmpfs");
+        let acknowledged: Vec<String> = (0..8).map(|n| format!("ack-{n}")).collect();
+        for key in &acknowledged {
+            put(&store, key, 64 * 1024).expect("a write with room commits");
+        }
+        let filler = fill(tmpfs.path(), left_bytes);
+        let result = put(&store, "big", 1024 * 1024);
+        assert!(
+            matches!(&result, Err(error @ Error::StorageFull { dir: full, .. })
+                if *full == dir && error.kind() == ErrorKind::Full),
+            "{left_bytes} bytes left: {result:?}"
         );
+        for key in &acknowledged {
+            assert_eq!(
+                get(&store, key),
+                Some(64 * 1024),
+                "{key} survives the failed write"
+            );
+        }
+        assert_eq!(get(&store, "big"), None);
+        fs::remove_file(&filler).expect("remove the filler");
+        put(&store, "big", 1024 * 1024).expect("with room again the same write commits");
+        store.close().expect("close");
+        drop(store);
+        let store = Store::open(&dir, options()).expect("reopen");
+        for key in &acknowledged {
+            assert_eq!(get(&store, key), Some(64 * 1024));
+        }
+        assert_eq!(get(&store, "big"), Some(1024 * 1024));
+        store.close().expect("close before unmounting");
     }
-    assert_eq!(get(&store, "big"), None);
-    fs::remove_file(&filler).expect("remove the filler");
-    put(&store, "big", 1024 * 1024).expect("with room again the same write commits");
-    store.close().expect("close");
-    drop(store);
-    let store = Store::open(&dir, options()).expect("reopen");
-    for key in &acknowledged {
-        assert_eq!(get(&store, key), Some(64 * 1024));
-    }
-    assert_eq!(get(&store, "big"), Some(1024 * 1024));
-    store.close().expect("close before unmounting");
 }
