@@ -361,3 +361,27 @@ fn lmdb_kind(error: &heed::Error) -> ErrorKind {
         _ => ErrorKind::Internal,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// LMDB's errors get the kind a caller can act on: a full disk is `Full` whatever
+    /// heed wraps it in, LMDB's corruption codes are `Corrupt`.
+    #[test]
+    fn lmdb_errors_have_kinds() {
+        let lmdb = |error| Error::lmdb("testing", error);
+        let os = |code| heed::Error::Io(std::io::Error::from_raw_os_error(code));
+        assert_eq!(lmdb(os(libc::ENOSPC)).kind(), ErrorKind::Full);
+        assert_eq!(lmdb(os(libc::EIO)).kind(), ErrorKind::Io);
+        let mdb = |error| heed::Error::Mdb(error);
+        assert_eq!(lmdb(mdb(heed::MdbError::Corrupted)).kind(), ErrorKind::Corrupt);
+        assert_eq!(lmdb(mdb(heed::MdbError::PageNotFound)).kind(), ErrorKind::Corrupt);
+        assert_eq!(lmdb(mdb(heed::MdbError::MapFull)).kind(), ErrorKind::Full);
+        assert_eq!(lmdb(heed::Error::EnvAlreadyOpened).kind(), ErrorKind::Locked);
+        let dir = PathBuf::from("/d");
+        assert_eq!(Error::Closed { dir: dir.clone() }.kind(), ErrorKind::Closed);
+        assert_eq!(Error::Locked { dir }.kind(), ErrorKind::Locked);
+        assert_eq!(Error::ReentrantWrite.kind(), ErrorKind::InvalidInput);
+    }
+}
