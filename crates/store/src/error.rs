@@ -375,10 +375,19 @@ mod tests {
         assert_eq!(lmdb(os(libc::ENOSPC)).kind(), ErrorKind::Full);
         assert_eq!(lmdb(os(libc::EIO)).kind(), ErrorKind::Io);
         let mdb = |error| heed::Error::Mdb(error);
-        assert_eq!(lmdb(mdb(heed::MdbError::Corrupted)).kind(), ErrorKind::Corrupt);
-        assert_eq!(lmdb(mdb(heed::MdbError::PageNotFound)).kind(), ErrorKind::Corrupt);
+        assert_eq!(
+            lmdb(mdb(heed::MdbError::Corrupted)).kind(),
+            ErrorKind::Corrupt
+        );
+        assert_eq!(
+            lmdb(mdb(heed::MdbError::PageNotFound)).kind(),
+            ErrorKind::Corrupt
+        );
         assert_eq!(lmdb(mdb(heed::MdbError::MapFull)).kind(), ErrorKind::Full);
-        assert_eq!(lmdb(heed::Error::EnvAlreadyOpened).kind(), ErrorKind::Locked);
+        assert_eq!(
+            lmdb(heed::Error::EnvAlreadyOpened).kind(),
+            ErrorKind::Locked
+        );
         let dir = PathBuf::from("/d");
         assert_eq!(Error::Closed { dir: dir.clone() }.kind(), ErrorKind::Closed);
         assert_eq!(Error::Locked { dir }.kind(), ErrorKind::Locked);

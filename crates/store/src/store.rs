@@ -186,10 +186,15 @@ impl Store {
     /// Opens (creating if needed) the store in `dir`.
     ///
     /// Takes an exclusive OS lock on the directory first: a second owner, in this process
-    /// or another, gets [`Error::Locked`]. Then opens the LMDB environment, clears reader
-    /// slots left by killed processes, creates the tables (including the application
-    /// tables named in `options`), checks the schema and codec versions, and starts the
-    /// writer thread.
+    /// or another, gets [`Error::Locked`]. Then checks the directory before LMDB maps
+    /// anything: a directory whose identity file says it held a store but whose data file
+    /// is missing or empty is [`Error::StoreMissing`]; LMDB's meta pages and the file's
+    /// length are checked ([`Error::CorruptFile`], [`Error::Truncated`]); and, as
+    /// [`StoreOptions::check_at_open`] says, every page is walked. Then opens the LMDB
+    /// environment, clears reader slots left by killed processes, creates the tables
+    /// (including the application tables named in `options`), checks the schema and
+    /// codec versions, reads and validates every record (with the full check), writes
+    /// the identity file if there is none yet, and starts the writer thread.
     pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
@@ -205,50 +210,10 @@ impl Store {
         let started = Instant::now();
         let (identity, structure) = check_before_mapping(&dir, &options)?;
 
-        let map_size_bytes = round_map_size(options.map_size_bytes_initial);
-        let mut env_options = EnvOpenOptions::new().read_txn_without_tls();
-        env_options
-            .map_size(map_size_bytes)
-            .max_dbs(BUILTIN_TABLES + options.app_tables.len() as u32)
-            .max_readers(options.readers_max);
-        // No `flags` call: the defaults keep full durability (each commit is synced;
-        // NO_SYNC or NO_META_SYNC would lose acknowledged commits) and nested transactions
-        // (WRITE_MAP forbids them).
-        //
-        // SAFETY: `open` is unsafe because the memory map is undefined behaviour if the
-        // files are modified behind LMDB's back. This process holds the directory's
-        // exclusive lock, so no other owner of this crate opens the files; LMDB's own lock
-        // file coordinates any other reader; no code here writes to data.mdb or lock.mdb
-        // except through LMDB; and the directory is local (callers are told not to put it
-        // on a network file system). A damaged file is the other hazard (LMDB trusts
-        // every page number it reads): `check_before_mapping` has read the meta page LMDB
-        // will use and checked the file holds its pages, and, unless the options say
-        // otherwise, walked every page reachable from it. heed itself makes a second open
-        // of the same path in this process an error rather than unsound.
-        let env = unsafe { env_options.open(&dir) }.map_err(|error| match error {
-            heed::Error::EnvAlreadyOpened => Error::Locked { dir: dir.clone() },
-            error => Error::lmdb("opening the environment", error),
-        })?;
-        let stale_readers_cleared = env
-            .clear_stale_readers()
-            .map_err(|e| Error::lmdb("clearing stale readers", e))?;
-        if stale_readers_cleared > 0 {
-            tracing::info!(dir = %dir.display(), stale_readers_cleared, "cleared reader slots of dead processes");
-        }
+        let (env, stale_readers_cleared) = open_env(&dir, &options)?;
         let tables = tables::create(&env, &dir, &options.app_tables)?;
         let check_report = match structure {
-            Some(structure) => {
-                let rtxn = env
-                    .read_txn()
-                    .map_err(|e| Error::lmdb("beginning the open check's read transaction", e))?;
-                let records = check::count_records(View {
-                    txn: &rtxn,
-                    tables: &tables,
-                })?;
-                let report = check::report(&structure, records, started);
-                tracing::debug!(dir = %dir.display(), ?report, "store checked");
-                Some(report)
-            }
+            Some(structure) => Some(check_records(&env, &tables, &structure, started, &dir)?),
             None => None,
         };
         // After the first commit: a crash before this line leaves a store without an
@@ -274,7 +239,7 @@ impl Store {
             .name("session-store-writer".into())
             .spawn(move || writer.run())
             .map_err(io_error(&shared.dir))?;
-        tracing::debug!(dir = %shared.dir.display(), map_size_bytes, "store opened");
+        tracing::debug!(dir = %shared.dir.display(), "store opened");
         Ok(Store {
             inner: Arc::new(Inner {
                 writer_thread: handle.thread().id(),
@@ -526,4 +491,62 @@ fn check_before_mapping(
         _ => None,
     };
     Ok((identity, structure))
+}
+
+/// Opens the LMDB environment (once the checks before mapping passed) and clears the
+/// reader slots of dead processes; returns it and how many slots were cleared.
+fn open_env(dir: &Path, options: &StoreOptions) -> Result<(Env<WithoutTls>, usize)> {
+    let map_size_bytes = round_map_size(options.map_size_bytes_initial);
+    let mut env_options = EnvOpenOptions::new().read_txn_without_tls();
+    env_options
+        .map_size(map_size_bytes)
+        .max_dbs(BUILTIN_TABLES + options.app_tables.len() as u32)
+        .max_readers(options.readers_max);
+    // No `flags` call: the defaults keep full durability (each commit is synced;
+    // NO_SYNC or NO_META_SYNC would lose acknowledged commits) and nested transactions
+    // (WRITE_MAP forbids them).
+    //
+    // SAFETY: `open` is unsafe because the memory map is undefined behaviour if the
+    // files are modified behind LMDB's back. The caller holds the directory's exclusive
+    // lock, so no other owner of this crate opens the files; LMDB's own lock file
+    // coordinates any other reader; no code here writes to data.mdb or lock.mdb except
+    // through LMDB; and the directory is local (callers are told not to put it on a
+    // network file system). A damaged file is the other hazard (LMDB trusts every page
+    // number it reads): `check_before_mapping` has read the meta page LMDB will use and
+    // checked the file holds its pages, and, unless the options say otherwise, walked
+    // every page reachable from it. heed itself makes a second open of the same path in
+    // this process an error rather than unsound.
+    let env = unsafe { env_options.open(dir) }.map_err(|error| match error {
+        heed::Error::EnvAlreadyOpened => Error::Locked {
+            dir: dir.to_path_buf(),
+        },
+        error => Error::lmdb("opening the environment", error),
+    })?;
+    let stale_readers_cleared = env
+        .clear_stale_readers()
+        .map_err(|e| Error::lmdb("clearing stale readers", e))?;
+    if stale_readers_cleared > 0 {
+        tracing::info!(dir = %dir.display(), stale_readers_cleared, "cleared reader slots of dead processes");
+    }
+    tracing::debug!(dir = %dir.display(), map_size_bytes, "environment opened");
+    Ok((env, stale_readers_cleared))
+}
+
+/// The record walk of the full check at open, after the structural walk passed and the
+/// tables were opened (and any migration ran): every record of the built-in tables read
+/// and validated.
+fn check_records(
+    env: &Env<WithoutTls>,
+    tables: &Tables,
+    structure: &check::Structure,
+    started: Instant,
+    dir: &Path,
+) -> Result<CheckReport> {
+    let rtxn = env
+        .read_txn()
+        .map_err(|e| Error::lmdb("beginning the open check's read transaction", e))?;
+    let records = check::count_records(View { txn: &rtxn, tables })?;
+    let report = check::report(structure, records, started);
+    tracing::debug!(dir = %dir.display(), ?report, "store checked");
+    Ok(report)
 }

@@ -91,57 +91,8 @@ pub(crate) fn read_meta(file: &File, path: &Path, os_page_bytes: u32) -> Result<
             source,
         })?
         .len();
-    let truncated = |needed_bytes: u64| Error::Truncated {
-        path: path.to_path_buf(),
-        file_bytes,
-        needed_bytes,
-    };
-    if file_bytes < META_READ_BYTES as u64 {
-        return Err(truncated(u64::from(os_page_bytes) * META_PAGES));
-    }
-    let mut buffer = [0_u8; META_READ_BYTES];
-    read_at(file, path, &mut buffer, 0)?;
-    let first = Meta::parse(&buffer);
-    // LMDB finds the second meta page one page size further on, the size the first one
-    // states (`mdb_env_read_header`): a wrong one there misleads it whichever is newer.
-    if first.lmdb_refusal().is_none() && first.page_bytes() != os_page_bytes {
-        return Err(corrupt(
-            path,
-            Some(0),
-            format!(
-                "meta page 0 states a page size of {} bytes, not this system's {os_page_bytes}",
-                first.page_bytes()
-            ),
-        ));
-    }
-    let page_bytes = u64::from(os_page_bytes);
-    if file_bytes < page_bytes * META_PAGES {
-        return Err(truncated(page_bytes * META_PAGES));
-    }
-    read_at(file, path, &mut buffer, page_bytes)?;
-    let second = Meta::parse(&buffer);
-    let metas = [first, second];
-    match (first.lmdb_refusal(), second.lmdb_refusal()) {
-        (Some(first), Some(second)) => {
-            return Err(corrupt(
-                path,
-                None,
-                format!("both meta pages are damaged: page 0: {first}; page 1: {second}"),
-            ));
-        }
-        (Some(reason), None) | (None, Some(reason)) => {
-            let slot = u64::from(first.lmdb_refusal().is_none());
-            return Err(corrupt(
-                path,
-                Some(slot),
-                format!(
-                    "meta page {slot} is damaged (LMDB refuses a file with one such page): {reason}"
-                ),
-            ));
-        }
-        (None, None) => {}
-    }
-    let slot = u64::from(first.txnid < second.txnid);
+    let metas = read_meta_pages(file, path, file_bytes, os_page_bytes)?;
+    let slot = u64::from(metas[0].txnid < metas[1].txnid);
     let meta = metas[slot as usize];
     if let Some(reason) = meta.damage(slot, os_page_bytes) {
         return Err(corrupt(
@@ -162,8 +113,65 @@ pub(crate) fn read_meta(file: &File, path: &Path, os_page_bytes: u32) -> Result<
         slot,
         meta,
         file_bytes,
-        page_bytes,
+        page_bytes: u64::from(os_page_bytes),
     })
+}
+
+/// Reads the two meta pages and refuses them where LMDB's `mdb_env_read_header` would:
+/// a file too short for them, a page that is no meta page, or a wrong magic or version.
+fn read_meta_pages(
+    file: &File,
+    path: &Path,
+    file_bytes: u64,
+    os_page_bytes: u32,
+) -> Result<[Meta; 2]> {
+    let page_bytes = u64::from(os_page_bytes);
+    let truncated = |needed_bytes: u64| Error::Truncated {
+        path: path.to_path_buf(),
+        file_bytes,
+        needed_bytes,
+    };
+    if file_bytes < META_READ_BYTES as u64 {
+        return Err(truncated(page_bytes * META_PAGES));
+    }
+    let mut buffer = [0_u8; META_READ_BYTES];
+    read_at(file, path, &mut buffer, 0)?;
+    let first = Meta::parse(&buffer);
+    // LMDB finds the second meta page one page size further on, the size the first one
+    // states: a wrong one there misleads it whichever page is newer.
+    if first.lmdb_refusal().is_none() && first.page_bytes() != os_page_bytes {
+        return Err(corrupt(
+            path,
+            Some(0),
+            format!(
+                "meta page 0 states a page size of {} bytes, not this system's {os_page_bytes}",
+                first.page_bytes()
+            ),
+        ));
+    }
+    if file_bytes < page_bytes * META_PAGES {
+        return Err(truncated(page_bytes * META_PAGES));
+    }
+    read_at(file, path, &mut buffer, page_bytes)?;
+    let second = Meta::parse(&buffer);
+    match (first.lmdb_refusal(), second.lmdb_refusal()) {
+        (None, None) => Ok([first, second]),
+        (Some(first), Some(second)) => Err(corrupt(
+            path,
+            None,
+            format!("both meta pages are damaged: page 0: {first}; page 1: {second}"),
+        )),
+        (Some(reason), None) | (None, Some(reason)) => {
+            let slot = u64::from(first.lmdb_refusal().is_none());
+            Err(corrupt(
+                path,
+                Some(slot),
+                format!(
+                    "meta page {slot} is damaged (LMDB refuses a file with one such page): {reason}"
+                ),
+            ))
+        }
+    }
 }
 
 /// A fixed-size set of page numbers.
@@ -363,39 +371,10 @@ impl<'f> Walker<'f> {
         visit: &mut Visit<'_>,
     ) -> Result<()> {
         let page = self.claim(pgno, 1, tree.name)?;
-        let header = PageHeader::parse(&page);
         let branch = level < tree.depth;
-        let expected_flags = if branch { P_BRANCH } else { P_LEAF };
         let fail = |this: &Self, reason: String| this.page_error(pgno, tree.name, reason);
-        if header.flags != expected_flags {
-            return Err(fail(
-                self,
-                format!(
-                    "the page has flags {:#06x}, but at level {level} of {} it must be a {} page",
-                    header.flags,
-                    tree.depth,
-                    if branch { "branch" } else { "leaf" }
-                ),
-            ));
-        }
-        let (lower, upper) = (usize::from(header.lower), usize::from(header.upper));
-        if lower < PAGE_HEADER_BYTES
-            || !(lower - PAGE_HEADER_BYTES).is_multiple_of(2)
-            || lower > upper
-            || upper > page.len()
-        {
-            return Err(fail(
-                self,
-                format!(
-                    "its free-space bounds {lower}..{upper} are not within {PAGE_HEADER_BYTES}..={}",
-                    page.len()
-                ),
-            ));
-        }
-        let keys = header.keys();
-        if keys == 0 {
-            return Err(fail(self, "the page has no nodes".into()));
-        }
+        let keys = tree_page_keys(&page, branch, level, tree.depth)
+            .map_err(|reason| fail(self, reason))?;
         if branch {
             tree.counts.branch_pages += 1;
         } else {
@@ -680,6 +659,35 @@ impl<'f> Walker<'f> {
             .iter()
             .map(|word| u64::from(word.count_ones()))
             .sum()
+    }
+}
+
+/// Checks the header of a branch or leaf page at `level` of a tree of `depth`; returns
+/// its number of nodes.
+fn tree_page_keys(page: &[u8], branch: bool, level: u16, depth: u16) -> Result<usize, String> {
+    let header = PageHeader::parse(page);
+    let expected_flags = if branch { P_BRANCH } else { P_LEAF };
+    if header.flags != expected_flags {
+        return Err(format!(
+            "the page has flags {:#06x}, but at level {level} of {depth} it must be a {} page",
+            header.flags,
+            if branch { "branch" } else { "leaf" }
+        ));
+    }
+    let (lower, upper) = (usize::from(header.lower), usize::from(header.upper));
+    if lower < PAGE_HEADER_BYTES
+        || !(lower - PAGE_HEADER_BYTES).is_multiple_of(2)
+        || lower > upper
+        || upper > page.len()
+    {
+        return Err(format!(
+            "its free-space bounds {lower}..{upper} are not within {PAGE_HEADER_BYTES}..={}",
+            page.len()
+        ));
+    }
+    match header.keys() {
+        0 => Err("the page has no nodes".into()),
+        keys => Ok(keys),
     }
 }
 
