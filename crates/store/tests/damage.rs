@@ -537,6 +537,10 @@ fn a_data_file_shorter_than_its_last_page_is_sound_when_the_tail_is_free() {
     fs::write(&path, &original[..sound_bytes]).expect("back to the last sound length");
     let store = Store::open(dir.path(), options).expect("a short but sound file opens");
     assert_eq!(get_ledger(&store, "small-7"), Some(10));
+    put_ledger(&store, "after", 64 * 1024);
+    assert_eq!(get_ledger(&store, "after"), Some(64 * 1024));
+    store.close().expect("close");
+    check_dir(dir.path()).expect("still sound after writes");
 }
 
 fn put_ledger(store: &Store, key: &str, bytes: usize) {
