@@ -19,7 +19,7 @@ use crate::snapshot::Snapshot;
 mod sealed {
     /// Keeps [`ReadScope`](super::ReadScope) implemented by this crate's types only.
     pub trait Sealed {
-        fn view(&self) -> crate::read::View<'_>;
+        fn view(&self) -> crate::error::Result<crate::read::View<'_>>;
     }
 }
 
@@ -28,14 +28,14 @@ mod sealed {
 pub trait ReadScope: sealed::Sealed {}
 
 impl sealed::Sealed for WriteScope<'_> {
-    fn view(&self) -> View<'_> {
-        WriteScope::view(self)
+    fn view(&self) -> Result<View<'_>> {
+        Ok(WriteScope::view(self))
     }
 }
 impl ReadScope for WriteScope<'_> {}
 
 impl sealed::Sealed for Snapshot {
-    fn view(&self) -> View<'_> {
+    fn view(&self) -> Result<View<'_>> {
         Snapshot::view(self)
     }
 }
@@ -111,7 +111,7 @@ impl<V: Serialize + DeserializeOwned> AppTable<V> {
     pub fn get(&self, reader: &impl ReadScope, key: impl AsRef<[u8]>) -> Result<Option<V>> {
         let key = key.as_ref();
         crate::scope::check_app_key(&self.name, key)?;
-        read::app_get(sealed::Sealed::view(reader), &self.name, key)
+        read::app_get(sealed::Sealed::view(reader)?, &self.name, key)
     }
 
     /// Deletes the value under `key`; `false` if there was none.
@@ -126,7 +126,7 @@ impl<V: Serialize + DeserializeOwned> AppTable<V> {
         reader: &impl ReadScope,
         visit: impl FnMut(&[u8], V) -> Result<()>,
     ) -> Result<()> {
-        read::app_for_each(sealed::Sealed::view(reader), &self.name, &[], visit)
+        read::app_for_each(sealed::Sealed::view(reader)?, &self.name, &[], visit)
     }
 
     /// Visits, in key order, every entry whose key starts with `prefix`.
@@ -137,7 +137,7 @@ impl<V: Serialize + DeserializeOwned> AppTable<V> {
         visit: impl FnMut(&[u8], V) -> Result<()>,
     ) -> Result<()> {
         read::app_for_each(
-            sealed::Sealed::view(reader),
+            sealed::Sealed::view(reader)?,
             &self.name,
             prefix.as_ref(),
             visit,

@@ -140,9 +140,11 @@ pub enum Error {
         /// The panic message, when it was a string.
         message: String,
     },
-    /// `Store::write` was called from inside a unit, on the writer thread; waiting there
-    /// for the writer would wait forever.
-    #[error("Store::write called from inside a write unit (it would wait on itself)")]
+    /// `Store::write` or `Store::close` was called from inside a unit, on the writer
+    /// thread; waiting there for the writer would wait forever.
+    #[error(
+        "Store::write or Store::close called from inside a write unit (it would wait on itself)"
+    )]
     ReentrantWrite,
     /// The writer thread is gone, so the unit was not (or not known to be) committed.
     #[error("the store's writer thread has stopped")]
@@ -159,9 +161,165 @@ pub enum Error {
         /// The fail point's name.
         name: &'static str,
     },
+    /// The directory held a store (its identity file says so), but the data file is
+    /// missing or empty: opening it would start a new, empty store and lose every
+    /// acknowledged record. Restore the data file from a backup, or remove the identity
+    /// file to start afresh on purpose.
+    #[error(
+        "the store in {dir} is gone: its identity file {identity} is there but its data file \
+         {data} is {found}; restore the data file, or remove the identity file to start a new store"
+    )]
+    StoreMissing {
+        /// The directory.
+        dir: PathBuf,
+        /// The identity file that says a store was created here.
+        identity: PathBuf,
+        /// The data file.
+        data: PathBuf,
+        /// `"missing"` or `"empty"`.
+        found: &'static str,
+    },
+    /// The data file is shorter than the pages it must hold (a truncated copy or a
+    /// damaged disk); LMDB would fault reading past its end.
+    #[error(
+        "the data file {path} is truncated: it has {file_bytes} bytes, its own meta page needs {needed_bytes}"
+    )]
+    Truncated {
+        /// The data file.
+        path: PathBuf,
+        /// Its length.
+        file_bytes: u64,
+        /// The length its pages need.
+        needed_bytes: u64,
+    },
+    /// A store file is damaged: a page of the data file that LMDB would follow is not
+    /// what LMDB expects (LMDB has no checksums and would crash or misread it), or the
+    /// identity file cannot be read.
+    #[error("the store file {path} is damaged{}: {reason}", page.map(|page| format!(" at page {page}")).unwrap_or_default())]
+    CorruptFile {
+        /// The file.
+        path: PathBuf,
+        /// The page, when one page is at fault.
+        page: Option<u64>,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The map had to grow for a batch, but snapshots stayed alive longer than
+    /// `StoreOptions::snapshot_age_ms_max` (growing the map needs every read transaction
+    /// ended); the batch's units were not committed. Drop the snapshots and retry.
+    #[error(
+        "the map must grow but {snapshots} snapshot(s) stayed alive for {waited_ms} ms; \
+         the batch was not committed (a thread may hold a snapshot while waiting for a write)"
+    )]
+    MapGrowthBlocked {
+        /// Snapshots still alive when the writer gave up.
+        snapshots: usize,
+        /// How long the writer waited for them.
+        waited_ms: u64,
+    },
+    /// A snapshot was read after `StoreOptions::snapshot_age_ms_max`: take a new one.
+    #[error(
+        "the snapshot is {age_ms} ms old, older than the maximum of {age_ms_max} ms; take a new one"
+    )]
+    SnapshotTooOld {
+        /// Its age.
+        age_ms: u64,
+        /// The maximum.
+        age_ms_max: u64,
+    },
+    /// The file system holding the store is full: the commit could not be written. Nothing
+    /// acknowledged is lost; the same write succeeds once there is room.
+    #[error(
+        "the file system of the store in {dir} is full ({free_bytes} bytes free); the batch was not committed"
+    )]
+    StorageFull {
+        /// The directory.
+        dir: PathBuf,
+        /// Free bytes (for unprivileged users) when the commit failed.
+        free_bytes: u64,
+    },
+    /// The store was closed with `Store::close`.
+    #[error("the store in {dir} is closed")]
+    Closed {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// `Store::close` waited `StoreOptions::snapshot_age_ms_max` for snapshots to end and
+    /// some are still alive; the environment stays open until they are dropped (call
+    /// `close` again then).
+    #[error(
+        "the store in {dir} cannot finish closing: {snapshots} snapshot(s) still alive after {waited_ms} ms"
+    )]
+    CloseBlocked {
+        /// The directory.
+        dir: PathBuf,
+        /// Snapshots still alive.
+        snapshots: usize,
+        /// How long `close` waited.
+        waited_ms: u64,
+    },
+}
+
+/// What kind of failure an [`Error`] is, for code above the store that must act on it
+/// without knowing the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Out of room: the file system or the map size limit. Free space or raise the limit;
+    /// the same write then succeeds.
+    Full,
+    /// Stored data is damaged or missing: a record, a page, the data file. Needs a person
+    /// (restore from a backup).
+    Corrupt,
+    /// Another owner holds the store directory.
+    Locked,
+    /// The store was closed, or its writer is gone.
+    Closed,
+    /// A resource of this process was held too long (a snapshot blocking map growth or
+    /// close, or read after its maximum age): release it and retry.
+    Busy,
+    /// The caller's input or use is wrong (identifiers, records, options, keys, a write
+    /// from inside a unit).
+    InvalidInput,
+    /// The store was written by a build this one cannot read.
+    Incompatible,
+    /// The operating system refused a file operation.
+    Io,
+    /// A fault inside the store or in a unit (a panic, a fail point, an unexpected LMDB
+    /// error).
+    Internal,
 }
 
 impl Error {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidIdentifier { .. }
+            | Error::InvalidRecord { .. }
+            | Error::NotADirectory { .. }
+            | Error::InvalidOptions { .. }
+            | Error::EventExists { .. }
+            | Error::InvalidTableName { .. }
+            | Error::UnknownTable { .. }
+            | Error::InvalidKey { .. }
+            | Error::ReentrantWrite => ErrorKind::InvalidInput,
+            Error::Corrupt { .. }
+            | Error::StoreMissing { .. }
+            | Error::Truncated { .. }
+            | Error::CorruptFile { .. } => ErrorKind::Corrupt,
+            Error::Locked { .. } => ErrorKind::Locked,
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Lmdb { source, .. } => lmdb_kind(source),
+            Error::SchemaTooNew { .. } | Error::CodecMismatch { .. } => ErrorKind::Incompatible,
+            Error::MapSizeLimit { .. } | Error::StorageFull { .. } => ErrorKind::Full,
+            Error::WriterStopped | Error::Closed { .. } => ErrorKind::Closed,
+            Error::MapGrowthBlocked { .. }
+            | Error::SnapshotTooOld { .. }
+            | Error::CloseBlocked { .. } => ErrorKind::Busy,
+            Error::UnitPanicked { .. } | Error::FailPoint { .. } => ErrorKind::Internal,
+        }
+    }
+
     /// Wraps a heed error with what the store was doing.
     pub(crate) fn lmdb(operation: &'static str, source: heed::Error) -> Error {
         Error::Lmdb {
@@ -178,5 +336,61 @@ impl Error {
             Error::Lmdb { source, .. }
                 if matches!(**source, heed::Error::Mdb(heed::MdbError::MapFull))
         )
+    }
+}
+
+/// The kind of an LMDB error: heed turns LMDB's OS errors into `Io`, keeps its own codes.
+fn lmdb_kind(error: &heed::Error) -> ErrorKind {
+    use heed::MdbError;
+    match error {
+        heed::Error::Io(error) => match error.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => ErrorKind::Full,
+            _ => ErrorKind::Io,
+        },
+        heed::Error::Mdb(error) => match error {
+            MdbError::MapFull | MdbError::DbsFull | MdbError::ReadersFull | MdbError::TxnFull => {
+                ErrorKind::Full
+            }
+            MdbError::PageNotFound | MdbError::Corrupted | MdbError::Invalid | MdbError::Panic => {
+                ErrorKind::Corrupt
+            }
+            MdbError::VersionMismatch => ErrorKind::Incompatible,
+            _ => ErrorKind::Internal,
+        },
+        heed::Error::EnvAlreadyOpened => ErrorKind::Locked,
+        _ => ErrorKind::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// LMDB's errors get the kind a caller can act on: a full disk is `Full` whatever
+    /// heed wraps it in, LMDB's corruption codes are `Corrupt`.
+    #[test]
+    fn lmdb_errors_have_kinds() {
+        let lmdb = |error| Error::lmdb("testing", error);
+        let os = |code| heed::Error::Io(std::io::Error::from_raw_os_error(code));
+        assert_eq!(lmdb(os(libc::ENOSPC)).kind(), ErrorKind::Full);
+        assert_eq!(lmdb(os(libc::EIO)).kind(), ErrorKind::Io);
+        let mdb = |error| heed::Error::Mdb(error);
+        assert_eq!(
+            lmdb(mdb(heed::MdbError::Corrupted)).kind(),
+            ErrorKind::Corrupt
+        );
+        assert_eq!(
+            lmdb(mdb(heed::MdbError::PageNotFound)).kind(),
+            ErrorKind::Corrupt
+        );
+        assert_eq!(lmdb(mdb(heed::MdbError::MapFull)).kind(), ErrorKind::Full);
+        assert_eq!(
+            lmdb(heed::Error::EnvAlreadyOpened).kind(),
+            ErrorKind::Locked
+        );
+        let dir = PathBuf::from("/d");
+        assert_eq!(Error::Closed { dir: dir.clone() }.kind(), ErrorKind::Closed);
+        assert_eq!(Error::Locked { dir }.kind(), ErrorKind::Locked);
+        assert_eq!(Error::ReentrantWrite.kind(), ErrorKind::InvalidInput);
     }
 }

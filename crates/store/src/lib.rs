@@ -3,9 +3,17 @@
 //!
 //! A [`Store`] is one LMDB environment in one directory, owned by one process at a time.
 //! Writes are units of work run by a single writer thread, many to a commit; reads are
-//! [`Snapshot`]s usable from any thread.
+//! [`Snapshot`]s usable from any thread. [`Store::close`] shuts it down cleanly.
+//!
+//! LMDB trusts its file: it has no checksums, and a truncated file or a damaged page
+//! makes it fault. So `Store::open` reads the meta pages and checks the file's length
+//! with plain reads before LMDB maps it, and (see [`CheckAtOpen`]) walks every page and
+//! record; [`check_dir`] runs the same checks on a closed store. Every error has a
+//! [`kind`](Error::kind) that code above the store can act on.
 //!
 //! - `ids`: validated session and task identifiers.
+//! - `identity`: the identity file that makes a directory remember it held a store.
+//! - `check`: [`check_dir`] and the checks of the data file run before LMDB maps it.
 //! - `records`: the persisted session, task and event records and their validation.
 //! - `error`: the crate's one error type.
 //! - `options`: [`StoreOptions`] and the limits they default to.
@@ -23,8 +31,10 @@
 #![warn(missing_docs)]
 
 mod app_table;
+mod check;
 mod error;
 mod gate;
+mod identity;
 mod ids;
 mod keys;
 mod options;
@@ -42,11 +52,14 @@ mod writer;
 pub use heed;
 
 pub use app_table::{AppTable, ReadScope};
-pub use error::{Error, Result};
+pub use check::{CheckReport, TableReport, check_dir};
+pub use error::{Error, ErrorKind, Result};
+pub use identity::{IDENTITY_FILE_NAME, StoreIdentity};
 pub use ids::{IDENTIFIER_BYTES_MAX, IdentifierKind, SessionId, TaskId, validate_identifier};
 pub use options::{
-    APP_TABLE_NAME_BYTES_MAX, APP_TABLES_MAX, BATCH_UNITS_MAX, MAP_SIZE_BYTES_INITIAL,
-    MAP_SIZE_BYTES_MAX, QUEUE_UNITS_MAX, READERS_MAX, StoreOptions,
+    APP_TABLE_NAME_BYTES_MAX, APP_TABLES_MAX, BATCH_UNITS_MAX, CHECK_DATA_BYTES_MAX, CheckAtOpen,
+    MAP_SIZE_BYTES_INITIAL, MAP_SIZE_BYTES_MAX, QUEUE_UNITS_MAX, READERS_MAX, SNAPSHOT_AGE_MS_MAX,
+    StoreOptions,
 };
 pub use records::*;
 pub use scope::{APP_KEY_BYTES_MAX, APP_VALUE_BYTES_MAX, WriteScope};

@@ -289,3 +289,30 @@ fn decode_app<V: DeserializeOwned>(name: &str, key: &[u8], bytes: &[u8]) -> Resu
     // and the key carries the table name so both are reported.
     decode("app", || format!("{name}:{}", keys::printable(key)), bytes)
 }
+
+/// Visits every session record, in identifier order; stops at the first error.
+pub(crate) fn for_each_session(
+    view: View<'_>,
+    mut visit: impl FnMut(SessionRecord) -> Result<()>,
+) -> Result<()> {
+    let raw = view.tables.sessions.remap_types::<Bytes, Bytes>();
+    for entry in raw.iter(view.txn).map_err(lmdb("listing sessions"))? {
+        let (key, bytes) = entry.map_err(lmdb("listing sessions"))?;
+        visit(session_from(key, bytes)?)?;
+    }
+    Ok(())
+}
+
+/// Visits every event of every session, ordered by session then sequence number; stops
+/// at the first error.
+pub(crate) fn for_each_event(
+    view: View<'_>,
+    mut visit: impl FnMut(EventRecord) -> Result<()>,
+) -> Result<()> {
+    let raw = view.tables.events.remap_data_type::<Bytes>();
+    for entry in raw.iter(view.txn).map_err(lmdb("listing events"))? {
+        let (key, bytes) = entry.map_err(lmdb("listing events"))?;
+        visit(event_from(key, bytes)?)?;
+    }
+    Ok(())
+}

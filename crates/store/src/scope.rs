@@ -74,6 +74,14 @@ impl<'t> WriteScope<'t> {
     }
 
     fn lmdb(&self, operation: &'static str, error: heed::Error) -> Error {
+        // LMDB writes pages out during a large transaction (spilling), so a full file
+        // system can show here as well as at the commit.
+        if let Some(free_bytes) = crate::writer::storage_full(&self.shared.dir, &error) {
+            return Error::StorageFull {
+                dir: self.shared.dir.clone(),
+                free_bytes,
+            };
+        }
         let error = Error::lmdb(operation, error);
         if error.is_map_full() {
             self.map_full_seen.set(true);

@@ -4,19 +4,23 @@ use std::fs::{self, File, OpenOptions, TryLockError};
 use std::future::{Future, poll_fn};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::{self, JoinHandle, ThreadId};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use heed::{Env, EnvOpenOptions, WithoutTls};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::app_table::AppTable;
+use crate::check::{self, CheckReport, DataFileState};
 use crate::error::{Error, Result};
 use crate::gate::MapGate;
+use crate::identity::{self, StoreIdentity};
 use crate::options::{StoreOptions, round_map_size, validate_app_table_name};
 use crate::queue::Queue;
+use crate::read::View;
 use crate::reply;
 use crate::scope::WriteScope;
 use crate::snapshot::Snapshot;
@@ -30,6 +34,9 @@ pub const LOCK_FILE_NAME: &str = "store.lock";
 const LOCK_ATTEMPTS: u32 = 5;
 /// The pause between those tries.
 const LOCK_RETRY_DELAY: Duration = Duration::from_millis(20);
+/// How long `close` waits for LMDB to close the environment once the last handle is
+/// dropped (it closes synchronously in that drop, so this is only a safety margin).
+const ENV_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 // The handles the rest of bgsession moves across threads and `.await`s.
 const _: () = {
@@ -44,12 +51,65 @@ const _: () = {
 pub(crate) struct Shared {
     // Field order is drop order: the environment closes before the directory lock is
     // released, so a new owner never finds this process's environment still open.
-    pub(crate) env: Env<WithoutTls>,
+    // `close` takes both out in the same order. The writer and each snapshot hold their
+    // own clone of the environment; it closes when the last one is gone.
+    env: RwLock<Option<Env<WithoutTls>>>,
     pub(crate) tables: Tables,
     pub(crate) gate: MapGate,
     pub(crate) dir: PathBuf,
+    /// `StoreOptions::snapshot_age_ms_max`.
+    pub(crate) snapshot_age_max: Duration,
+    /// Set by `close`: new writes and snapshots are refused.
+    closed: AtomicBool,
     stale_readers_cleared: usize,
-    _lock: File,
+    lock: Mutex<Option<File>>,
+}
+
+impl Shared {
+    /// A handle to the environment, unless `close` took it.
+    pub(crate) fn env(&self) -> Result<Env<WithoutTls>> {
+        self.env
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| self.closed_error())
+    }
+
+    pub(crate) fn closed_error(&self) -> Error {
+        Error::Closed {
+            dir: self.dir.clone(),
+        }
+    }
+
+    /// `Closed` once `close` has begun.
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(self.closed_error());
+        }
+        Ok(())
+    }
+
+    /// Drops this handle to the environment and then the directory lock; `false` (and
+    /// the lock kept) if another handle keeps the environment open.
+    fn release(&self) -> bool {
+        let env = self
+            .env
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(env) = env
+            && !env.prepare_for_closing().wait_timeout(ENV_CLOSE_WAIT)
+        {
+            return false;
+        }
+        drop(
+            self.lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        true
+    }
 }
 
 /// An open store: one LMDB environment in one directory, owned by this process.
@@ -65,12 +125,18 @@ pub struct Store {
 struct Inner {
     shared: Arc<Shared>,
     queue: Arc<Queue>,
-    writer: Option<JoinHandle<()>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
     writer_thread: ThreadId,
+    /// Held through `close`, so that concurrent calls run one after the other; `true`
+    /// once a `close` has finished.
+    closed: Mutex<bool>,
+    check_report: Option<CheckReport>,
+    identity: StoreIdentity,
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
+impl Inner {
+    /// Stops the queue and waits for the writer to drain it and exit.
+    fn stop_writer(&self) {
         self.queue.close();
         // The last handle can be dropped by a unit on the writer thread itself (a unit
         // that captured a `Store`); that thread cannot join itself, and it exits on its own
@@ -78,11 +144,26 @@ impl Drop for Inner {
         if thread::current().id() == self.writer_thread {
             return;
         }
-        if let Some(writer) = self.writer.take()
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(writer) = writer
             && writer.join().is_err()
         {
             tracing::error!(dir = %self.shared.dir.display(), "the store writer thread panicked");
         }
+    }
+
+    fn close_state(&self) -> MutexGuard<'_, bool> {
+        self.closed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_writer();
     }
 }
 
@@ -105,10 +186,15 @@ impl Store {
     /// Opens (creating if needed) the store in `dir`.
     ///
     /// Takes an exclusive OS lock on the directory first: a second owner, in this process
-    /// or another, gets [`Error::Locked`]. Then opens the LMDB environment, clears reader
-    /// slots left by killed processes, creates the tables (including the application
-    /// tables named in `options`), checks the schema and codec versions, and starts the
-    /// writer thread.
+    /// or another, gets [`Error::Locked`]. Then checks the directory before LMDB maps
+    /// anything: a directory whose identity file says it held a store but whose data file
+    /// is missing or empty is [`Error::StoreMissing`]; LMDB's meta pages and the file's
+    /// length are checked ([`Error::CorruptFile`], [`Error::Truncated`]); and, as
+    /// [`StoreOptions::check_at_open`] says, every page is walked. Then opens the LMDB
+    /// environment, clears reader slots left by killed processes, creates the tables
+    /// (including the application tables named in `options`), checks the schema and
+    /// codec versions, reads and validates every record (with the full check), writes
+    /// the identity file if there is none yet, and starts the writer thread.
     pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
@@ -120,86 +206,106 @@ impl Store {
             }
             Err(error) => return Err(io_error(&dir)(error)),
         }
+        let lock = lock_dir(&dir)?;
+        let started = Instant::now();
+        let (identity, structure) = check_before_mapping(&dir, &options)?;
 
-        // The lock comes before LMDB: heed refuses a second open of one path in a process
-        // (EnvAlreadyOpened) and LMDB itself allows several processes, so only this lock
-        // gives every second owner the same clear error.
-        let lock_path = dir.join(LOCK_FILE_NAME);
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(io_error(&lock_path))?;
-        let mut attempt = 1;
-        loop {
-            match lock.try_lock() {
-                Ok(()) => break,
-                // A child process being spawned by any thread of this process briefly
-                // holds a copy of every descriptor (until its exec closes them), and with
-                // it the lock of an owner that just closed; a short retry rides that out.
-                Err(TryLockError::WouldBlock) if attempt < LOCK_ATTEMPTS => {
-                    attempt += 1;
-                    thread::sleep(LOCK_RETRY_DELAY);
-                }
-                Err(TryLockError::WouldBlock) => return Err(Error::Locked { dir }),
-                Err(TryLockError::Error(error)) => return Err(io_error(&lock_path)(error)),
-            }
-        }
-
-        let map_size_bytes = round_map_size(options.map_size_bytes_initial);
-        let mut env_options = EnvOpenOptions::new().read_txn_without_tls();
-        env_options
-            .map_size(map_size_bytes)
-            .max_dbs(BUILTIN_TABLES + options.app_tables.len() as u32)
-            .max_readers(options.readers_max);
-        // No `flags` call: the defaults keep full durability (each commit is synced;
-        // NO_SYNC or NO_META_SYNC would lose acknowledged commits) and nested transactions
-        // (WRITE_MAP forbids them).
-        //
-        // SAFETY: `open` is unsafe because the memory map is undefined behaviour if the
-        // files are modified behind LMDB's back. This process holds the directory's
-        // exclusive lock, so no other owner of this crate opens the files; LMDB's own lock
-        // file coordinates any other reader; no code here writes to data.mdb or lock.mdb
-        // except through LMDB; and the directory is local (callers are told not to put it
-        // on a network file system). heed itself makes a second open of the same path in
-        // this process an error rather than unsound.
-        let env = unsafe { env_options.open(&dir) }.map_err(|error| match error {
-            heed::Error::EnvAlreadyOpened => Error::Locked { dir: dir.clone() },
-            error => Error::lmdb("opening the environment", error),
-        })?;
-        let stale_readers_cleared = env
-            .clear_stale_readers()
-            .map_err(|e| Error::lmdb("clearing stale readers", e))?;
-        if stale_readers_cleared > 0 {
-            tracing::info!(dir = %dir.display(), stale_readers_cleared, "cleared reader slots of dead processes");
-        }
+        let (env, stale_readers_cleared) = open_env(&dir, &options)?;
         let tables = tables::create(&env, &dir, &options.app_tables)?;
+        let check_report = match structure {
+            Some(structure) => Some(check_records(&env, &tables, &structure, started, &dir)?),
+            None => None,
+        };
+        // After the first commit: a crash before this line leaves a store without an
+        // identity file, which the next open treats like a store of the last release.
+        let identity = match identity {
+            Some(identity) => identity,
+            None => identity::create(&dir)?,
+        };
 
         let shared = Arc::new(Shared {
-            env,
+            env: RwLock::new(Some(env.clone())),
             tables,
             gate: MapGate::default(),
             dir,
+            snapshot_age_max: Duration::from_millis(options.snapshot_age_ms_max),
+            closed: AtomicBool::new(false),
             stale_readers_cleared,
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
         });
         let queue = Arc::new(Queue::new(options.queue_units_max));
-        let writer = Writer::new(Arc::clone(&shared), Arc::clone(&queue), &options);
+        let writer = Writer::new(env, Arc::clone(&shared), Arc::clone(&queue), &options);
         let handle = thread::Builder::new()
             .name("session-store-writer".into())
             .spawn(move || writer.run())
             .map_err(io_error(&shared.dir))?;
-        tracing::debug!(dir = %shared.dir.display(), map_size_bytes, "store opened");
+        tracing::debug!(dir = %shared.dir.display(), "store opened");
         Ok(Store {
             inner: Arc::new(Inner {
                 writer_thread: handle.thread().id(),
-                writer: Some(handle),
+                writer: Mutex::new(Some(handle)),
                 shared,
                 queue,
+                closed: Mutex::new(false),
+                check_report,
+                identity,
             }),
         })
+    }
+
+    /// Closes the store: new writes and snapshots (through any clone) get
+    /// [`Error::Closed`]; units already submitted still commit and get their replies; the
+    /// writer thread is joined; live snapshots are waited for, at most
+    /// [`StoreOptions::snapshot_age_ms_max`]; then the LMDB environment is closed and the
+    /// directory lock released, so the directory can be opened again at once, in this
+    /// process or another, even while clones of this `Store` still exist.
+    ///
+    /// Idempotent: a later call returns `Ok(())`.
+    ///
+    /// # Errors
+    /// [`Error::CloseBlocked`] if snapshots are still alive after the wait: the store
+    /// stays closed to new work and keeps the directory until they are dropped and
+    /// `close` is called again. [`Error::ReentrantWrite`] from inside a unit.
+    pub fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        let shared = &inner.shared;
+        if thread::current().id() == inner.writer_thread {
+            return Err(Error::ReentrantWrite);
+        }
+        let mut closed = inner.close_state();
+        if *closed {
+            return Ok(());
+        }
+        shared.closed.store(true, Ordering::Release);
+        inner.stop_writer();
+        let started = Instant::now();
+        let blocked = |snapshots: usize| Error::CloseBlocked {
+            dir: shared.dir.clone(),
+            snapshots,
+            waited_ms: started.elapsed().as_millis() as u64,
+        };
+        if let Err(blocked_by) = shared.gate.close(shared.snapshot_age_max) {
+            return Err(blocked(blocked_by.snapshots));
+        }
+        if !shared.release() {
+            // Every other handle is the writer's (joined) or a snapshot's (none alive).
+            tracing::error!(dir = %shared.dir.display(), "invariant violation: the environment stayed open after close");
+            return Err(blocked(0));
+        }
+        *closed = true;
+        tracing::debug!(dir = %shared.dir.display(), "store closed");
+        Ok(())
+    }
+
+    /// What the full check at open found, if it ran: `None` for a new store and when
+    /// [`CheckAtOpen`](crate::CheckAtOpen) skipped it.
+    pub fn check_report(&self) -> Option<&CheckReport> {
+        self.inner.check_report.as_ref()
+    }
+
+    /// The store's identity (from its identity file, written when it was created).
+    pub fn identity(&self) -> &StoreIdentity {
+        &self.inner.identity
     }
 
     /// The store's directory.
@@ -217,9 +323,14 @@ impl Store {
         self.inner.queue.len()
     }
 
-    /// The current size of the memory map, in bytes (it grows as the data grows).
+    /// The current size of the memory map, in bytes (it grows as the data grows); 0 once
+    /// the store is closed.
     pub fn map_size_bytes(&self) -> usize {
-        self.inner.shared.env.info().map_size
+        self.inner
+            .shared
+            .env()
+            .map(|env| env.info().map_size)
+            .unwrap_or(0)
     }
 
     /// Runs `unit` on the writer thread inside a nested transaction of the current batch,
@@ -231,7 +342,8 @@ impl Store {
     /// unit gets the commit's error. `unit` may run more than once (the batch is re-run
     /// after the map grows), so its only effects must be through the [`WriteScope`].
     ///
-    /// Calling it from inside a unit is [`Error::ReentrantWrite`].
+    /// Calling it from inside a unit is [`Error::ReentrantWrite`]; after
+    /// [`Store::close`], [`Error::Closed`].
     pub fn write<T, E, F>(&self, unit: F) -> Result<T, E>
     where
         F: FnMut(&mut WriteScope<'_>) -> Result<T, E> + Send + 'static,
@@ -241,10 +353,11 @@ impl Store {
         if thread::current().id() == self.inner.writer_thread {
             return Err(E::from(Error::ReentrantWrite));
         }
+        self.inner.shared.check_open()?;
         let (sender, receiver) = reply::channel();
         let job = Box::new(UnitJob::new(unit, sender));
         if self.inner.queue.push_blocking(job).is_err() {
-            return Err(E::from(Error::WriterStopped));
+            return Err(E::from(self.stopped_error()));
         }
         receiver
             .wait()
@@ -270,15 +383,17 @@ impl Store {
             if thread::current().id() == store.inner.writer_thread {
                 return Err(E::from(Error::ReentrantWrite));
             }
+            store.inner.shared.check_open()?;
             let (sender, receiver) = reply::channel();
             let mut job: Option<Box<dyn crate::writer::Job>> =
                 Some(Box::new(UnitJob::new(unit, sender)));
             let submitted = poll_fn(|cx| store.inner.queue.poll_push(cx, &mut job)).await;
+            let stopped = store.stopped_error();
             // The writer's handle is not needed past submission; dropping it here lets the
             // store close while this future waits for its commit.
             drop(store);
             if !submitted {
-                return Err(E::from(Error::WriterStopped));
+                return Err(E::from(stopped));
             }
             receiver
                 .await
@@ -286,7 +401,16 @@ impl Store {
         }
     }
 
-    /// A read-only view of the last committed state.
+    /// Why a unit could not be submitted: the store was closed, or the writer is gone.
+    fn stopped_error(&self) -> Error {
+        match self.inner.shared.check_open() {
+            Err(closed) => closed,
+            Ok(()) => Error::WriterStopped,
+        }
+    }
+
+    /// A read-only view of the last committed state; [`Error::Closed`] after
+    /// [`Store::close`].
     pub fn snapshot(&self) -> Result<Snapshot> {
         Snapshot::begin(&self.inner.shared)
     }
@@ -303,4 +427,126 @@ impl Store {
         }
         Ok(AppTable::new(name))
     }
+}
+
+/// Takes the directory's exclusive OS lock (the file [`LOCK_FILE_NAME`]).
+///
+/// The lock comes before LMDB: heed refuses a second open of one path in a process
+/// (EnvAlreadyOpened) and LMDB itself allows several processes, so only this lock gives
+/// every second owner the same clear error.
+pub(crate) fn lock_dir(dir: &Path) -> Result<File> {
+    let lock_path = dir.join(LOCK_FILE_NAME);
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(io_error(&lock_path))?;
+    let mut attempt = 1;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(lock),
+            // A child process being spawned by any thread of this process briefly
+            // holds a copy of every descriptor (until its exec closes them), and with
+            // it the lock of an owner that just closed; a short retry rides that out.
+            Err(TryLockError::WouldBlock) if attempt < LOCK_ATTEMPTS => {
+                attempt += 1;
+                thread::sleep(LOCK_RETRY_DELAY);
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            Err(TryLockError::Error(error)) => return Err(io_error(&lock_path)(error)),
+        }
+    }
+}
+
+/// Everything `open` checks before LMDB maps the data file: the identity file against
+/// the data file (a store that is gone is an error, not a new store), LMDB's meta pages
+/// and the file's length, and, as the options say, the structural walk. Returns the
+/// identity, if the directory has one, and the walk's findings, if it ran.
+fn check_before_mapping(
+    dir: &Path,
+    options: &StoreOptions,
+) -> Result<(Option<StoreIdentity>, Option<check::Structure>)> {
+    let identity = identity::read(dir)?;
+    let data = check::open_data_file(dir)?;
+    if identity.is_some()
+        && let Some(found) = data.absence()
+    {
+        return Err(Error::StoreMissing {
+            dir: dir.to_path_buf(),
+            identity: identity::path(dir),
+            data: dir.join(check::DATA_FILE_NAME),
+            found,
+        });
+    }
+    let structure = match &data {
+        DataFileState::Present(file) if options.check_at_open.walks(file.bytes()) => {
+            Some(file.walk()?)
+        }
+        _ => None,
+    };
+    Ok((identity, structure))
+}
+
+/// Opens the LMDB environment (once the checks before mapping passed) and clears the
+/// reader slots of dead processes; returns it and how many slots were cleared.
+fn open_env(dir: &Path, options: &StoreOptions) -> Result<(Env<WithoutTls>, usize)> {
+    let map_size_bytes = round_map_size(options.map_size_bytes_initial);
+    let mut env_options = EnvOpenOptions::new().read_txn_without_tls();
+    env_options
+        .map_size(map_size_bytes)
+        .max_dbs(BUILTIN_TABLES + options.app_tables.len() as u32)
+        .max_readers(options.readers_max);
+    // No `flags` call: the defaults keep full durability (each commit is synced;
+    // NO_SYNC or NO_META_SYNC would lose acknowledged commits) and nested transactions
+    // (WRITE_MAP forbids them).
+    //
+    // SAFETY: `open` is unsafe because the memory map is undefined behaviour if the
+    // files are modified behind LMDB's back. The caller holds the directory's exclusive
+    // lock, so no other owner of this crate opens the files; LMDB's own lock file
+    // coordinates any other reader; no code here writes to data.mdb or lock.mdb except
+    // through LMDB; and the directory is local (callers are told not to put it on a
+    // network file system). A damaged file is the other hazard (LMDB trusts every page
+    // number it reads): `check_before_mapping` has read the meta page LMDB will use and
+    // checked the file holds its pages, and, unless the options say otherwise, walked
+    // every page reachable from it. heed itself makes a second open of the same path in
+    // this process an error rather than unsound.
+    let env = unsafe { env_options.open(dir) }.map_err(|error| match error {
+        heed::Error::EnvAlreadyOpened => Error::Locked {
+            dir: dir.to_path_buf(),
+        },
+        error => Error::lmdb("opening the environment", error),
+    })?;
+    let stale_readers_cleared = env
+        .clear_stale_readers()
+        .map_err(|e| Error::lmdb("clearing stale readers", e))?;
+    if stale_readers_cleared > 0 {
+        tracing::info!(dir = %dir.display(), stale_readers_cleared, "cleared reader slots of dead processes");
+    }
+    tracing::debug!(dir = %dir.display(), map_size_bytes, "environment opened");
+    Ok((env, stale_readers_cleared))
+}
+
+/// The record walk of the full check at open, after the structural walk passed and the
+/// tables were opened (and any migration ran): every record of the built-in tables read
+/// and validated.
+fn check_records(
+    env: &Env<WithoutTls>,
+    tables: &Tables,
+    structure: &check::Structure,
+    started: Instant,
+    dir: &Path,
+) -> Result<CheckReport> {
+    let rtxn = env
+        .read_txn()
+        .map_err(|e| Error::lmdb("beginning the open check's read transaction", e))?;
+    let records = check::count_records(View { txn: &rtxn, tables })?;
+    let report = check::report(structure, records, started);
+    tracing::debug!(dir = %dir.display(), ?report, "store checked");
+    Ok(report)
 }

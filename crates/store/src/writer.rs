@@ -9,14 +9,23 @@
 //! "Map full" leaves LMDB's whole transaction unusable, so the batch is dropped, the map
 //! grows (with no transaction open) and the batch runs again; units are `FnMut` with
 //! effects only through their transaction, so a re-run is invisible to them. Between
-//! batches the map also grows ahead of time once it is three quarters full.
+//! batches the map also grows ahead of time once it is half full and no snapshot is
+//! alive, so that a batch rarely has to wait for snapshots; when it must, it waits at
+//! most `StoreOptions::snapshot_age_ms_max` and then fails with `MapGrowthBlocked`.
+//!
+//! A commit that fails because the file system is full is reported as `StorageFull`
+//! (LMDB says EIO for a write the kernel cut short, ENOSPC for one it refused).
 
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use heed::{Env, WithoutTls};
 
 use crate::error::Error;
+use crate::gate::Exclusive;
 use crate::options::{StoreOptions, round_map_size};
 use crate::queue::Queue;
 use crate::reply::ReplySender;
@@ -26,6 +35,12 @@ use crate::store::Shared;
 /// How many times one batch may be re-run after growing the map before its units get the
 /// error; each growth doubles the map, so this is never reached below the size limit.
 const BATCH_RERUNS_MAX: u32 = 48;
+/// Below this many free bytes, an EIO from a commit is taken for a full file system: a
+/// write the kernel cut short for lack of room has used up what was left.
+pub(crate) const STORAGE_FULL_FREE_BYTES_MAX: u64 = 1024 * 1024;
+/// The map grows ahead of time once the data uses this fraction of it (numerator and
+/// denominator).
+const GROW_AHEAD_FILL: (usize, usize) = (1, 2);
 
 /// Whether a unit's writes should be kept.
 pub(crate) enum UnitStatus {
@@ -147,6 +162,14 @@ enum BatchError {
     #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     FailPoint(&'static str),
     MapSizeLimit(usize),
+    MapGrowthBlocked {
+        snapshots: usize,
+        waited_ms: u64,
+    },
+    StorageFull {
+        dir: Arc<Path>,
+        free_bytes: u64,
+    },
 }
 
 impl BatchError {
@@ -160,41 +183,104 @@ impl BatchError {
             BatchError::MapSizeLimit(limit_bytes) => Error::MapSizeLimit {
                 limit_bytes: *limit_bytes,
             },
+            BatchError::MapGrowthBlocked {
+                snapshots,
+                waited_ms,
+            } => Error::MapGrowthBlocked {
+                snapshots: *snapshots,
+                waited_ms: *waited_ms,
+            },
+            BatchError::StorageFull { dir, free_bytes } => Error::StorageFull {
+                dir: dir.to_path_buf(),
+                free_bytes: *free_bytes,
+            },
         }
     }
 }
 
-/// Classifies a heed error at batch level: "map full" means grow and re-run.
-fn batch_failure(operation: &'static str, error: heed::Error) -> Retry {
-    if matches!(error, heed::Error::Mdb(heed::MdbError::MapFull)) {
-        Retry::MapFull { unit: None }
-    } else {
-        Retry::Fatal(BatchError::Lmdb {
-            operation,
-            source: Arc::new(error),
-        })
+/// The bytes of the file system holding `dir` that an unprivileged writer may still use.
+pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, and `stat` points
+    // to writable memory of the struct's size, which statvfs fills on success.
+    let status = unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) };
+    if status != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialized the struct.
+    let stat = unsafe { stat.assume_init() };
+    // The field types are u64 on 64-bit Linux but not on every target.
+    #[allow(clippy::useless_conversion)]
+    let (blocks, block_bytes) = (u64::from(stat.f_bavail), u64::from(stat.f_frsize));
+    Some(blocks.saturating_mul(block_bytes))
+}
+
+/// The free bytes, if `error` is what LMDB reports for a write that found the file
+/// system full: ENOSPC or EDQUOT whatever the free space, EIO (a short write) only when
+/// (almost) nothing is left.
+pub(crate) fn storage_full(dir: &Path, error: &heed::Error) -> Option<u64> {
+    let heed::Error::Io(error) = error else {
+        return None;
+    };
+    match error.raw_os_error()? {
+        libc::ENOSPC | libc::EDQUOT => Some(free_bytes(dir).unwrap_or(0)),
+        libc::EIO => free_bytes(dir).filter(|free| *free < STORAGE_FULL_FREE_BYTES_MAX),
+        _ => None,
     }
 }
 
 /// The writer thread's state.
 pub(crate) struct Writer {
+    /// The writer's own handle to the environment: it stays open while the writer runs,
+    /// and `close` joins the writer before it closes the environment.
+    env: Env<WithoutTls>,
     shared: Arc<Shared>,
     queue: Arc<Queue>,
     batch_units_max: usize,
     map_size_bytes_max: usize,
     page_size_bytes: usize,
+    dir: Arc<Path>,
 }
 
 impl Writer {
-    pub(crate) fn new(shared: Arc<Shared>, queue: Arc<Queue>, options: &StoreOptions) -> Writer {
-        let page_size_bytes = shared.env.unnamed_database_stat().page_size as usize;
+    pub(crate) fn new(
+        env: Env<WithoutTls>,
+        shared: Arc<Shared>,
+        queue: Arc<Queue>,
+        options: &StoreOptions,
+    ) -> Writer {
+        let page_size_bytes = env.unnamed_database_stat().page_size as usize;
+        let dir = Arc::from(shared.dir.as_path());
         Writer {
+            env,
             shared,
             queue,
             batch_units_max: options.batch_units_max,
             map_size_bytes_max: round_map_size(options.map_size_bytes_max),
             page_size_bytes,
+            dir,
         }
+    }
+
+    /// Classifies a heed error at batch level: "map full" means grow and re-run; a full
+    /// file system is `StorageFull`.
+    fn batch_failure(&self, operation: &'static str, error: heed::Error) -> Retry {
+        if matches!(error, heed::Error::Mdb(heed::MdbError::MapFull)) {
+            return Retry::MapFull { unit: None };
+        }
+        if let Some(free_bytes) = storage_full(&self.dir, &error) {
+            tracing::warn!(dir = %self.dir.display(), free_bytes, %error, "the file system is full");
+            return Retry::Fatal(BatchError::StorageFull {
+                dir: Arc::clone(&self.dir),
+                free_bytes,
+            });
+        }
+        Retry::Fatal(BatchError::Lmdb {
+            operation,
+            source: Arc::new(error),
+        })
     }
 
     /// Commits batches until the queue is closed and drained.
@@ -239,10 +325,11 @@ impl Writer {
                     let Err(error) = grown else {
                         continue;
                     };
+                    let blocked = matches!(error, BatchError::MapGrowthBlocked { .. });
                     match unit {
                         // The map cannot hold this unit on top of the ones before it: it
                         // fails alone and the others are tried again without it.
-                        Some(index) if batch.len() > 1 => {
+                        Some(index) if batch.len() > 1 && !blocked => {
                             tracing::warn!(
                                 units,
                                 reruns,
@@ -255,6 +342,7 @@ impl Writer {
                             tracing::error!(
                                 units,
                                 reruns,
+                                error = %error.to_error(),
                                 "the map cannot grow enough for a batch"
                             );
                             for job in batch.drain(..) {
@@ -279,14 +367,14 @@ impl Writer {
 
     /// Runs every unit in its nested transaction and commits the batch once.
     fn attempt(&self, batch: &mut [Box<dyn Job>]) -> Result<(), Retry> {
-        let env = &self.shared.env;
+        let env = &self.env;
         let mut parent = env
             .write_txn()
-            .map_err(|e| batch_failure("beginning a batch", e))?;
+            .map_err(|e| self.batch_failure("beginning a batch", e))?;
         for (index, job) in batch.iter_mut().enumerate() {
             let nested = env
                 .nested_write_txn(&mut parent)
-                .map_err(|e| batch_failure("beginning a unit's nested transaction", e))?;
+                .map_err(|e| self.batch_failure("beginning a unit's nested transaction", e))?;
             let mut scope = WriteScope::new(nested, &self.shared);
             let status = job.run(&mut scope);
             let (nested, map_full_seen) = scope.into_parts();
@@ -303,10 +391,14 @@ impl Writer {
                         return Err(Retry::MapFull { unit: Some(index) });
                     }
                     Err(error) => {
-                        return Err(Retry::Exclude {
-                            index,
-                            error: Error::lmdb("committing a unit's nested transaction", error),
-                        });
+                        let error = match storage_full(&self.dir, &error) {
+                            Some(free_bytes) => Error::StorageFull {
+                                dir: self.dir.to_path_buf(),
+                                free_bytes,
+                            },
+                            None => Error::lmdb("committing a unit's nested transaction", error),
+                        };
+                        return Err(Retry::Exclude { index, error });
                     }
                 },
             }
@@ -319,7 +411,7 @@ impl Writer {
         });
         parent
             .commit()
-            .map_err(|e| batch_failure("committing a batch", e))?;
+            .map_err(|e| self.batch_failure("committing a batch", e))?;
         fail::fail_point!("store-after-commit", |arg| {
             if arg.as_deref() == Some("abort") {
                 std::process::abort();
@@ -329,12 +421,13 @@ impl Writer {
         Ok(())
     }
 
-    /// Grows the map once it is three quarters full, unless a snapshot is alive (then
-    /// "map full" will do it later, waiting for snapshots).
+    /// Grows the map once it is half full, unless a snapshot is alive (then a later
+    /// batch grows it, or "map full" does, waiting a bounded time for snapshots).
     fn grow_ahead(&self) {
-        let info = self.shared.env.info();
+        let info = self.env.info();
         let used_bytes = (info.last_page_number + 1).saturating_mul(self.page_size_bytes);
-        if used_bytes.saturating_mul(4) < info.map_size.saturating_mul(3) {
+        let (numerator, denominator) = GROW_AHEAD_FILL;
+        if used_bytes.saturating_mul(denominator) < info.map_size.saturating_mul(numerator) {
             return;
         }
         if let Err(error) = self.grow(false) {
@@ -342,16 +435,18 @@ impl Writer {
         }
     }
 
-    /// Doubles the map (up to the limit). With `wait`, waits for live snapshots to end;
-    /// without, returns `Ok` without growing if any is alive.
+    /// Doubles the map (up to the limit). With `wait`, waits for live snapshots to end,
+    /// at most `snapshot_age_ms_max`; without, returns `Ok` without growing if any is
+    /// alive.
     fn grow(&self, wait: bool) -> Result<(), BatchError> {
-        let env = &self.shared.env;
+        let env = &self.env;
         let current = env.info().map_size;
         if current >= self.map_size_bytes_max {
             return Err(BatchError::MapSizeLimit(self.map_size_bytes_max));
         }
         let next = round_map_size(current.saturating_mul(2)).min(self.map_size_bytes_max);
-        let resized = self.shared.gate.exclusive(wait, || {
+        let wait_max: Option<Duration> = wait.then_some(self.shared.snapshot_age_max);
+        let resized = self.shared.gate.exclusive(wait_max, || {
             // SAFETY: LMDB allows changing the map size of an open environment when no
             // transaction of this process is active. This runs on the writer thread
             // between attempts: its batch transaction was committed or dropped, and no
@@ -362,15 +457,26 @@ impl Writer {
             unsafe { env.resize(next) }
         });
         match resized {
-            None => Ok(()),
-            Some(Ok(())) => {
+            Exclusive::Skipped => Ok(()),
+            Exclusive::Ran(Ok(())) => {
                 tracing::debug!(from_bytes = current, to_bytes = next, "map grown");
                 Ok(())
             }
-            Some(Err(error)) => Err(BatchError::Lmdb {
+            Exclusive::Ran(Err(error)) => Err(BatchError::Lmdb {
                 operation: "growing the map",
                 source: Arc::new(error),
             }),
+            Exclusive::Blocked(blocked) => {
+                tracing::warn!(
+                    snapshots = blocked.snapshots,
+                    waited_ms = blocked.waited.as_millis() as u64,
+                    "the map must grow but snapshots stay alive; failing the batch"
+                );
+                Err(BatchError::MapGrowthBlocked {
+                    snapshots: blocked.snapshots,
+                    waited_ms: blocked.waited.as_millis() as u64,
+                })
+            }
         }
     }
 }

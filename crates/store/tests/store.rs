@@ -11,11 +11,21 @@ use std::thread;
 
 use common::*;
 use session_store::{
-    Error, EventBody, SCHEMA_VERSION, SessionState, Store, StoreOptions, TaskState,
+    CheckAtOpen, Error, ErrorKind, EventBody, SCHEMA_VERSION, SessionState, Store, StoreOptions,
+    TaskState,
 };
 
 fn open(dir: &Path) -> Store {
     Store::open(dir, StoreOptions::default().with_app_table("ledger")).expect("open the store")
+}
+
+/// Opens without the record walk at open, so that reads meet planted damage.
+fn open_unchecked(dir: &Path) -> Store {
+    let options = StoreOptions {
+        check_at_open: CheckAtOpen::Never,
+        ..StoreOptions::default().with_app_table("ledger")
+    };
+    Store::open(dir, options).expect("open the store without the full check")
 }
 
 /// An application error type, to show units may return their own errors.
@@ -608,7 +618,8 @@ fn raw_put(dir: &Path, table: &str, key: &[u8], value: &[u8]) {
 }
 
 /// Garbage bytes under a key (planted with a raw heed handle) read back as `Corrupt`
-/// naming the table and the key, from single reads and from iteration, never a panic.
+/// naming the table and the key, from single reads and from iteration, never a panic;
+/// and the record walk of a default open finds the bad session record first.
 #[test]
 fn a_corrupt_record_is_a_typed_error() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -623,7 +634,13 @@ fn a_corrupt_record_is_a_typed_error() {
     raw_put(dir.path(), "events", &event_key, b"\x01\x02");
     raw_put(dir.path(), "app.ledger", b"k", b"");
 
-    let store = open(dir.path());
+    let result = Store::open(dir.path(), StoreOptions::default().with_app_table("ledger"));
+    assert!(
+        matches!(&result, Err(error @ Error::Corrupt { table: "sessions", key, .. })
+            if key == "s1" && error.kind() == ErrorKind::Corrupt),
+        "{result:?}"
+    );
+    let store = open_unchecked(dir.path());
     let snapshot = store.snapshot().expect("snapshot");
     let s1 = session_id("s1");
     let corrupt = |result: String, table: &str, key: &str| {
@@ -681,7 +698,7 @@ fn a_record_under_the_wrong_key_is_corrupt() {
     drop(open(dir.path()));
     let bytes = bincode::serialize(&session("other")).expect("encode");
     raw_put(dir.path(), "sessions", b"s1", &bytes);
-    let store = open(dir.path());
+    let store = open_unchecked(dir.path());
     let result = store
         .snapshot()
         .expect("snapshot")
@@ -838,21 +855,17 @@ fn bad_options_are_refused() {
     let _ = SessionState::Queued;
 }
 
-/// A directory whose `data.mdb` is not an LMDB file is refused with a typed LMDB error
-/// that says it was opening the environment, not a panic.
+/// A directory whose `data.mdb` is not an LMDB file is refused before LMDB reads it,
+/// with `CorruptFile` naming the file and both meta pages, not a panic.
 #[test]
 fn a_data_file_that_is_not_lmdb_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("data.mdb"), vec![0x5a_u8; 64 * 1024]).expect("plant garbage");
+    let data = dir.path().join("data.mdb");
+    std::fs::write(&data, vec![0x5a_u8; 64 * 1024]).expect("plant garbage");
     let result = Store::open(dir.path(), StoreOptions::default());
     assert!(
-        matches!(
-            &result,
-            Err(Error::Lmdb {
-                operation: "opening the environment",
-                ..
-            })
-        ),
+        matches!(&result, Err(Error::CorruptFile { path, page: None, reason })
+            if *path == data && reason.contains("both meta pages")),
         "{result:?}"
     );
 }

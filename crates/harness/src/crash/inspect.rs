@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use session_store::{EventBody, SessionState, TaskRecord, TaskState};
+use session_store::{CheckReport, EventBody, SessionState, TaskRecord, TaskState};
 
 use super::facts::Facts;
 use super::ledger::EntryKind;
@@ -36,6 +36,35 @@ fn event_text(body: &EventBody) -> String {
             String::from_utf8_lossy(&completion.payload)
         ),
     }
+}
+
+/// The result of `inspect --check`: the store passed; what it holds.
+pub fn render_check(report: &CheckReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "store check: ok in {} ms: data file {} bytes, page {} bytes, meta page {} (transaction {}), \
+         pages {} in use, {} free, {} unaccounted; {} sessions, {} tasks, {} events read and valid",
+        report.elapsed_ms,
+        report.data_bytes,
+        report.page_bytes,
+        report.meta_page,
+        report.txn_id,
+        report.pages_in_use,
+        report.pages_free,
+        report.pages_unaccounted,
+        report.sessions,
+        report.tasks,
+        report.events
+    );
+    for table in &report.tables {
+        let _ = writeln!(
+            out,
+            "  table {}: {} entries, {} pages",
+            table.name, table.entries, table.pages
+        );
+    }
+    out
 }
 
 /// The whole listing.

@@ -91,6 +91,10 @@ pub struct DirArgs {
     /// Write the report as one JSON object to this file (verify only).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Check the store's files first (inspect only): every page and every record, with
+    /// `session_store::check_dir`; a damaged store exits 1 without the listing.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// Runs `session-harness crash`.
@@ -137,6 +141,16 @@ pub fn verify_dir(args: &DirArgs) -> anyhow::Result<ExitCode> {
 /// # Errors
 /// A directory without a store, or a store in use.
 pub fn inspect_dir(args: &DirArgs) -> anyhow::Result<ExitCode> {
+    if args.check {
+        let store = args.dir.join(worker::STORE_DIR);
+        match session_store::check_dir(&store) {
+            Ok(report) => print!("{}", inspect::render_check(&report)),
+            Err(error) => {
+                println!("store check of {}: FAILED: {error}", store.display());
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
     let plan = Plan::load(&args.dir).ok();
     let facts = Facts::collect(&args.dir, None)?;
     print!("{}", inspect::render(&facts, plan.as_ref()));
