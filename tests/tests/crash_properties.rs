@@ -335,6 +335,7 @@ fn config() -> SessionConfig {
         retry_delay_ms_base: 20,
         retry_delay_ms_max: 200,
         deadline_s: 3600,
+        ..SessionConfig::default()
     }
 }
 
@@ -563,7 +564,10 @@ fn check(sut: &Sut, model: &Model) {
                 .task(&id, &task)
                 .expect("the task reads")
                 .unwrap_or_else(|| panic!("task {id}/{task} was enqueued and is lost"));
-            if let TaskState::Completed { outcome, event_seq } = &task_record.state {
+            if let TaskState::Completed {
+                outcome, event_seq, ..
+            } = &task_record.state
+            {
                 let expect = spec(*slot).expect;
                 assert!(
                     expect.accepts(outcome.name()),
@@ -598,6 +602,7 @@ fn check(sut: &Sut, model: &Model) {
                         TaskState::Completed {
                             outcome: stored,
                             event_seq,
+                            ..
                         } => {
                             assert_eq!(*event_seq, entry.seq, "task {id}/{task}: its event");
                             assert_eq!(stored.name(), outcome, "task {id}/{task}: its outcome");

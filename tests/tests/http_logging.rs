@@ -1,7 +1,7 @@
 //! No secret reaches a log line: every line the process formats at TRACE, for every
-//! target (session-http's own, and reqwest's `log` records bridged by `LogTracer`), with
-//! span fields, is captured while the engine runs transfers whose URLs and headers carry
-//! secrets. In its own test binary because it installs the global subscriber and logger.
+//! target (session-http's and session-actor's own, and reqwest's `log` records bridged by
+//! `LogTracer`), with span fields, is captured while the engine, then `Sessions`, run
+//! transfers whose URLs and headers carry secrets. In its own test binary because it installs the global subscriber and logger.
 
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -164,6 +164,63 @@ async fn no_secret_reaches_a_log_line() {
     };
     assert!(message.contains("?<redacted>"), "{message}");
 
+    // The same transfers through `Sessions`: the actors' logs and spans, the stored
+    // records and the outcomes the application sees.
+    let sessions = session_actor::Sessions::builder(dir.path().join("root"))
+        .engine_config(EngineConfig {
+            connect_timeout: Duration::from_secs(5),
+            read_idle_timeout: Duration::from_secs(5),
+            proxy_from_environment: false,
+            ..EngineConfig::default()
+        })
+        .open()
+        .expect("open");
+    let config = session_actor::SessionConfig {
+        attempts_max: 2,
+        retry_delay_ms_base: 10,
+        retry_delay_ms_max: 50,
+        ..session_actor::SessionConfig::default()
+    };
+    let deliveries = |delivery: &session_actor::Delivery,
+                      _: &mut session_actor::WriteScope<'_>|
+     -> Result<(), session_actor::DelegateError> {
+        tracing::info!(delivery = ?delivery, "the test's delegate got");
+        Ok(())
+    };
+    let session = sessions
+        .session(
+            "logged",
+            config,
+            session_actor::Delegate::transactional(deliveries),
+        )
+        .await
+        .expect("session");
+    let batch = session
+        .enqueue_batch(
+            requests
+                .iter()
+                .enumerate()
+                .map(|(index, request)| (format!("t{index}"), request.clone()))
+                .collect(),
+            None,
+        )
+        .await
+        .expect("enqueue");
+    for handle in batch.tasks() {
+        let outcome = handle.outcome().await.expect("outcome");
+        shown.push_str(&format!("{outcome:?}\n"));
+    }
+    batch.finished().await.expect("the generation ends");
+    shown.push_str(&format!("{:?}\n", session.tasks().expect("tasks")));
+    shown.push_str(&format!("{:?}\n", session.status().await.expect("status")));
+    let snapshot = sessions.snapshot().expect("snapshot");
+    shown.push_str(&format!(
+        "{:?}\n",
+        snapshot.tasks(session.id()).expect("records")
+    ));
+    drop(snapshot);
+    sessions.shutdown().await.expect("shutdown");
+
     let text = captured.text();
     // What was captured covers the engine's lines, its span fields, and reqwest's `log`
     // records: a secret-free capture of nothing would prove nothing.
@@ -173,6 +230,8 @@ async fn no_secret_reaches_a_log_line() {
         "attempt{",
         "?<redacted>",
         "reqwest::connect",
+        "session{id=logged}",
+        "the test's delegate got",
     ] {
         assert!(
             text.contains(expected),

@@ -115,6 +115,7 @@ fn config() -> SessionConfig {
         retry_delay_ms_base: 10,
         retry_delay_ms_max: 200,
         deadline_s: 3600,
+        ..SessionConfig::default()
     }
 }
 
@@ -447,16 +448,36 @@ fn second_generation_after_finished() {
     check_exactly_once(&ledger(dir.path()), "generations", 2, 2);
 }
 
-/// A stored completion whose handler is not registered makes the session wait, visibly;
-/// once a launch registers it, it runs exactly once.
+/// A stored completion whose handler is not registered in a later launch makes the
+/// session wait, visibly; once a launch registers it, it runs exactly once. A name not
+/// registered in this process is refused at enqueue (it could never run here).
 #[test]
 fn unknown_completion_waits_then_runs_once() {
     let origin = origin();
     let dir = tempfile::tempdir().expect("tempdir");
-    let url = origin.url("/objects/later?size=10");
+    // The first request stalls, so the task is still open when the first launch ends.
+    let url = origin.url("/objects/later?size=10&fault=stall&times=1");
     let path = dir.path().to_path_buf();
+    let origin_counters = &origin;
     actix::System::new().block_on(async move {
-        let (sessions, session) = open(&path, "waits").await;
+        let sessions = builder(&path)
+            .completion("later", complete)
+            .open()
+            .expect("open");
+        let session = sessions
+            .session("waits", config(), Delegate::transactional(record))
+            .await
+            .expect("session");
+        let refused = session
+            .enqueue_batch(
+                vec![("u".into(), TransferRequest::download(url.as_str()))],
+                Some(("never-registered", vec![])),
+            )
+            .await;
+        assert!(
+            matches!(&refused, Err(Error::InvalidCompletion { name, .. }) if name == "never-registered"),
+            "{refused:?}"
+        );
         let handle = session
             .enqueue("t", TransferRequest::download(url.as_str()))
             .await
@@ -465,7 +486,12 @@ fn unknown_completion_waits_then_runs_once() {
             .set_completion(handle.generation(), "later", vec![9])
             .await
             .expect("completion");
-        handle.outcome().await.expect("outcome");
+        wait_for(|| origin_counters.counters().requests_total == 1, "the stalled request").await;
+        sessions.shutdown().await.expect("shutdown");
+    });
+    let path = dir.path().to_path_buf();
+    actix::System::new().block_on(async move {
+        let (sessions, session) = open(&path, "waits").await;
         let mut blocked = None;
         for _ in 0..500 {
             blocked = session.status().await.expect("status").delivery_blocked;
@@ -476,6 +502,7 @@ fn unknown_completion_waits_then_runs_once() {
         }
         assert!(blocked.is_some_and(|b| b.contains("later")));
         assert_eq!(completions_in(&sessions), 0);
+        sessions.shutdown().await.expect("shutdown");
     });
     let path = dir.path().to_path_buf();
     actix::System::new().block_on(async move {
@@ -765,7 +792,7 @@ fn batch_shares_one_generation_and_reissues_safely() {
                 .await
                 .expect("batch");
             assert!(
-                handles.iter().all(|h| h.generation() == 1),
+                handles.generation() == 1 && handles.tasks().iter().all(|h| h.generation() == 1),
                 "launch {launch}"
             );
             wait_for(|| completions_in(&sessions) == 1, "the completion").await;

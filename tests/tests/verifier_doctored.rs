@@ -129,7 +129,12 @@ fn clean() -> Facts {
         kind,
         request: Vec::new(),
         created_ms: 0,
-        state: TaskState::Completed { outcome, event_seq },
+        state: TaskState::Completed {
+            outcome,
+            event_seq,
+            finished_ms: 0,
+        },
+        wait: None,
     };
     Facts {
         ledger: vec![
@@ -297,6 +302,7 @@ fn wrong_or_missing_outcome_is_caught() {
     facts.tasks[1].state = TaskState::Completed {
         outcome: Outcome::Cancelled,
         event_seq: 1,
+        finished_ms: 0,
     };
     let findings = assert_caught(&facts, "ended cancelled, the plan expects success");
     assert_eq!(findings.outcome_mismatches, 1);

@@ -7,7 +7,7 @@
 
 /// Benchmarks that print figures.
 pub mod bench;
-/// The crash harness: fault-injection runs, their worker, and the verifier of DESIGN section 5.
+/// The crash harness: fault-injection runs, their worker, and the verifier of the guarantees.
 pub mod crash;
 /// The origin server: deterministic content and fault programs on 127.0.0.1.
 pub mod origin;

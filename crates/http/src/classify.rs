@@ -1,4 +1,4 @@
-//! The outcome of an attempt and the exhaustive status table (DESIGN section 7).
+//! The outcome of an attempt and the exhaustive status table.
 //!
 //! # Content codings
 //!
@@ -242,7 +242,7 @@ pub fn classify_status(status: u16) -> StatusClass {
 mod tests {
     use super::*;
 
-    /// The whole status table: every u16 maps as DESIGN section 7 and the doc of
+    /// The whole status table: every u16 maps as the doc of
     /// `classify_status` say, checked code by code against an independent statement.
     #[test]
     fn status_table() {

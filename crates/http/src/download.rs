@@ -1,4 +1,4 @@
-//! Resumable, verified downloads (DESIGN section 7).
+//! Resumable, verified downloads.
 //!
 //! Bytes stream into `<dir>/<safe name>.part`. Before the first body byte of a response
 //! that starts the file, the response's validator (a strong `ETag`, else `Last-Modified`)

@@ -1,6 +1,6 @@
 //! The bgsession transfer engine: one attempt of a download, upload or data transfer over
 //! HTTP(S), resumed where a previous attempt (or a killed process) stopped, and classified
-//! exhaustively as success, rejection, retry or failure (DESIGN section 7).
+//! exhaustively as success, rejection, retry or failure.
 //!
 //! The engine knows neither the store nor actix: the session actor persists a
 //! [`TransferRequest`] ([`TransferRequest::to_bytes`], a versioned encoding that also

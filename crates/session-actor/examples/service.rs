@@ -1,4 +1,5 @@
-//! An actix service that embeds `Sessions`: it downloads a set of files from an origin
+//! An actix service that embeds `Sessions` (a tokio service works the same, see
+//! `tokio_service.rs`): it downloads a set of files from an origin
 //! server inside one background session, keeps each file and records it in an
 //! application table with a transactional delegate, and stops when the session's
 //! stored completion handler has run.
@@ -16,13 +17,11 @@
 //! mid-download with SIGKILL, starts again and checks the outcome.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use session_actor::{
-    CompletionCall, Delegate, DelegateError, Delivery, Event, SessionConfig, Sessions,
+    AppTable, CompletionCall, Delegate, DelegateError, Delivery, Event, SessionConfig, Sessions,
     TransferRequest, WriteScope,
 };
-use session_store::AppTable;
 
 /// The application table: one record per kept file.
 const KEPT: &str = "kept-files";
@@ -38,7 +37,7 @@ fn file_size(index: usize) -> u64 {
 }
 
 fn kept_table() -> Result<AppTable<u64>, DelegateError> {
-    AppTable::named(KEPT).map_err(|error| DelegateError::new(error.to_string()))
+    Ok(AppTable::named(KEPT)?)
 }
 
 /// Keeps each downloaded file under `<dir>/kept/` and records it, in the delivery's
@@ -53,22 +52,13 @@ fn delegate(dir: PathBuf) -> impl Fn(&Delivery, &mut WriteScope<'_>) -> Result<(
         } = &delivery.event
         {
             let kept = dir.join("kept").join(task.as_str());
-            file.keep_as(&kept)
-                .map_err(|error| DelegateError::new(format!("keeping {task}: {error}")))?;
-            let bytes = std::fs::metadata(&kept)
-                .map_err(|error| DelegateError::new(error.to_string()))?
-                .len();
+            file.keep_as(&kept)?;
+            let bytes = std::fs::metadata(&kept)?.len();
             let table = kept_table()?;
-            if table
-                .get(scope, task.as_str())
-                .map_err(|error| DelegateError::new(error.to_string()))?
-                .is_some()
-            {
+            if table.get(scope, task.as_str())?.is_some() {
                 return Err(DelegateError::new(format!("{task} delivered twice")));
             }
-            table
-                .put(scope, task.as_str(), &bytes)
-                .map_err(|error| DelegateError::new(error.to_string()))?;
+            table.put(scope, task.as_str(), &bytes)?;
             println!("kept {task} ({bytes} bytes) [delivery {}]", delivery.key);
         }
         Ok(())
@@ -76,11 +66,8 @@ fn delegate(dir: PathBuf) -> impl Fn(&Delivery, &mut WriteScope<'_>) -> Result<(
 }
 
 fn all_done(call: &CompletionCall, scope: &mut WriteScope<'_>) -> Result<(), DelegateError> {
-    let table: AppTable<u64> =
-        AppTable::named(DONE).map_err(|error| DelegateError::new(error.to_string()))?;
-    table
-        .put(scope, call.key.session.as_str(), &call.key.generation)
-        .map_err(|error| DelegateError::new(error.to_string()))?;
+    let table: AppTable<u64> = AppTable::named(DONE)?;
+    table.put(scope, call.key.session.as_str(), &call.key.generation)?;
     println!(
         "all events handled for {} (generation {})",
         call.key.session, call.key.generation
@@ -114,28 +101,23 @@ fn serve(dir: &Path, origin: &str) -> anyhow::Result<()> {
                 Delegate::transactional(delegate(dir.clone())),
             )
             .await?;
-        let mut generation = 0;
-        for index in 0..FILES {
-            // A slow drip, so that a kill lands mid-download.
-            let url = format!(
-                "{origin}/objects/file-{index}?size={}&fault=drip:65536:10",
-                file_size(index)
-            );
-            let handle = session
-                .enqueue(&format!("file-{index}"), TransferRequest::download(url))
-                .await?;
-            generation = handle.generation();
-        }
-        session
-            .set_completion(generation, "all-done", Vec::new())
+        let files = (0..FILES)
+            .map(|index| {
+                // A slow drip, so that a kill lands mid-download.
+                let url = format!(
+                    "{origin}/objects/file-{index}?size={}&fault=drip:65536:10",
+                    file_size(index)
+                );
+                (format!("file-{index}"), TransferRequest::download(url))
+            })
+            .collect();
+        // One batch with its completion; re-issued after a kill, it reconnects.
+        let batch = session
+            .enqueue_batch(files, Some(("all-done", Vec::new())))
             .await?;
-        let done: AppTable<u64> = sessions.store().app_table(DONE)?;
-        loop {
-            if done.get(&sessions.store().snapshot()?, "demo")? == Some(generation) {
-                return Ok(());
-            }
-            actix_rt::time::sleep(Duration::from_millis(20)).await;
-        }
+        batch.finished().await?;
+        sessions.shutdown().await?;
+        Ok(())
     })
 }
 
@@ -178,15 +160,16 @@ fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use std::process::Command;
+    use std::time::Duration;
 
     use super::*;
 
     /// How many files the application table records, read with the service stopped.
     fn kept_records(dir: &Path) -> usize {
-        let options = session_store::StoreOptions::default()
+        let options = session_actor::StoreOptions::default()
             .with_app_table(KEPT)
             .with_app_table(DONE);
-        let store = session_store::Store::open(dir, options).expect("store");
+        let store = session_actor::Store::open(dir, options).expect("store");
         let kept = store.app_table::<u64>(KEPT).expect("table");
         kept.entries(&store.snapshot().expect("snapshot"))
             .expect("entries")

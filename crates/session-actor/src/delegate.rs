@@ -134,6 +134,20 @@ impl DelegateError {
     }
 }
 
+/// So `?` works on application-table calls inside a delegate or completion handler.
+impl From<session_store::Error> for DelegateError {
+    fn from(error: session_store::Error) -> Self {
+        DelegateError(error.to_string())
+    }
+}
+
+/// So `?` works on file operations (such as [`DownloadedFile::keep_as`]) inside a delegate.
+impl From<io::Error> for DelegateError {
+    fn from(error: io::Error) -> Self {
+        DelegateError(error.to_string())
+    }
+}
+
 /// Receives events exactly once, inside the transaction that records the delivery.
 ///
 /// Called on the store's writer thread: keep it short and synchronous, and make every

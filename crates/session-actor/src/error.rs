@@ -82,6 +82,33 @@ pub enum Error {
     /// The engine could not be built.
     #[error("building the transfer engine: {0}")]
     Engine(#[source] session_http::Error),
+    /// A configuration value is unusable; nothing was stored.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(#[source] session_store::InvalidField),
+    /// A completion handler name is unusable or not registered in this process; nothing
+    /// was stored.
+    #[error("invalid completion {name:?}: {reason}")]
+    InvalidCompletion {
+        /// The name given (escaped when printed).
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `Sessions` has been shut down (or is shutting down): it takes no more work.
+    #[error("the sessions have been shut down")]
+    ShutDown,
+    /// The call cannot work from where it was made.
+    #[error("unsupported: {what}")]
+    Unsupported {
+        /// What cannot be done, and why.
+        what: &'static str,
+    },
+    /// The actor runtime could not be started or stopped.
+    #[error("the actor runtime: {reason}")]
+    Runtime {
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// What a writer unit of a session can fail with: the store's errors and the machine's.
@@ -93,12 +120,12 @@ pub(crate) enum UnitError {
     Machine(#[from] MachineError),
     #[error("no completion handler named {0:?}")]
     UnknownCompletion(String),
-    #[error("delegate failed: {0}")]
-    Delegate(String),
+    #[error("delegate failed on event {seq}: {message}")]
+    Delegate { seq: u64, message: String },
 }
 
 impl UnitError {
-    pub(crate) fn into_error(self, session: &SessionId, seq: u64) -> Error {
+    pub(crate) fn into_error(self, session: &SessionId) -> Error {
         match self {
             UnitError::Store(error) => Error::Store(error),
             UnitError::Machine(source) => Error::Refused {
@@ -109,7 +136,7 @@ impl UnitError {
                 session: session.clone(),
                 name,
             },
-            UnitError::Delegate(message) => Error::Delegate {
+            UnitError::Delegate { seq, message } => Error::Delegate {
                 session: session.clone(),
                 seq,
                 message,

@@ -1,31 +1,34 @@
-//! The application's handles: a [`Session`] and the [`TaskHandle`]s of its tasks.
+//! The application's handles: a [`Session`], the [`TaskHandle`]s of its tasks, a
+//! [`Batch`] enqueued together, and [`Task`], a task as committed.
 
 use std::fmt;
-use std::sync::Arc;
 
 use actix::Addr;
 use session_http::{Progress, TransferKind, TransferRequest};
 use session_store::{
-    Outcome, SessionId, SessionRecord, StoredCompletion, TaskId, TaskKind, TaskRecord,
+    Outcome, SessionId, SessionRecord, StoredCompletion, TaskId, TaskKind, TaskRecord, TaskState,
+    TaskWait,
 };
 use tokio::sync::watch;
 
 use crate::actor::{
     Cancel, Enqueue, EnqueueBatch, Invalidate, SessionActor, SessionStatus, SetCompletion, Status,
-    Wait, Watch,
+    Wait, WaitGeneration, Watch,
 };
 use crate::error::{Error, Result};
-use crate::shared::Shared;
+use crate::requests;
+use crate::sessions::Sessions;
 
 /// How many times a request is sent when supervised restarts keep dropping its reply.
 const REQUEST_ATTEMPTS_MAX: usize = 64;
 
-/// A handle to one background session. Cheap to clone.
+/// A handle to one background session. Cheap to clone, `Send` and `Sync`; every future
+/// it returns is `Send`.
 #[derive(Clone)]
 pub struct Session {
     id: SessionId,
     addr: Addr<SessionActor>,
-    shared: Arc<Shared>,
+    sessions: Sessions,
 }
 
 impl fmt::Debug for Session {
@@ -37,8 +40,8 @@ impl fmt::Debug for Session {
 }
 
 impl Session {
-    pub(crate) fn new(id: SessionId, addr: Addr<SessionActor>, shared: Arc<Shared>) -> Self {
-        Session { id, addr, shared }
+    pub(crate) fn new(id: SessionId, addr: Addr<SessionActor>, sessions: Sessions) -> Self {
+        Session { id, addr, sessions }
     }
 
     /// The session's identifier.
@@ -47,8 +50,12 @@ impl Session {
     }
 
     fn gone(&self) -> Error {
-        Error::SessionGone {
-            session: self.id.clone(),
+        if self.sessions.is_open() {
+            Error::SessionGone {
+                session: self.id.clone(),
+            }
+        } else {
+            Error::ShutDown
         }
     }
 
@@ -62,10 +69,11 @@ impl Session {
         M::Result: Send,
         SessionActor: actix::Handler<M>,
     {
+        self.sessions.check_open()?;
         for _ in 0..REQUEST_ATTEMPTS_MAX {
             match self.addr.send(message.clone()).await {
                 Ok(reply) => return Ok(reply),
-                Err(_) if self.addr.connected() => {
+                Err(_) if self.addr.connected() && self.sessions.is_open() => {
                     tracing::debug!(session = %self.id, "reply lost to a restart; asking again");
                 }
                 Err(_) => break,
@@ -81,7 +89,7 @@ impl Session {
     ) -> Result<(TaskId, TaskKind, Vec<u8>)> {
         let task = TaskId::new(task)?;
         request
-            .validate(&self.shared.engine.config().limits)
+            .validate(&self.sessions.shared().engine.config().limits)
             .map_err(|source| Error::InvalidTransfer {
                 task: task.clone(),
                 source,
@@ -91,45 +99,80 @@ impl Session {
             TransferKind::Upload => TaskKind::Upload,
             TransferKind::Data => TaskKind::Data,
         };
-        let bytes = bincode::serialize(request).map_err(|error| {
+        let bytes = requests::encode(request).map_err(|reason| {
             Error::Store(session_store::Error::InvalidRecord {
                 table: "tasks",
                 key: format!("{}/{}", self.id, task),
-                reason: format!("the transfer description does not encode: {error}"),
+                reason,
             })
         })?;
         Ok((task, kind, bytes))
     }
 
-    /// Adds several tasks in one transaction, so that the new ones share one
-    /// generation, and stores that generation's completion (by name and payload) in the
-    /// same transaction. Known identifiers reconnect, as with [`Session::enqueue`], so
-    /// re-issuing the whole batch after a relaunch is safe.
+    /// A completion to store: its name must be valid and registered in this process
+    /// (else it could never run here, and the session would wait for it).
+    fn completion(&self, name: &str, payload: Vec<u8>) -> Result<StoredCompletion> {
+        let invalid = |reason: String| Error::InvalidCompletion {
+            name: name.to_owned(),
+            reason,
+        };
+        session_store::validate_completion_name(name).map_err(|error| invalid(error.reason))?;
+        if !self.sessions.shared().has_completion(name) {
+            return Err(invalid(
+                "no completion handler of this name is registered with these Sessions".into(),
+            ));
+        }
+        let completion = StoredCompletion {
+            name: name.to_owned(),
+            payload,
+        };
+        completion.validate().map_err(invalid)?;
+        Ok(completion)
+    }
+
+    /// Adds several tasks in one transaction, with the completion to run (by name and
+    /// payload) once every task of the batch has been delivered, in the same
+    /// transaction. Known identifiers reconnect, as with [`Session::enqueue`], so
+    /// re-issuing the whole batch after a relaunch is safe and stores nothing twice.
+    ///
+    /// Which generation the batch belongs to: if the session's current generation is
+    /// still running (some task not terminal), the batch joins it and its completion is
+    /// added to the generation's completions; otherwise the batch opens the next
+    /// generation. Either way its completion runs exactly once, after the generation's
+    /// "did finish events", which comes after every event of the batch. A batch whose
+    /// tasks are all known already and whose generation has ended stores nothing new:
+    /// its completion was stored with those tasks the first time. An empty batch with a
+    /// completion joins the running generation, or opens one that ends at once.
     ///
     /// # Errors
-    /// As [`Session::enqueue`]; nothing of the batch is stored if any part is refused.
+    /// As [`Session::enqueue`], and [`Error::InvalidCompletion`] for a completion name
+    /// that is invalid or not registered; nothing of the batch is stored if any part is
+    /// refused.
     pub async fn enqueue_batch(
         &self,
         tasks: Vec<(String, TransferRequest)>,
         completion: Option<(&str, Vec<u8>)>,
-    ) -> Result<Vec<TaskHandle>> {
+    ) -> Result<Batch> {
         let tasks = tasks
             .iter()
             .map(|(task, request)| self.describe(task, request))
             .collect::<Result<Vec<_>>>()?;
-        let completion = completion.map(|(name, payload)| StoredCompletion {
-            name: name.to_owned(),
-            payload,
-        });
-        let records = self.ask(EnqueueBatch { tasks, completion }).await??;
-        Ok(records
-            .into_iter()
-            .map(|record| TaskHandle {
-                session: self.clone(),
-                task: record.id,
-                generation: record.generation,
-            })
-            .collect())
+        let completion = completion
+            .map(|(name, payload)| self.completion(name, payload))
+            .transpose()?;
+        let (generation, records) = self.ask(EnqueueBatch { tasks, completion }).await??;
+        Ok(Batch {
+            generation,
+            tasks: records
+                .into_iter()
+                .map(|record| TaskHandle {
+                    session: self.clone(),
+                    task: record.id,
+                    generation: record.generation,
+                })
+                .collect(),
+            session: self.clone(),
+        })
     }
 
     /// Adds a task with an identifier the application chooses, or reconnects to the
@@ -138,7 +181,7 @@ impl Session {
     ///
     /// # Errors
     /// An invalid identifier or transfer description (nothing is stored), a conflict,
-    /// a faulted session, a store error.
+    /// a faulted session, a store error, [`Error::ShutDown`].
     pub async fn enqueue(&self, task: &str, request: TransferRequest) -> Result<TaskHandle> {
         let (task, kind, request) = self.describe(task, &request)?;
         let record = self
@@ -155,26 +198,24 @@ impl Session {
         })
     }
 
-    /// Stores the completion handler to run (by name, with a payload) once the given
+    /// Stores a completion handler to run (by name, with a payload) once the given
     /// generation's tasks are all terminal and its events delivered, after "did finish
-    /// events". Exactly once per generation; re-issuing it is harmless. Use the
-    /// generation a [`TaskHandle`] reports.
+    /// events". Exactly once per completion; giving the same one again is harmless. Use
+    /// the generation a [`TaskHandle`] or [`Batch`] reports.
     ///
     /// # Errors
-    /// An unopened generation, a different completion already stored for it, a
-    /// generation that ended without one.
+    /// A name that is invalid or not registered, an unopened generation, a generation
+    /// that ended before a later one began, too many completions for one generation.
     pub async fn set_completion(
         &self,
         generation: u64,
         name: &str,
         payload: Vec<u8>,
     ) -> Result<()> {
+        let completion = self.completion(name, payload)?;
         self.ask(SetCompletion {
             generation,
-            completion: StoredCompletion {
-                name: name.to_owned(),
-                payload,
-            },
+            completion,
         })
         .await?
     }
@@ -185,10 +226,7 @@ impl Session {
     /// An unknown task, a store error.
     pub async fn cancel(&self, task: &str) -> Result<()> {
         let task = TaskId::new(task)?;
-        self.addr
-            .send(Cancel { task })
-            .await
-            .map_err(|_| self.gone())?
+        self.ask(Cancel { task }).await?
     }
 
     /// Cancels every task that is not finished.
@@ -199,12 +237,15 @@ impl Session {
         self.ask(Invalidate).await?
     }
 
-    /// The session's tasks, with their states, as committed.
+    /// The session's tasks as committed, with their transfer descriptions decoded, in
+    /// task identifier order.
     ///
     /// # Errors
-    /// A store error.
-    pub fn tasks(&self) -> Result<Vec<TaskRecord>> {
-        Ok(self.shared.store.snapshot()?.tasks(&self.id)?)
+    /// A store error, or a description that does not decode.
+    pub fn tasks(&self) -> Result<Vec<Task>> {
+        self.sessions.check_open()?;
+        let records = self.sessions.shared().store.snapshot()?.tasks(&self.id)?;
+        records.into_iter().map(Task::from_record).collect()
     }
 
     /// The session's persisted record.
@@ -212,7 +253,8 @@ impl Session {
     /// # Errors
     /// A store error.
     pub fn record(&self) -> Result<Option<SessionRecord>> {
-        Ok(self.shared.store.snapshot()?.session(&self.id)?)
+        self.sessions.check_open()?;
+        Ok(self.sessions.shared().store.snapshot()?.session(&self.id)?)
     }
 
     /// The persisted record plus this process's view: restarts, faulted, blocked.
@@ -223,14 +265,28 @@ impl Session {
         self.ask(Status).await?
     }
 
+    /// Resolves once `generation` has ended: every task of it is terminal and every
+    /// event of it (its "did finish events" and completions included) has been
+    /// delivered. At once for a generation that ended already, so no service polls.
+    ///
+    /// # Errors
+    /// A generation that has not been opened yet, a store error, the session's actor
+    /// gone, [`Error::ShutDown`].
+    pub async fn finished(&self, generation: u64) -> Result<()> {
+        let receiver = self.ask(WaitGeneration { generation }).await??;
+        receiver.await.map_err(|_| self.gone())
+    }
+
     /// A handle to a known task (for example after a restart).
     ///
     /// # Errors
     /// An invalid identifier, an unknown task, a store error.
     pub fn task(&self, task: &str) -> Result<TaskHandle> {
+        self.sessions.check_open()?;
         let task = TaskId::new(task)?;
         let record = self
-            .shared
+            .sessions
+            .shared()
             .store
             .snapshot()?
             .task(&self.id, &task)?
@@ -246,7 +302,37 @@ impl Session {
     }
 }
 
-/// A handle to one task, for callers that wait in-process.
+/// Tasks enqueued together with [`Session::enqueue_batch`]: the generation they belong
+/// to and a handle to each.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    generation: u64,
+    tasks: Vec<TaskHandle>,
+    session: Session,
+}
+
+impl Batch {
+    /// The generation the batch belongs to (its completion runs at that generation's end).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// A handle to each task of the batch, in the order given.
+    pub fn tasks(&self) -> &[TaskHandle] {
+        &self.tasks
+    }
+
+    /// Resolves once the batch's generation has ended (see [`Session::finished`]).
+    ///
+    /// # Errors
+    /// As [`Session::finished`].
+    pub async fn finished(&self) -> Result<()> {
+        self.session.finished(self.generation).await
+    }
+}
+
+/// A handle to one task, for callers that wait in-process. Cheap to clone, `Send` and
+/// `Sync`.
 #[derive(Debug, Clone)]
 pub struct TaskHandle {
     session: Session,
@@ -265,6 +351,11 @@ impl TaskHandle {
         self.generation
     }
 
+    /// The session the task belongs to.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
     /// Waits for the task's classified outcome: success (with the response and, for a
     /// download, the file), rejected, failed (retries exhausted, deadline, ...) or
     /// cancelled. Resolves at once for a task that has finished.
@@ -281,6 +372,35 @@ impl TaskHandle {
         receiver.await.map_err(|_| self.session.gone())
     }
 
+    /// The task's state as committed.
+    ///
+    /// # Errors
+    /// A store error; [`Error::Refused`] if the task no longer exists.
+    pub fn state(&self) -> Result<TaskState> {
+        self.session.sessions.check_open()?;
+        self.session
+            .sessions
+            .shared()
+            .store
+            .snapshot()?
+            .task(self.session.id(), &self.task)?
+            .map(|record| record.state)
+            .ok_or_else(|| Error::Refused {
+                session: self.session.id().clone(),
+                source: crate::machine::MachineError::UnknownTask {
+                    task: self.task.clone(),
+                },
+            })
+    }
+
+    /// Cancels the task (see [`Session::cancel`]).
+    ///
+    /// # Errors
+    /// As [`Session::cancel`].
+    pub async fn cancel(&self) -> Result<()> {
+        self.session.cancel(self.task.as_str()).await
+    }
+
     /// Progress of the running transfer (not durable): bytes done and expected.
     ///
     /// # Errors
@@ -292,4 +412,80 @@ impl TaskHandle {
             })
             .await
     }
+}
+
+/// A task as committed, with its transfer description decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    /// The task's identifier.
+    pub id: TaskId,
+    /// The generation it was enqueued in.
+    pub generation: u64,
+    /// Download, upload or data.
+    pub kind: TaskKind,
+    /// What it transfers (its `Debug` hides credentials and URL queries).
+    pub request: TransferRequest,
+    /// When it was enqueued, Unix milliseconds.
+    pub created_ms: u64,
+    /// Where it is.
+    pub state: TaskState,
+    /// What a pending task waits for, if it waits for connectivity or storage.
+    pub wait: Option<TaskWait>,
+}
+
+impl Task {
+    pub(crate) fn from_record(record: TaskRecord) -> Result<Task> {
+        let request = requests::decode(&record.request).map_err(|reason| {
+            Error::Store(session_store::Error::Corrupt {
+                table: "tasks",
+                key: format!("{}/{}", record.session, record.id),
+                reason,
+            })
+        })?;
+        Ok(Task {
+            id: record.id,
+            generation: record.generation,
+            kind: record.kind,
+            request,
+            created_ms: record.created_ms,
+            state: record.state,
+            wait: record.wait,
+        })
+    }
+}
+
+// The handles services move across threads and await in tokio tasks (axum handlers):
+// checked when this crate compiles, so a change that breaks it cannot land.
+const _: () = {
+    const fn clone_send_sync<T: Clone + Send + Sync>() {}
+    clone_send_sync::<Sessions>();
+    clone_send_sync::<Session>();
+    clone_send_sync::<TaskHandle>();
+    clone_send_sync::<Batch>();
+};
+
+/// Every future a handle returns is `Send` (never called; it only has to compile).
+#[allow(dead_code)]
+fn futures_are_send(
+    sessions: &Sessions,
+    session: &Session,
+    task: &TaskHandle,
+    batch: &Batch,
+    delegate: crate::Delegate,
+) {
+    fn send<T: Send>(_: T) {}
+    send(sessions.session("s", session_store::SessionConfig::default(), delegate));
+    send(sessions.shutdown());
+    let request = || TransferRequest::download("http://127.0.0.1/");
+    send(session.enqueue("t", request()));
+    send(session.enqueue_batch(vec![("t".into(), request())], Some(("c", Vec::new()))));
+    send(session.set_completion(1, "c", Vec::new()));
+    send(session.cancel("t"));
+    send(session.invalidate());
+    send(session.status());
+    send(session.finished(1));
+    send(task.outcome());
+    send(task.cancel());
+    send(task.progress());
+    send(batch.finished());
 }

@@ -3,11 +3,15 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use actix::{Addr, Supervisor};
-use session_http::{Engine, EngineConfig};
-use session_store::{SessionConfig, SessionId, Store, StoreOptions};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use session_http::EngineConfig;
+use session_store::{AppTable, SessionConfig, SessionId, Snapshot, Store, StoreOptions};
+use tokio::sync::oneshot;
 
 use crate::actor::{Poke, SessionActor, SetDelegate};
 use crate::clock::{Clock, SystemClock};
@@ -15,7 +19,9 @@ use crate::delegate::{CompletionHandler, Delegate};
 use crate::error::{Error, Result};
 use crate::machine::Input;
 use crate::recovery::recover;
+use crate::runtime::ActorRuntime;
 use crate::session::Session;
+use crate::shared::Shared;
 use crate::units::{Completions, run_input};
 
 /// How many supervised restarts a session gets in one process before it is parked.
@@ -58,6 +64,7 @@ pub struct SessionsBuilder {
     store: StoreOptions,
     engine: EngineConfig,
     completions: Completions,
+    invalid_completion: Option<Error>,
     restart_limit: u32,
     clock: Arc<dyn Clock>,
 }
@@ -74,22 +81,39 @@ impl fmt::Debug for SessionsBuilder {
 
 impl SessionsBuilder {
     /// Registers a named completion handler. Sessions store the name (and a payload)
-    /// per generation; after a restart the handler must be registered again.
+    /// per generation; after a restart the handler must be registered again. An invalid
+    /// name (see [`session_store::validate_completion_name`]) makes [`open`](Self::open)
+    /// fail with [`Error::InvalidCompletion`].
     pub fn completion(mut self, name: impl Into<String>, handler: impl CompletionHandler) -> Self {
-        self.completions.insert(name.into(), Arc::new(handler));
+        let name = name.into();
+        if let Err(error) = session_store::validate_completion_name(&name) {
+            self.invalid_completion
+                .get_or_insert(Error::InvalidCompletion {
+                    name,
+                    reason: error.reason,
+                });
+            return self;
+        }
+        self.completions.insert(name, Arc::new(handler));
         self
     }
 
-    /// Declares an application table (in the same LMDB environment, written by
-    /// transactional delegates and completion handlers).
+    /// Declares an application table (in the same store, written by transactional
+    /// delegates and completion handlers).
     pub fn app_table(mut self, name: impl Into<String>) -> Self {
         self.store = self.store.with_app_table(name);
         self
     }
 
-    /// Replaces the store options.
+    /// Replaces the store options (keeping the application tables declared so far).
     pub fn store_options(mut self, options: StoreOptions) -> Self {
+        let tables = std::mem::take(&mut self.store.app_tables);
         self.store = options;
+        for table in tables {
+            if !self.store.app_tables.contains(&table) {
+                self.store.app_tables.push(table);
+            }
+        }
         self
     }
 
@@ -111,21 +135,37 @@ impl SessionsBuilder {
         self
     }
 
-    /// Opens the store, recovers every unfinished session and starts its actor.
+    /// Opens the store, starts the actor runtime, recovers every unfinished session and
+    /// starts its actor.
     ///
-    /// Must be called inside a running actix `System` (the actors and the HTTP client
-    /// live on its runtime). Transfers of recovered sessions resume at once; their
-    /// events wait in the outbox until the application attaches a delegate with
-    /// [`Sessions::session`].
+    /// Works from any thread: a `#[tokio::main]` service (multi-threaded or current
+    /// thread), a plain synchronous `main`, or inside an actix System. The actors run on
+    /// an actix System of this crate's own, on a thread it owns (see
+    /// [`Sessions::shutdown`]). It blocks while it opens and recovers the store (one
+    /// pass over the unfinished sessions). Transfers of recovered sessions resume at
+    /// once; their events wait in the outbox until the application attaches a delegate
+    /// with [`Sessions::session`]. It installs no global logger (see [`bridge_log`]).
     ///
     /// # Errors
-    /// The store's errors (another owner, a corrupt record, a newer schema, ...), or
-    /// an engine that cannot be built.
+    /// An invalid completion name, the store's errors (another owner, a corrupt record,
+    /// a newer schema, ...), an engine that cannot be built, or a runtime that cannot
+    /// start.
     pub fn open(self) -> Result<Sessions> {
-        bridge_log();
+        if let Some(error) = self.invalid_completion {
+            return Err(error);
+        }
+        // A `Sessions` of this process on the same root, dropped a moment ago, may still
+        // be closing in the background: its lock is about to be released.
+        closing::wait_for(&self.root);
         let store = Store::open(&self.root, self.store)?;
-        let engine = Engine::new(self.engine).map_err(Error::Engine)?;
-        let shared = Arc::new(crate::shared::Shared::new(
+        let (runtime, engine) = match ActorRuntime::start(self.engine) {
+            Ok(started) => started,
+            Err(error) => {
+                let _ = store.close();
+                return Err(error);
+            }
+        };
+        let shared = Arc::new(Shared::new(
             store,
             engine,
             self.root.clone(),
@@ -133,40 +173,113 @@ impl SessionsBuilder {
             self.restart_limit,
             self.completions,
         ));
-        let recovered = recover(&shared.store, &shared.machine_context())?;
-        let mut actors = HashMap::with_capacity(recovered.len());
-        let mut waiting = BTreeSet::new();
-        for session in recovered {
-            let shared_for_actor = shared.clone();
-            let id = session.id.clone();
-            let actions = session.actions;
-            let addr = Supervisor::start(move |_| {
-                SessionActor::new(id, shared_for_actor, None, Some(actions))
-            });
-            waiting.insert(session.id.clone());
-            actors.insert(session.id, addr);
+        let owner = Owner {
+            shared: Arc::clone(&shared),
+            runtime: Arc::new(runtime),
+            actors: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(BTreeSet::new()),
+            open: AtomicBool::new(true),
+        };
+        let recovered = match recover(&shared.store, &shared.machine_context()) {
+            Ok(recovered) => recovered,
+            Err(error) => {
+                // Nothing was started: release the runtime and the store at once.
+                owner.open.store(false, Ordering::SeqCst);
+                let _ = owner.close();
+                return Err(error);
+            }
+        };
+        {
+            let mut actors = owner.actors.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut waiting = owner.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            for session in recovered {
+                let shared = Arc::clone(&shared);
+                let id = session.id.clone();
+                let actions = session.actions;
+                let addr = Supervisor::start_in_arbiter(owner.runtime.arbiter(), move |_| {
+                    SessionActor::new(id, shared, None, Some(actions))
+                });
+                waiting.insert(session.id.clone());
+                actors.insert(session.id, addr);
+            }
         }
-        tracing::info!(root = %self.root.display(), recovered = actors.len(), "sessions open");
+        tracing::info!(
+            root = %self.root.display(),
+            recovered = owner.actors.lock().unwrap_or_else(PoisonError::into_inner).len(),
+            "sessions open"
+        );
         Ok(Sessions {
-            shared,
-            actors: Arc::new(Mutex::new(actors)),
-            waiting: Arc::new(Mutex::new(waiting)),
+            owner: Arc::new(owner),
         })
     }
 }
 
+/// What every handle of one `Sessions` shares; dropping the last handle shuts down.
+struct Owner {
+    shared: Arc<Shared>,
+    runtime: Arc<ActorRuntime>,
+    actors: Mutex<HashMap<SessionId, Addr<SessionActor>>>,
+    waiting: Mutex<BTreeSet<SessionId>>,
+    /// False once a shutdown began: no more work is taken.
+    open: AtomicBool,
+}
+
+impl Owner {
+    /// Stops the actors and closes the store; blocks until both are done.
+    fn close(&self) -> Result<()> {
+        self.runtime.stop();
+        let joined = self.runtime.join();
+        self.actors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        // The queue drains first: units submitted before the stop still commit.
+        let closed = self.shared.store.close().map_err(Error::Store);
+        joined.and(closed)
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if !self.open.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        // The last handle is gone without a shutdown: do the same, without waiting.
+        self.runtime.stop();
+        let shared = Arc::clone(&self.shared);
+        let runtime = Arc::clone(&self.runtime);
+        let mark = closing::begin(&shared.root);
+        let closing = std::thread::Builder::new()
+            .name("bgsession-close".into())
+            .spawn(move || {
+                let _ = runtime.join();
+                if let Err(error) = shared.store.close() {
+                    tracing::warn!(%error, "closing the store after the last handle was dropped");
+                }
+                drop(shared);
+                drop(mark);
+            });
+        if let Err(error) = closing {
+            tracing::warn!(%error, "cannot start the thread that closes the store");
+        }
+    }
+}
+
 /// The central place: the store, the transfer engine and every session's actor.
+///
+/// Cheap to clone, `Send` and `Sync`; every future it returns is `Send`, so a tokio task
+/// or an axum handler can await it. See the [crate documentation](crate) for what it
+/// guarantees.
 #[derive(Clone)]
 pub struct Sessions {
-    shared: Arc<crate::shared::Shared>,
-    actors: Arc<Mutex<HashMap<SessionId, Addr<SessionActor>>>>,
-    waiting: Arc<Mutex<BTreeSet<SessionId>>>,
+    owner: Arc<Owner>,
 }
 
 impl fmt::Debug for Sessions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sessions")
-            .field("root", &self.shared.root)
+            .field("root", &self.owner.shared.root)
+            .field("open", &self.is_open())
             .finish_non_exhaustive()
     }
 }
@@ -179,8 +292,27 @@ impl Sessions {
             store: StoreOptions::default(),
             engine: EngineConfig::default(),
             completions: HashMap::new(),
+            invalid_completion: None,
             restart_limit: RESTART_LIMIT_DEFAULT,
             clock: Arc::new(SystemClock),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.owner.shared
+    }
+
+    /// Whether work is still taken (no shutdown has begun).
+    pub fn is_open(&self) -> bool {
+        self.owner.open.load(Ordering::SeqCst)
+    }
+
+    /// [`Error::ShutDown`] once a shutdown has begun.
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.is_open() {
+            Ok(())
+        } else {
+            Err(Error::ShutDown)
         }
     }
 
@@ -189,17 +321,21 @@ impl Sessions {
     /// stored one). Cached: later calls return a handle to the same actor.
     ///
     /// # Errors
-    /// An invalid identifier or configuration, or a store error.
+    /// An invalid identifier ([`Error::Store`]) or configuration
+    /// ([`Error::InvalidConfig`], naming the field), a store error, or
+    /// [`Error::ShutDown`].
     pub async fn session(
         &self,
         identifier: &str,
         config: SessionConfig,
         delegate: Delegate,
     ) -> Result<Session> {
+        self.check_open()?;
         let id = SessionId::new(identifier)?;
+        config.validate().map_err(Error::InvalidConfig)?;
         let unit_id = id.clone();
-        let units = self.shared.unit_context();
-        self.shared
+        let units = self.shared().unit_context();
+        self.shared()
             .store
             .write_async(move |scope| {
                 let open = Input::Open {
@@ -209,31 +345,43 @@ impl Sessions {
                 run_input(scope, &unit_id, open, &units.machine_context())
             })
             .await
-            .map_err(|error| error.into_error(&id, 0))?;
+            .map_err(|error| error.into_error(&id))?;
+        self.check_open()?;
         let addr = {
-            let mut actors = self.actors.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut actors = self
+                .owner
+                .actors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             actors
                 .entry(id.clone())
                 .or_insert_with(|| {
-                    let shared = self.shared.clone();
+                    let shared = Arc::clone(self.shared());
                     let id = id.clone();
-                    Supervisor::start(move |_| SessionActor::new(id, shared, None, None))
+                    Supervisor::start_in_arbiter(self.owner.runtime.arbiter(), move |_| {
+                        SessionActor::new(id, shared, None, None)
+                    })
                 })
                 .clone()
         };
-        self.waiting
+        self.owner
+            .waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
         addr.do_send(SetDelegate(delegate));
-        Ok(Session::new(id, addr, self.shared.clone()))
+        Ok(Session::new(id, addr, self.clone()))
     }
 
     /// The persisted sessions with work or events waiting that match, each returned
     /// once per launch: the application creates (with [`Sessions::session`]) the ones
     /// it handles, in one central place.
     pub fn take_waiting(&self, matching: &Matching) -> Vec<SessionId> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut waiting = self
+            .owner
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let taken: Vec<SessionId> = waiting
             .iter()
             .filter(|id| matching.matches(id))
@@ -256,10 +404,24 @@ impl Sessions {
 
     /// Registers (or replaces) a completion handler while running; sessions that
     /// were waiting for this name resume delivery.
-    pub fn register_completion(&self, name: impl Into<String>, handler: impl CompletionHandler) {
-        self.shared
-            .register_completion(name.into(), Arc::new(handler));
+    ///
+    /// # Errors
+    /// [`Error::InvalidCompletion`] for a name no completion may have.
+    pub fn register_completion(
+        &self,
+        name: impl Into<String>,
+        handler: impl CompletionHandler,
+    ) -> Result<()> {
+        let name = name.into();
+        session_store::validate_completion_name(&name).map_err(|error| {
+            Error::InvalidCompletion {
+                name: name.clone(),
+                reason: error.reason,
+            }
+        })?;
+        self.shared().register_completion(name, Arc::new(handler));
         for addr in self
+            .owner
             .actors
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -267,31 +429,53 @@ impl Sessions {
         {
             addr.do_send(Poke);
         }
+        Ok(())
     }
 
     /// Sessions parked as faulted in this process, with the last failure.
     pub fn faulted(&self) -> Vec<(SessionId, String)> {
-        self.shared.faulted()
+        self.shared().faulted()
     }
 
     /// Supervised restarts of all sessions in this process.
     pub fn restarts(&self) -> u64 {
-        self.shared.restarts()
+        self.shared().restarts()
     }
 
-    /// The store (application tables, snapshots).
+    /// A read-only view of the last commit: the application's tables, the records.
+    ///
+    /// # Errors
+    /// A store error, or [`Error::ShutDown`] after a shutdown.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        Ok(self.shared().store.snapshot()?)
+    }
+
+    /// A typed handle to an application table declared with
+    /// [`SessionsBuilder::app_table`].
+    ///
+    /// # Errors
+    /// [`session_store::Error::UnknownTable`] for a table not declared at open.
+    pub fn app_table<V>(&self, name: &str) -> Result<AppTable<V>>
+    where
+        V: Serialize + DeserializeOwned,
+    {
+        Ok(self.shared().store.app_table(name)?)
+    }
+
+    /// The store (application tables, snapshots, units of your own).
     pub fn store(&self) -> &Store {
-        &self.shared.store
+        &self.shared().store
     }
 
     /// The root directory.
     pub fn root(&self) -> &Path {
-        &self.shared.root
+        &self.shared().root
     }
 
     /// How many session actors run in this process.
     pub fn running(&self) -> usize {
-        self.actors
+        self.owner
+            .actors
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
@@ -300,21 +484,122 @@ impl Sessions {
     /// How many session actors have started at least once (recovery is complete when
     /// this reaches the number recovered at open).
     pub fn actors_started(&self) -> u64 {
-        self.shared.actors_started()
+        self.shared().actors_started()
     }
 
     /// Whether every actor of this `Sessions` is alive (not stopped for good).
     pub fn all_connected(&self) -> bool {
-        self.actors
+        self.owner
+            .actors
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
             .all(Addr::connected)
     }
+
+    /// Stops taking work, lets the units already submitted commit, stops the actors
+    /// (transfers in flight stop where they are and resume at the next launch), closes
+    /// the store and releases the directory lock; resolves when all of that is done, so
+    /// the same directory can be opened again right after. Every handle of this
+    /// `Sessions` then answers [`Error::ShutDown`]. Idempotent.
+    ///
+    /// Dropping the last handle (`Sessions`, `Session` or `TaskHandle`) does the same
+    /// without waiting.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] when called from a delegate or an actor (the actor thread
+    /// cannot wait for itself); the store's error if it could not close cleanly
+    /// (snapshots held too long, see [`session_store::Store::close`]).
+    pub async fn shutdown(&self) -> Result<()> {
+        if self.owner.runtime.is_current_thread() {
+            return Err(Error::Unsupported {
+                what: "Sessions::shutdown from inside a delegate or an actor (the actor thread would wait for itself)",
+            });
+        }
+        self.owner.open.store(false, Ordering::SeqCst);
+        let (sender, receiver) = oneshot::channel();
+        let owner = Arc::clone(&self.owner);
+        std::thread::Builder::new()
+            .name("bgsession-shutdown".into())
+            .spawn(move || {
+                let _ = sender.send(owner.close());
+            })
+            .map_err(|error| Error::Runtime {
+                reason: format!("cannot start the shutdown thread: {error}"),
+            })?;
+        receiver.await.map_err(|_| Error::Runtime {
+            reason: "the shutdown thread ended without an answer".into(),
+        })?
+    }
 }
 
-/// Bridges the `log` records of actix (and other dependencies) into `tracing`.
-/// Called by [`SessionsBuilder::open`]; harmless if a logger is already installed.
+/// Bridges the `log` records of actix (and other dependencies that use `log`) into
+/// `tracing`, by installing `tracing_log::LogTracer` as the global `log` logger.
+///
+/// `Sessions` never calls it: which global logger a process has is the application's
+/// choice. Call it once at start-up if you want those records in your `tracing`
+/// subscriber; it does nothing if a `log` logger is already installed.
 pub fn bridge_log() {
     let _ = tracing_log::LogTracer::init();
+}
+
+/// Roots whose `Sessions` is closing in the background (its last handle was dropped), so
+/// that opening the same root again in this process waits for the lock's release rather
+/// than failing with `Locked`.
+mod closing {
+    use std::path::{Path, PathBuf};
+    use std::sync::{Condvar, Mutex, PoisonError};
+    use std::time::{Duration, Instant};
+
+    /// The longest an `open` waits for a background close of the same root.
+    const WAIT_MAX: Duration = Duration::from_secs(30);
+
+    static CLOSING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    static CHANGED: Condvar = Condvar::new();
+
+    fn key(root: &Path) -> PathBuf {
+        std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf())
+    }
+
+    /// Marks `root` as closing until the returned mark is dropped.
+    pub(super) fn begin(root: &Path) -> Mark {
+        let key = key(root);
+        CLOSING
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(key.clone());
+        Mark { key }
+    }
+
+    /// A root being closed; dropping it ends the close.
+    pub(super) struct Mark {
+        key: PathBuf,
+    }
+
+    impl Drop for Mark {
+        fn drop(&mut self) {
+            let mut closing = CLOSING.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(index) = closing.iter().position(|key| *key == self.key) {
+                closing.swap_remove(index);
+            }
+            CHANGED.notify_all();
+        }
+    }
+
+    /// Waits (at most [`WAIT_MAX`]) while `root` is being closed in the background.
+    pub(super) fn wait_for(root: &Path) {
+        let key = key(root);
+        let deadline = Instant::now() + WAIT_MAX;
+        let mut closing = CLOSING.lock().unwrap_or_else(PoisonError::into_inner);
+        while closing.contains(&key) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            closing = CHANGED
+                .wait_timeout(closing, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
 }

@@ -56,6 +56,21 @@ impl Shared {
         self.root.join("downloads").join(session.as_str())
     }
 
+    /// A downloaded file, by the name its record keeps (records keep names, not paths,
+    /// so the root directory may move between launches).
+    pub(crate) fn download_file(&self, session: &SessionId, name: &str) -> PathBuf {
+        self.download_dir(session).join(name)
+    }
+
+    /// Whether a completion handler of this name is registered in this process.
+    pub(crate) fn has_completion(&self, name: &str) -> bool {
+        self.units
+            .completions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(name)
+    }
+
     pub(crate) fn machine_context(&self) -> MachineContext {
         self.units.machine_context()
     }

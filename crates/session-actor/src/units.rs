@@ -3,7 +3,7 @@
 //! deliveries commit together with the delegate's effects.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 use session_store::{EventBody, EventRecord, SessionId, SessionRecord, WriteScope};
@@ -30,8 +30,18 @@ pub(crate) fn run_input(
     let record = scope.session(session)?;
     let mut tasks = BTreeMap::new();
     match &input {
-        Input::Enqueue { task, .. }
-        | Input::Start { task }
+        Input::Enqueue { task, request, .. } => {
+            if let Some(mut found) = scope.task(session, task)? {
+                if found.request != *request && crate::requests::same(&found.request, request) {
+                    // Written by an earlier release in its encoding: the same description,
+                    // so a reconnect, and the record moves to today's encoding.
+                    found.request = request.clone();
+                    scope.put_task(&found)?;
+                }
+                tasks.insert(task.clone(), found);
+            }
+        }
+        Input::Start { task }
         | Input::Result { task, .. }
         | Input::Expire { task }
         | Input::Cancel { task } => {
@@ -44,7 +54,10 @@ pub(crate) fn run_input(
                 tasks.insert(found.id.clone(), found);
             }
         }
-        Input::Open { .. } | Input::Deliver { .. } | Input::SetCompletion { .. } => {}
+        Input::Open { .. }
+        | Input::Deliver { .. }
+        | Input::SetCompletion { .. }
+        | Input::EmptyGeneration { .. } => {}
     }
     let before = record.clone();
     let transition = machine::apply(
@@ -84,6 +97,62 @@ pub(crate) struct Delivered {
     pub(crate) count: usize,
     /// Actions for after the commit (files to remove, more to deliver).
     pub(crate) actions: Vec<Action>,
+    /// Every generation up to this one has ended with all its events delivered.
+    pub(crate) finished_through: u64,
+}
+
+/// The highest generation whose tasks are all terminal and whose events (its "did finish
+/// events" and completions included) are all delivered. Events are appended in
+/// generation order, so every generation before the next undelivered event's is done.
+pub(crate) fn finished_through(
+    record: &SessionRecord,
+    next_undelivered: Option<&EventRecord>,
+) -> u64 {
+    match next_undelivered {
+        Some(event) => event.generation.saturating_sub(1),
+        None if record.tasks_open > 0 => record.generation.saturating_sub(1),
+        None => record.generation,
+    }
+}
+
+/// What [`read_finished_through`] reads: a unit's scope or a snapshot.
+pub(crate) trait RecordReader {
+    fn session_record(&self, id: &SessionId) -> session_store::Result<Option<SessionRecord>>;
+    fn event_record(&self, id: &SessionId, seq: u64) -> session_store::Result<Option<EventRecord>>;
+}
+
+impl RecordReader for WriteScope<'_> {
+    fn session_record(&self, id: &SessionId) -> session_store::Result<Option<SessionRecord>> {
+        self.session(id)
+    }
+    fn event_record(&self, id: &SessionId, seq: u64) -> session_store::Result<Option<EventRecord>> {
+        self.event(id, seq)
+    }
+}
+
+impl RecordReader for session_store::Snapshot {
+    fn session_record(&self, id: &SessionId) -> session_store::Result<Option<SessionRecord>> {
+        self.session(id)
+    }
+    fn event_record(&self, id: &SessionId, seq: u64) -> session_store::Result<Option<EventRecord>> {
+        self.event(id, seq)
+    }
+}
+
+/// [`finished_through`] as the reader sees it; `None` for a session that does not exist.
+pub(crate) fn read_finished_through(
+    reader: &impl RecordReader,
+    session: &SessionId,
+) -> session_store::Result<Option<u64>> {
+    let Some(record) = reader.session_record(session)? else {
+        return Ok(None);
+    };
+    let next = if record.has_undelivered_events() {
+        reader.event_record(session, record.delivered_seq)?
+    } else {
+        None
+    };
+    Ok(Some(finished_through(&record, next.as_ref())))
 }
 
 /// The completion handlers registered with `Sessions`, by name.
@@ -94,6 +163,7 @@ pub(crate) type Completions = HashMap<String, Arc<dyn CompletionHandler>>;
 pub(crate) fn deliver_transactional(
     scope: &mut WriteScope<'_>,
     session: &SessionId,
+    downloads: &Path,
     delegate: Option<&dyn TransactionalDelegate>,
     completions: &Completions,
     context: &Context,
@@ -123,10 +193,14 @@ pub(crate) fn deliver_transactional(
                 };
                 handler
                     .run(&call, scope)
-                    .map_err(|error| UnitError::Delegate(error.0))?;
+                    .map_err(|error| UnitError::Delegate {
+                        seq,
+                        message: error.0,
+                    })?;
                 fail::fail_point!("actor-inside-completion", |arg| Err(fail_point_fired(
                     "actor-inside-completion",
-                    arg
+                    arg,
+                    seq
                 )));
             }
             EventBody::TaskCompleted { .. } | EventBody::DidFinishEvents => {
@@ -136,15 +210,18 @@ pub(crate) fn deliver_transactional(
                 let Some(delegate) = delegate else { break };
                 let delivery = Delivery {
                     key,
-                    event: event_for_delegate(&event.body),
+                    event: event_for_delegate(&event.body, downloads),
                 };
                 delegate
                     .deliver(&delivery, scope)
-                    .map_err(|error| UnitError::Delegate(error.0))?;
+                    .map_err(|error| UnitError::Delegate {
+                        seq,
+                        message: error.0,
+                    })?;
             }
         }
         fail::fail_point!("actor-after-delegate-before-commit", |arg| Err(
-            fail_point_fired("actor-after-delegate-before-commit", arg)
+            fail_point_fired("actor-after-delegate-before-commit", arg, seq)
         ));
         let transition = commit_delivery(scope, record, event, context)?;
         record = transition.session;
@@ -156,9 +233,15 @@ pub(crate) fn deliver_transactional(
                 .filter(|a| !matches!(a, Action::DeliverEvents)),
         );
     }
-    if record.has_undelivered_events() && delivered.count > 0 {
-        delivered.actions.push(Action::DeliverEvents);
-    }
+    let next = if record.has_undelivered_events() {
+        if delivered.count > 0 {
+            delivered.actions.push(Action::DeliverEvents);
+        }
+        scope.event(session, record.delivered_seq)?
+    } else {
+        None
+    };
+    delivered.finished_through = finished_through(&record, next.as_ref());
     Ok(delivered)
 }
 
@@ -172,7 +255,10 @@ pub(crate) fn advance_cursor(
     let record = scope.session(session)?.ok_or(MachineError::NoSession)?;
     if record.delivered_seq != seq {
         // Delivered by an earlier attempt that did commit: nothing to do.
-        return Ok(Delivered::default());
+        return Ok(Delivered {
+            finished_through: read_finished_through(scope, session)?.unwrap_or(0),
+            ..Delivered::default()
+        });
     }
     let event = scope.event(session, seq)?.ok_or_else(|| {
         MachineError::InvalidRecord(format!("event {seq} of session {session} is missing"))
@@ -181,6 +267,7 @@ pub(crate) fn advance_cursor(
     Ok(Delivered {
         count: 1,
         actions: transition.actions,
+        finished_through: read_finished_through(scope, session)?.unwrap_or(0),
     })
 }
 
@@ -208,8 +295,9 @@ fn commit_delivery(
     Ok(transition)
 }
 
-/// The delegate's view of a stored event body.
-pub(crate) fn event_for_delegate(body: &EventBody) -> Event {
+/// The delegate's view of a stored event body; a download's file is found by its name
+/// in the session's download directory `downloads`.
+pub(crate) fn event_for_delegate(body: &EventBody, downloads: &Path) -> Event {
     match body {
         EventBody::TaskCompleted {
             task,
@@ -220,7 +308,7 @@ pub(crate) fn event_for_delegate(body: &EventBody) -> Event {
                 session_store::Outcome::Success(response) => response
                     .file
                     .as_ref()
-                    .map(|path| DownloadedFile::new(PathBuf::from(path))),
+                    .map(|name| DownloadedFile::new(downloads.join(name))),
                 session_store::Outcome::Rejected(_)
                 | session_store::Outcome::Failed(_)
                 | session_store::Outcome::Cancelled => None,
@@ -240,9 +328,12 @@ pub(crate) fn event_for_delegate(body: &EventBody) -> Event {
 /// action of its own, and an abort (not a panic) is what a crash looks like. Any other
 /// argument makes the unit fail with an error instead.
 #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
-pub(crate) fn fail_point_fired(name: &str, arg: Option<String>) -> UnitError {
+pub(crate) fn fail_point_fired(name: &str, arg: Option<String>, seq: u64) -> UnitError {
     if arg.as_deref() == Some("abort") {
         std::process::abort();
     }
-    UnitError::Delegate(format!("fail point {name} fired"))
+    UnitError::Delegate {
+        seq,
+        message: format!("fail point {name} fired"),
+    }
 }

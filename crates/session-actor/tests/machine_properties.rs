@@ -1,6 +1,6 @@
 //! Property test of the pure state machine: random input sequences are applied to a
 //! model of the store (records written only when a transition is accepted, like a
-//! committed unit), and after every step the invariants of DESIGN section 5 that the
+//! committed unit), and after every step the guarantees (crate documentation) that the
 //! machine alone is responsible for are checked against the whole history.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,6 +44,9 @@ enum Op {
         generation_skew: i8,
         name: u8,
     },
+    EmptyGeneration {
+        name: u8,
+    },
     Restart,
     Advance {
         ms: u32,
@@ -62,11 +65,19 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Invalidate),
         5 => Just(Op::DeliverNext),
         1 => any::<u8>().prop_map(|seq| Op::DeliverAny { seq }),
-        2 => (-1i8..=1, 0u8..2)
+        3 => (-1i8..=1, 0u8..3)
             .prop_map(|(generation_skew, name)| Op::SetCompletion { generation_skew, name }),
+        1 => (0u8..3).prop_map(|name| Op::EmptyGeneration { name }),
         2 => Just(Op::Restart),
         2 => (0u32..200_000).prop_map(|ms| Op::Advance { ms }),
     ]
+}
+
+fn completion(name: u8) -> StoredCompletion {
+    StoredCompletion {
+        name: format!("c{name}"),
+        payload: vec![name],
+    }
 }
 
 fn task_id(index: usize) -> TaskId {
@@ -82,6 +93,8 @@ struct Model {
     events: Vec<EventRecord>,
     /// The sequence numbers delivered, in delivery order.
     delivered: Vec<u64>,
+    /// Every completion the machine accepted, by the generation it was accepted for.
+    accepted_completions: BTreeMap<u64, BTreeSet<(String, Vec<u8>)>>,
     now_ms: u64,
     jitter: u16,
     generation_high: u64,
@@ -95,6 +108,7 @@ impl Model {
             retry_delay_ms_base: 100,
             retry_delay_ms_max: 1_000,
             deadline_s: 600,
+            ..SessionConfig::default()
         };
         Some(match op {
             Op::Open => Input::Open {
@@ -127,7 +141,7 @@ impl Model {
                     status: 200,
                     headers: vec![],
                     body: vec![],
-                    file: Some(format!("/files/t{task}")),
+                    file: Some(format!("t{task}")),
                     bytes: 3,
                 };
                 let result = match result {
@@ -183,12 +197,12 @@ impl Model {
                 let current = session.map_or(0, |s| s.generation);
                 Input::SetCompletion {
                     generation: (current as i64 + i64::from(*generation_skew)).max(0) as u64,
-                    completion: StoredCompletion {
-                        name: format!("c{name}"),
-                        payload: vec![*name],
-                    },
+                    completion: completion(*name),
                 }
             }
+            Op::EmptyGeneration { name } => Input::EmptyGeneration {
+                completion: completion(*name),
+            },
             Op::Restart => Input::Restart,
             Op::Advance { .. } => return None,
         })
@@ -204,6 +218,14 @@ impl Model {
         };
         let delivering = match &input {
             Input::Deliver { event } => Some(event.seq),
+            _ => None,
+        };
+        let completing = match &input {
+            Input::SetCompletion {
+                generation,
+                completion,
+            } => Some((Some(*generation), completion.clone())),
+            Input::EmptyGeneration { completion } => Some((None, completion.clone())),
             _ => None,
         };
         self.jitter = (self.jitter + 337) % 1000;
@@ -233,6 +255,15 @@ impl Model {
                 }
                 if let Some(seq) = delivering {
                     self.delivered.push(seq);
+                }
+                if let Some((generation, completion)) = completing {
+                    // An empty generation's completion belongs to the generation it
+                    // opened (or joined).
+                    let generation = generation.unwrap_or(transition.session.generation);
+                    self.accepted_completions
+                        .entry(generation)
+                        .or_default()
+                        .insert((completion.name, completion.payload));
                 }
                 self.session = Some(transition.session);
             }
@@ -279,7 +310,9 @@ impl Model {
         for task in self.tasks.values() {
             let events = reported.get(&task.id).map_or(&[][..], |v| &v[..]);
             match &task.state {
-                TaskState::Completed { outcome, event_seq } => {
+                TaskState::Completed {
+                    outcome, event_seq, ..
+                } => {
                     prop_assert_eq!(
                         events.len(),
                         1,
@@ -297,9 +330,10 @@ impl Model {
             }
         }
         // Event generations never go back; per generation: one "did finish events",
-        // after every task event of the generation; at most one completion, after it.
+        // after every task event of the generation; then its completions, each distinct
+        // one at most once.
         let mut finish_seq: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut completions: BTreeSet<u64> = BTreeSet::new();
+        let mut completions: BTreeSet<(u64, String, Vec<u8>)> = BTreeSet::new();
         let mut last_generation = 0;
         for event in &self.events {
             prop_assert!(event.generation >= last_generation, "generation went back");
@@ -318,12 +352,26 @@ impl Model {
                         event.generation
                     );
                 }
-                EventBody::Completion(_) => {
+                EventBody::Completion(completion) => {
                     prop_assert!(
                         finish_seq.contains_key(&event.generation),
                         "completion before did-finish"
                     );
-                    prop_assert!(completions.insert(event.generation), "completion twice");
+                    let accepted = self
+                        .accepted_completions
+                        .get(&event.generation)
+                        .is_some_and(|set| {
+                            set.contains(&(completion.name.clone(), completion.payload.clone()))
+                        });
+                    prop_assert!(accepted, "a completion nobody gave in its generation");
+                    prop_assert!(
+                        completions.insert((
+                            event.generation,
+                            completion.name.clone(),
+                            completion.payload.clone()
+                        )),
+                        "completion twice"
+                    );
                 }
             }
         }
@@ -335,13 +383,27 @@ impl Model {
         if session.state == SessionState::Finished {
             prop_assert_eq!(open, 0);
             prop_assert_eq!(session.delivered_seq, session.next_event_seq);
-            prop_assert!(session.completion.is_none());
+            prop_assert!(session.completions.is_empty());
         }
         if session.generation > 0 && open == 0 {
             prop_assert!(
                 finish_seq.contains_key(&session.generation),
                 "generation ended without did-finish"
             );
+        }
+        // No accepted completion is lost: once its generation has ended, it is in the
+        // outbox (each exactly once, by the distinctness check above).
+        for (generation, accepted) in &self.accepted_completions {
+            let ended = *generation < session.generation || open == 0;
+            if !ended {
+                continue;
+            }
+            for (name, payload) in accepted {
+                prop_assert!(
+                    completions.contains(&(*generation, name.clone(), payload.clone())),
+                    "completion {name} of generation {generation} was accepted and is lost"
+                );
+            }
         }
         Ok(())
     }

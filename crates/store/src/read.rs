@@ -149,7 +149,12 @@ pub(crate) fn session(view: View<'_>, id: &SessionId) -> Result<Option<SessionRe
 
 pub(crate) fn sessions(view: View<'_>) -> Result<Vec<SessionRecord>> {
     let mut records = Vec::new();
-    for entry in view.tables.sessions.iter(view.txn).map_err(lmdb("listing sessions"))? {
+    for entry in view
+        .tables
+        .sessions
+        .iter(view.txn)
+        .map_err(lmdb("listing sessions"))?
+    {
         let (key, bytes) = entry.map_err(lmdb("listing sessions"))?;
         records.push(session_from(key, bytes)?);
     }
@@ -162,7 +167,12 @@ pub(crate) fn task(
     task: &TaskId,
 ) -> Result<Option<TaskRecord>> {
     let key = keys::task_key(session, task);
-    match view.tables.tasks.get(view.txn, &key).map_err(lmdb("reading a task"))? {
+    match view
+        .tables
+        .tasks
+        .get(view.txn, &key)
+        .map_err(lmdb("reading a task"))?
+    {
         Some(bytes) => task_from(&key, bytes).map(Some),
         None => Ok(None),
     }
@@ -187,7 +197,12 @@ pub(crate) fn for_each_task(
     view: View<'_>,
     mut visit: impl FnMut(TaskRecord) -> Result<()>,
 ) -> Result<()> {
-    for entry in view.tables.tasks.iter(view.txn).map_err(lmdb("listing tasks"))? {
+    for entry in view
+        .tables
+        .tasks
+        .iter(view.txn)
+        .map_err(lmdb("listing tasks"))?
+    {
         let (key, bytes) = entry.map_err(lmdb("listing tasks"))?;
         visit(task_from(key, bytes)?)?;
     }
@@ -196,7 +211,12 @@ pub(crate) fn for_each_task(
 
 pub(crate) fn event(view: View<'_>, session: &SessionId, seq: u64) -> Result<Option<EventRecord>> {
     let key = keys::event_key(session, seq);
-    match view.tables.events.get(view.txn, &key).map_err(lmdb("reading an event"))? {
+    match view
+        .tables
+        .events
+        .get(view.txn, &key)
+        .map_err(lmdb("reading an event"))?
+    {
         Some(bytes) => event_from(&key, bytes).map(Some),
         None => Ok(None),
     }

@@ -101,7 +101,12 @@ impl<'t> WriteScope<'t> {
 
     /// Validates and writes a session record under its id.
     pub fn put_session(&mut self, record: &SessionRecord) -> Result<()> {
-        let bytes = checked_encode(SESSIONS, || record.id.to_string(), record, record.validate())?;
+        let bytes = checked_encode(
+            SESSIONS,
+            || record.id.to_string(),
+            record,
+            record.validate(),
+        )?;
         self.shared
             .tables
             .sessions

@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 
 use common::{session_id, task_id};
 use session_store::{
-    DeliveryPolicy, EventBody, Outcome, SessionConfig, SessionState, Store, StoreOptions,
-    TaskState,
+    DeliveryPolicy, EventBody, Outcome, SessionConfig, SessionState, Store, StoreOptions, TaskState,
 };
 
 fn fixture() -> PathBuf {

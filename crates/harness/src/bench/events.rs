@@ -98,7 +98,9 @@ fn fill_outbox(dir: &std::path::Path, sessions: usize, per_session: usize) -> an
                         state: TaskState::Completed {
                             outcome: outcome.clone(),
                             event_seq: seq,
+                            finished_ms: now_ms,
                         },
+                        wait: None,
                     })?;
                     scope.put_event(&EventRecord {
                         session: id.clone(),

@@ -148,6 +148,7 @@ fn fill(dir: &Path, sessions: usize, per_session: usize) -> anyhow::Result<()> {
                             attempt: 1,
                             not_before_ms: now_ms + 3_600_000,
                         },
+                        wait: None,
                     })?;
                 }
                 let mut record = SessionRecord::new(id, SessionConfig::default(), now_ms);

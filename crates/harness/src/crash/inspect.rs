@@ -18,7 +18,9 @@ fn task_state(task: &TaskRecord) -> String {
             not_before_ms,
         } => format!("pending (attempts {attempt}, not before {not_before_ms} ms)"),
         TaskState::Running { attempt } => format!("running (attempt {attempt})"),
-        TaskState::Completed { outcome, event_seq } => {
+        TaskState::Completed {
+            outcome, event_seq, ..
+        } => {
             format!("{} (event {event_seq})", outcome.name())
         }
     }
@@ -88,14 +90,15 @@ pub fn render(facts: &Facts, plan: Option<&Plan>) -> String {
             session.delivered_seq,
             session.next_event_seq,
             deliveries,
-            match &session.completion {
-                Some(completion) => format!(
+            session
+                .completions
+                .iter()
+                .map(|completion| format!(
                     ", completion stored: {} ({})",
                     completion.name,
                     String::from_utf8_lossy(&completion.payload)
-                ),
-                None => String::new(),
-            }
+                ))
+                .collect::<String>()
         );
         for task in facts.tasks.iter().filter(|t| t.session == session.id) {
             let _ = writeln!(

@@ -1,6 +1,7 @@
 //! The crash harness: `session-harness crash` kills a worker process at random instants
-//! and at fail points while it runs a plan through the library, then checks DESIGN
-//! section 5 from the ledger, the store, the origin's counters and the files.
+//! and at fail points while it runs a plan through the library, then checks the guarantees
+//! of the `session_actor` crate documentation (its "Guarantees", items 1 to 6) from the
+//! ledger, the store, the origin's counters and the files.
 //!
 //! - `plan`: the plan generated from a seed (`plan.json`), what each task must end as.
 //! - `manifest`: a plan read from a manifest, against someone else's server.

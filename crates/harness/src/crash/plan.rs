@@ -177,6 +177,7 @@ impl PlannedConfig {
             retry_delay_ms_base: self.retry_delay_ms_base,
             retry_delay_ms_max: self.retry_delay_ms_max,
             deadline_s: self.deadline_s,
+            ..SessionConfig::default()
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The verifier: DESIGN section 5, items 1 to 7, checked from the plan and the facts of a
+//! The verifier: the guarantees of the `session_actor` crate documentation (items 1 to 6,
+//! and that they hold after kills and aborts), checked from the plan and the facts of a
 //! finished run. A pure function, so tests feed it doctored ledgers and records.
 //!
 //! What each check reads:
@@ -122,12 +123,14 @@ impl Violations {
 /// What the store says a task ended as: (outcome name, event seq).
 fn terminal(record: &TaskRecord) -> Option<(&'static str, u64)> {
     match &record.state {
-        TaskState::Completed { outcome, event_seq } => Some((outcome.name(), *event_seq)),
+        TaskState::Completed {
+            outcome, event_seq, ..
+        } => Some((outcome.name(), *event_seq)),
         TaskState::Pending { .. } | TaskState::Running { .. } => None,
     }
 }
 
-/// Checks DESIGN section 5 over a finished run.
+/// Checks the guarantees (see the `session_actor` crate documentation) over a finished run.
 pub fn verify(plan: &Plan, facts: &Facts) -> Findings {
     let mut findings = Findings {
         sessions: plan.sessions.len(),

@@ -79,7 +79,11 @@ pub fn run(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
     silence_injected_panics();
     let plan = Plan::load(&args.dir)?;
     let root = args.dir.join(STORE_DIR);
-    actix::System::new().block_on(work(plan, root, args.clone()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the worker's runtime")?;
+    runtime.block_on(work(plan, root, args.clone()))?;
     println!("done");
     Ok(ExitCode::SUCCESS)
 }
@@ -137,7 +141,7 @@ async fn work(plan: Plan, root: PathBuf, args: WorkerArgs) -> anyhow::Result<()>
         }),
     };
 
-    let reporter = actix::spawn(report_restarts(sessions.clone()));
+    let reporter = tokio::spawn(report_restarts(sessions.clone()));
     let drives = plan
         .sessions
         .iter()
@@ -155,6 +159,7 @@ async fn work(plan: Plan, root: PathBuf, args: WorkerArgs) -> anyhow::Result<()>
     }
     wait_for_cleanup(&root).await;
     println!("restarts {}", sessions.restarts());
+    sessions.shutdown().await.context("shutting down")?;
     Ok(())
 }
 
@@ -227,12 +232,19 @@ async fn drive_session(
             .map(|task| (task.id.clone(), request(task)))
             .collect();
         let payload = Plan::completion_payload(&planned.id, generation.number);
-        session
+        let batch = session
             .enqueue_batch(batch, Some((COMPLETION_NAME, payload)))
             .await
             .with_context(|| format!("enqueueing generation {}", generation.number))?;
-        while !completion_ran(sessions.store(), ledger, &planned.id, generation.number)? {
-            tokio::time::sleep(LEDGER_POLL).await;
+        batch
+            .finished()
+            .await
+            .with_context(|| format!("awaiting generation {}", generation.number))?;
+        if !completion_ran(sessions.store(), ledger, &planned.id, generation.number)? {
+            anyhow::bail!(
+                "generation {} finished before its completion ran",
+                generation.number
+            );
         }
     }
     Ok(())

@@ -30,12 +30,14 @@ impl SessionActor {
                 let id = self.id.clone();
                 let units = self.shared.unit_context();
                 let events_max = self.delivery_events_per_unit;
+                let downloads = self.shared.download_dir(&self.id);
                 let pending = self.shared.store.write_async(move |scope| {
                     let completions = units.completions();
                     let context = units.machine_context();
                     deliver_transactional(
                         scope,
                         &id,
+                        &downloads,
                         Some(&*delegate),
                         &completions,
                         &context,
@@ -60,6 +62,7 @@ impl SessionActor {
                         .min(crate::units::DELIVERY_EVENTS_PER_UNIT_MAX);
                 }
                 self.perform_actions(&delivered.actions, &[], ctx);
+                self.generations_finished(delivered.finished_through);
                 if std::mem::take(&mut self.deliver_again) {
                     self.deliver(ctx);
                 }
@@ -71,7 +74,7 @@ impl SessionActor {
             }
             Err(error) => {
                 self.delivery_events_per_unit = 1;
-                let error = error.into_error(&self.id, 0);
+                let error = error.into_error(&self.id);
                 self.fail(format!("delivery: {error}"), ctx);
             }
         }
@@ -108,10 +111,11 @@ impl SessionActor {
             // Completions are transactional whatever the delegate.
             let id = self.id.clone();
             let units = self.shared.unit_context();
+            let downloads = self.shared.download_dir(&self.id);
             let pending = self.shared.store.write_async(move |scope| {
                 let completions = units.completions();
                 let context = units.machine_context();
-                deliver_transactional(scope, &id, None, &completions, &context, 1)
+                deliver_transactional(scope, &id, &downloads, None, &completions, &context, 1)
             });
             ctx.spawn(pending.into_actor(self).map(|result, act, ctx| {
                 act.delivering = false;
@@ -126,7 +130,7 @@ impl SessionActor {
                 generation: event.generation,
                 seq,
             },
-            event: event_for_delegate(&event.body),
+            event: event_for_delegate(&event.body, &self.shared.download_dir(&self.id)),
         };
         let id = self.id.clone();
         let store = self.shared.store.clone();
@@ -135,11 +139,15 @@ impl SessionActor {
             delegate
                 .deliver(delivery)
                 .await
-                .map_err(|error| UnitError::Delegate(error.0))?;
+                .map_err(|error| UnitError::Delegate {
+                    seq,
+                    message: error.0,
+                })?;
             fail::fail_point!("actor-after-delegate-before-commit", |arg| {
                 Err(crate::units::fail_point_fired(
                     "actor-after-delegate-before-commit",
                     arg,
+                    seq,
                 ))
             });
             store

@@ -21,9 +21,10 @@ pub(crate) struct Enqueue {
 }
 
 /// Add several tasks in one unit (so new ones share one generation), and optionally
-/// store the completion of the generation they land in, in the same unit.
+/// store the completion of the generation they land in, in the same unit. Replies with
+/// that generation and the task records.
 #[derive(Debug, Clone, Message)]
-#[rtype(result = "Result<Vec<TaskRecord>, Error>")]
+#[rtype(result = "Result<(u64, Vec<TaskRecord>), Error>")]
 pub(crate) struct EnqueueBatch {
     pub(crate) tasks: Vec<(TaskId, TaskKind, Vec<u8>)>,
     pub(crate) completion: Option<StoredCompletion>,
@@ -54,6 +55,13 @@ pub(crate) struct Invalidate;
 #[rtype(result = "Result<oneshot::Receiver<Outcome>, Error>")]
 pub(crate) struct Wait {
     pub(crate) task: TaskId,
+}
+
+/// Ask to be told when a generation has ended (all its events delivered).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<oneshot::Receiver<()>, Error>")]
+pub(crate) struct WaitGeneration {
+    pub(crate) generation: u64,
 }
 
 /// Ask for a task's progress channel.
@@ -159,7 +167,7 @@ impl Handler<Enqueue> for SessionActor {
 }
 
 impl Handler<EnqueueBatch> for SessionActor {
-    type Result = ResponseActFuture<Self, Result<Vec<TaskRecord>, Error>>;
+    type Result = ResponseActFuture<Self, Result<(u64, Vec<TaskRecord>), Error>>;
 
     fn handle(&mut self, message: EnqueueBatch, _: &mut Self::Context) -> Self::Result {
         if let Err(error) = self.refuse_if_faulted() {
@@ -176,31 +184,38 @@ impl Handler<EnqueueBatch> for SessionActor {
             async move {
                 pending
                     .await
-                    .map_err(|error: UnitError| error.into_error(&session, 0))
+                    .map_err(|error: UnitError| error.into_error(&session))
             }
             .into_actor(self)
             .map(|result, act, ctx| {
-                let (transitions, records) = result?;
+                let (transitions, generation, records) = result?;
                 for transition in &transitions {
                     act.perform(transition, ctx);
                 }
-                Ok(records)
+                Ok((generation, records))
             }),
         )
     }
 }
 
-/// Runs a batch's inputs in one unit: every enqueue, then the completion for the
-/// highest generation the tasks are in.
+/// A batch's transitions, its generation and its task records.
+type BatchDone = (Vec<Transition>, u64, Vec<TaskRecord>);
+
+/// Runs a batch's inputs in one unit: every enqueue, then its completion for the highest
+/// generation the tasks are in (see `Session::enqueue_batch` for the rule).
 fn run_batch(
     scope: &mut session_store::WriteScope<'_>,
     session: &session_store::SessionId,
     batch: &EnqueueBatch,
     context: &crate::machine::Context,
-) -> Result<(Vec<Transition>, Vec<TaskRecord>), UnitError> {
+) -> Result<BatchDone, UnitError> {
     let mut transitions = Vec::with_capacity(batch.tasks.len() + 1);
     let mut records = Vec::with_capacity(batch.tasks.len());
+    let mut new_tasks = 0_usize;
     for (task, kind, request) in &batch.tasks {
+        if scope.task(session, task)?.is_none() {
+            new_tasks += 1;
+        }
         let input = Input::Enqueue {
             task: task.clone(),
             kind: *kind,
@@ -212,16 +227,39 @@ fn run_batch(
             .ok_or_else(|| crate::machine::MachineError::UnknownTask { task: task.clone() })?;
         records.push(record);
     }
-    if let Some(completion) = &batch.completion
-        && let Some(generation) = records.iter().map(|record| record.generation).max()
-    {
-        let input = Input::SetCompletion {
+    let current = scope
+        .session(session)?
+        .ok_or(crate::machine::MachineError::NoSession)?;
+    let generation = records.iter().map(|record| record.generation).max();
+    let Some(completion) = &batch.completion else {
+        return Ok((
+            transitions,
+            generation.unwrap_or(current.generation),
+            records,
+        ));
+    };
+    let input = match generation {
+        // Every task known already, in a generation a later one followed: the
+        // completion was stored with them when they were first enqueued.
+        Some(generation) if new_tasks == 0 && generation < current.generation => {
+            return Ok((transitions, generation, records));
+        }
+        Some(generation) => Input::SetCompletion {
             generation,
             completion: completion.clone(),
-        };
-        transitions.push(run_input(scope, session, input, context)?);
-    }
-    Ok((transitions, records))
+        },
+        None if current.tasks_open > 0 => Input::SetCompletion {
+            generation: current.generation,
+            completion: completion.clone(),
+        },
+        None => Input::EmptyGeneration {
+            completion: completion.clone(),
+        },
+    };
+    let transition = run_input(scope, session, input, context)?;
+    let generation = generation.unwrap_or(transition.session.generation);
+    transitions.push(transition);
+    Ok((transitions, generation, records))
 }
 
 impl Handler<SetCompletion> for SessionActor {
@@ -266,6 +304,37 @@ impl Handler<Wait> for SessionActor {
                 let _ = sender.send(outcome);
             }
             None => self.waiters.entry(message.task).or_default().push(sender),
+        }
+        Ok(receiver)
+    }
+}
+
+impl Handler<WaitGeneration> for SessionActor {
+    type Result = Result<oneshot::Receiver<()>, Error>;
+
+    fn handle(&mut self, message: WaitGeneration, _: &mut Self::Context) -> Self::Result {
+        let (sender, receiver) = oneshot::channel();
+        let snapshot = self.shared.store.snapshot()?;
+        let current = snapshot
+            .session(&self.id)?
+            .map_or(0, |record| record.generation);
+        if message.generation > current {
+            return Err(Error::Refused {
+                session: self.id.clone(),
+                source: crate::machine::MachineError::UnknownGeneration {
+                    generation: message.generation,
+                    current,
+                },
+            });
+        }
+        let finished = crate::units::read_finished_through(&snapshot, &self.id)?.unwrap_or(0);
+        if message.generation <= finished {
+            let _ = sender.send(());
+        } else {
+            self.generation_waiters
+                .entry(message.generation)
+                .or_default()
+                .push(sender);
         }
         Ok(receiver)
     }

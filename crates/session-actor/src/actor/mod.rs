@@ -13,7 +13,7 @@ mod delivery;
 mod messages;
 mod transfer;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +32,7 @@ use crate::units::run_input;
 pub use messages::SessionStatus;
 pub(crate) use messages::{
     Cancel, Enqueue, EnqueueBatch, Invalidate, Poke, SetCompletion, SetDelegate, Status, Wait,
-    Watch,
+    WaitGeneration, Watch,
 };
 
 /// One background session.
@@ -51,6 +51,8 @@ pub(crate) struct SessionActor {
     start_timers: HashMap<TaskId, SpawnHandle>,
     deadline_timers: HashMap<TaskId, SpawnHandle>,
     waiters: HashMap<TaskId, Vec<oneshot::Sender<Outcome>>>,
+    /// Who waits for the end of which generation (`Session::finished`).
+    generation_waiters: BTreeMap<u64, Vec<oneshot::Sender<()>>>,
     progress: HashMap<TaskId, watch::Sender<Progress>>,
     delivering: bool,
     /// Events per delivery unit: the maximum, down to 1 after a failed delivery so that
@@ -84,6 +86,7 @@ impl SessionActor {
             start_timers: HashMap::new(),
             deadline_timers: HashMap::new(),
             waiters: HashMap::new(),
+            generation_waiters: BTreeMap::new(),
             progress: HashMap::new(),
             delivering: false,
             deliver_again: false,
@@ -107,7 +110,7 @@ impl SessionActor {
         async move {
             pending
                 .await
-                .map_err(|error: UnitError| error.into_error(&id, 0))
+                .map_err(|error: UnitError| error.into_error(&id))
         }
         .into_actor(self)
     }
@@ -136,6 +139,36 @@ impl SessionActor {
     /// Performs a committed transition's actions; a panic here restarts the actor.
     fn perform(&mut self, transition: &Transition, ctx: &mut Context<Self>) {
         self.perform_actions(&transition.actions, &transition.tasks, ctx);
+        if !self.generation_waiters.is_empty() && !transition.events.is_empty() {
+            self.check_generations();
+        }
+    }
+
+    /// Resolves the waiters of every generation that has ended, as committed.
+    pub(super) fn check_generations(&mut self) {
+        let finished = self
+            .shared
+            .store
+            .snapshot()
+            .and_then(|snapshot| crate::units::read_finished_through(&snapshot, &self.id));
+        match finished {
+            Ok(Some(finished)) => self.generations_finished(finished),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(parent: &self.span, %error, "reading which generations ended");
+            }
+        }
+    }
+
+    /// Every generation up to `finished` has ended: wake whoever waits on them.
+    pub(super) fn generations_finished(&mut self, finished: u64) {
+        let later = self.generation_waiters.split_off(&(finished + 1));
+        for waiter in std::mem::replace(&mut self.generation_waiters, later)
+            .into_values()
+            .flatten()
+        {
+            let _ = waiter.send(());
+        }
     }
 
     /// Performs actions after their commit; `tasks` are the records they refer to
@@ -201,13 +234,17 @@ impl SessionActor {
                 self.task_terminal(task, ctx);
             }
             Action::DeliverEvents => self.deliver(ctx),
-            Action::RemoveFile { path } => match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => {
-                    tracing::warn!(parent: &self.span, %path, %error, "could not remove a delivered file");
+            Action::RemoveFile { file } => {
+                let path = self.shared.download_file(&self.id, file);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => {
+                        tracing::warn!(parent: &self.span, path = %path.display(), %error,
+                            "could not remove a delivered file");
+                    }
                 }
-            },
+            }
         }
     }
 

@@ -20,12 +20,12 @@ impl SessionActor {
     /// Starts the transfer of a task that just moved to `Running { attempt }`.
     pub(super) fn transfer(&mut self, record: TaskRecord, attempt: u32, ctx: &mut Context<Self>) {
         let task = record.id.clone();
-        let request: TransferRequest = match bincode::deserialize(&record.request) {
+        let request: TransferRequest = match crate::requests::decode(&record.request) {
             Ok(request) => request,
-            Err(error) => {
+            Err(message) => {
                 let result = TransferResult::Failed(Failure {
                     reason: FailureReason::InvalidRequest,
-                    message: format!("the stored transfer description does not decode: {error}"),
+                    message,
                     attempts: attempt,
                 });
                 return self.submit_and_perform(
@@ -149,9 +149,13 @@ fn summary(response: Response) -> ResponseSummary {
         status: response.status,
         headers,
         body: response.body,
-        file: response
-            .file
-            .map(|path| path.to_string_lossy().into_owned()),
+        // The name only: the directory is the session's, found again from the root
+        // (which may move between launches). The engine's names are ASCII.
+        file: response.file.as_deref().and_then(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .map(str::to_owned)
+        }),
         bytes: response.bytes,
     }
 }

@@ -4,10 +4,14 @@ use std::collections::BTreeMap;
 
 use session_store::{Outcome, SessionRecord, TaskId, TaskRecord, TaskState};
 
-use super::{Action, MachineError, Transition, step::Step};
+use super::{Action, Context, MachineError, Transition, step::Step};
 
-pub(super) fn cancel(session: SessionRecord, task: TaskRecord) -> Result<Transition, MachineError> {
-    let mut step = Step::new(session);
+pub(super) fn cancel(
+    session: SessionRecord,
+    task: TaskRecord,
+    context: &Context,
+) -> Result<Transition, MachineError> {
+    let mut step = Step::new(session, context);
     cancel_one(&mut step, task);
     Ok(step.finish())
 }
@@ -15,6 +19,7 @@ pub(super) fn cancel(session: SessionRecord, task: TaskRecord) -> Result<Transit
 pub(super) fn invalidate(
     session: SessionRecord,
     tasks: BTreeMap<TaskId, TaskRecord>,
+    context: &Context,
 ) -> Result<Transition, MachineError> {
     let open: Vec<TaskRecord> = tasks
         .into_values()
@@ -27,7 +32,7 @@ pub(super) fn invalidate(
             session.tasks_open
         )));
     }
-    let mut step = Step::new(session);
+    let mut step = Step::new(session, context);
     for task in open {
         cancel_one(&mut step, task);
     }

@@ -2,11 +2,12 @@
 
 use session_store::{EventBody, EventRecord, Outcome, SessionRecord};
 
-use super::{Action, MachineError, Transition, step::Step};
+use super::{Action, Context, MachineError, Transition, step::Step};
 
 pub(super) fn deliver(
     session: SessionRecord,
     event: EventRecord,
+    context: &Context,
 ) -> Result<Transition, MachineError> {
     if event.session != session.id {
         return Err(MachineError::InvalidRecord(format!(
@@ -26,7 +27,7 @@ pub(super) fn deliver(
             event.seq, session.next_event_seq
         )));
     }
-    let mut step = Step::new(session);
+    let mut step = Step::new(session, context);
     step.session.delivered_seq += 1;
     if let EventBody::TaskCompleted {
         outcome: Outcome::Success(response),
@@ -36,7 +37,7 @@ pub(super) fn deliver(
     {
         // The delegate has seen the file and its delivery commits with this unit; the
         // file may go once that commit is durable (the delegate kept a link if it wanted).
-        step.actions.push(Action::RemoveFile { path: path.clone() });
+        step.actions.push(Action::RemoveFile { file: path.clone() });
     }
     if step.session.has_undelivered_events() {
         step.actions.push(Action::DeliverEvents);

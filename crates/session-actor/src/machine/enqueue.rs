@@ -18,7 +18,7 @@ pub(super) fn enqueue(
         if existing.kind != kind || existing.request != request {
             return Err(MachineError::TaskConflict { task });
         }
-        let mut step = Step::new(session);
+        let mut step = Step::new(session, context);
         if existing.state.is_terminal() {
             step.actions.push(Action::TaskTerminal { task });
         }
@@ -40,8 +40,9 @@ pub(super) fn enqueue(
             attempt: 0,
             not_before_ms: context.now_ms,
         },
+        wait: None,
     };
-    let mut step = Step::new(session);
+    let mut step = Step::new(session, context);
     step.actions.push(Action::Schedule {
         task,
         not_before_ms: context.now_ms,

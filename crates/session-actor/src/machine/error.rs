@@ -20,12 +20,18 @@ pub enum MachineError {
         /// The task.
         task: TaskId,
     },
-    /// A different completion is already stored for the generation.
-    #[error("generation {generation} already has a different completion stored")]
-    CompletionConflict {
+    /// The generation already stores the most completions it may.
+    #[error(
+        "generation {generation} already stores {} completions, the most it may",
+        session_store::COMPLETIONS_PER_GENERATION_MAX
+    )]
+    TooManyCompletions {
         /// The generation.
         generation: u64,
     },
+    /// A value given by the application is unusable; the error names its field.
+    #[error("invalid {0}")]
+    InvalidField(#[source] session_store::InvalidField),
     /// A completion for a generation that has not been opened.
     #[error("generation {generation} has not been opened (current {current})")]
     UnknownGeneration {

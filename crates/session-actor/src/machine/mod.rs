@@ -1,4 +1,5 @@
-//! The pure session state machine (DESIGN section 4).
+//! The pure session state machine: session states per generation (queued, running,
+//! awaiting events, finished) and task states (pending, running, completed).
 //!
 //! [`apply`] takes the records an input concerns and returns the new records, the events
 //! to append and the actions to perform after the commit. It does no I/O and reads no
@@ -126,6 +127,12 @@ pub enum Input {
         /// The handler's name and payload.
         completion: StoredCompletion,
     },
+    /// Store a completion with no task of its own while no generation runs: a
+    /// generation opens and ends at once ("did finish events", then the completion).
+    EmptyGeneration {
+        /// The handler's name and payload.
+        completion: StoredCompletion,
+    },
     /// The process (or the actor) restarted: transfers in flight were lost.
     Restart,
 }
@@ -143,6 +150,7 @@ impl Input {
             Input::Invalidate => "invalidate",
             Input::Deliver { .. } => "deliver",
             Input::SetCompletion { .. } => "set-completion",
+            Input::EmptyGeneration { .. } => "empty-generation",
             Input::Restart => "restart",
         }
     }
@@ -209,8 +217,8 @@ pub enum Action {
     DeliverEvents,
     /// Remove a downloaded file whose delivery has committed.
     RemoveFile {
-        /// The file.
-        path: String,
+        /// The file's name in the session's download directory.
+        file: String,
     },
 }
 
@@ -256,14 +264,17 @@ pub fn apply(
         }
         Input::Cancel { task } => {
             let record = require_task(&tasks, &task)?;
-            cancel::cancel(require(session)?, record)
+            cancel::cancel(require(session)?, record, context)
         }
-        Input::Invalidate => cancel::invalidate(require(session)?, tasks),
-        Input::Deliver { event } => deliver::deliver(require(session)?, event),
+        Input::Invalidate => cancel::invalidate(require(session)?, tasks, context),
+        Input::Deliver { event } => deliver::deliver(require(session)?, event, context),
         Input::SetCompletion {
             generation,
             completion,
-        } => completion::set_completion(require(session)?, generation, completion),
+        } => completion::set_completion(require(session)?, generation, completion, context),
+        Input::EmptyGeneration { completion } => {
+            completion::empty_generation(require(session)?, completion, context)
+        }
         Input::Restart => restart::restart(require(session)?, tasks, context),
     }
 }

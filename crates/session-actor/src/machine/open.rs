@@ -10,7 +10,7 @@ pub(super) fn open(
     config: SessionConfig,
     context: &Context,
 ) -> Result<Transition, MachineError> {
-    config.validate().map_err(MachineError::InvalidRecord)?;
+    config.validate().map_err(MachineError::InvalidField)?;
     let session = match session {
         Some(session) if session.id != id => {
             return Err(MachineError::InvalidRecord(format!(
@@ -24,5 +24,5 @@ pub(super) fn open(
         }
         None => SessionRecord::new(id, config, context.now_ms),
     };
-    Ok(Step::new(session).finish())
+    Ok(Step::new(session, context).finish())
 }

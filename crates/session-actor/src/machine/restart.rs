@@ -24,20 +24,21 @@ pub(super) fn restart(
             session.id, session.tasks_open, session.tasks_running
         )));
     }
-    let mut step = Step::new(session);
+    let mut step = Step::new(session, context);
     step.session.tasks_running = 0;
     for (id, mut task) in tasks {
         let not_before_ms = match task.state {
             TaskState::Completed {
                 outcome: Outcome::Success(ref response),
                 event_seq,
+                ..
             } => {
                 // A crash between a delivery's commit and the file's removal leaves the
                 // file behind; its delivery committed, so it goes now.
                 if event_seq < step.session.delivered_seq
                     && let Some(path) = &response.file
                 {
-                    step.actions.push(Action::RemoveFile { path: path.clone() });
+                    step.actions.push(Action::RemoveFile { file: path.clone() });
                 }
                 continue;
             }

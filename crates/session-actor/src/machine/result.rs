@@ -25,7 +25,7 @@ pub(super) fn result(
             });
         }
     }
-    let mut step = Step::new(session);
+    let mut step = Step::new(session, context);
     match result {
         TransferResult::Success(response) => step.complete(task, Outcome::Success(response)),
         TransferResult::Rejected(response) => step.complete(task, Outcome::Rejected(response)),
@@ -79,7 +79,7 @@ pub(super) fn expire(
     task: TaskRecord,
     context: &Context,
 ) -> Result<Transition, MachineError> {
-    let mut step = Step::new(session);
+    let mut step = Step::new(session, context);
     let deadline = deadline_ms(&task, &step.session);
     let attempts = match task.state {
         TaskState::Completed { .. } => return Ok(step.finish()),

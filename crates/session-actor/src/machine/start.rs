@@ -30,7 +30,7 @@ pub(super) fn start(
     else {
         return Err(MachineError::NotPending { task: task.id });
     };
-    let mut step = Step::new(session);
+    let mut step = Step::new(session, context);
     if context.now_ms >= deadline_ms(&task, &step.session) {
         step.complete(task, deadline_failure(attempt));
         return Ok(step.finish());

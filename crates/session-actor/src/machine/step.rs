@@ -2,13 +2,16 @@
 //! generation, and the session state derived from the counters.
 
 use session_store::{
-    EventBody, EventRecord, Outcome, SessionRecord, SessionState, TaskRecord, TaskState,
+    EventBody, EventRecord, Outcome, SessionRecord, SessionState, StoredCompletion, TaskRecord,
+    TaskState,
 };
 
-use super::{Action, Transition};
+use super::{Action, Context, Transition};
 
 /// A transition being built.
 pub(super) struct Step {
+    /// The time of the input, Unix milliseconds (a task's finish time).
+    now_ms: u64,
     pub(super) session: SessionRecord,
     pub(super) tasks: Vec<TaskRecord>,
     pub(super) events: Vec<EventRecord>,
@@ -16,8 +19,9 @@ pub(super) struct Step {
 }
 
 impl Step {
-    pub(super) fn new(session: SessionRecord) -> Self {
+    pub(super) fn new(session: SessionRecord, context: &Context) -> Self {
         Step {
+            now_ms: context.now_ms,
             session,
             tasks: Vec::new(),
             events: Vec::new(),
@@ -50,7 +54,12 @@ impl Step {
             kind: task.kind,
             outcome: outcome.clone(),
         });
-        task.state = TaskState::Completed { outcome, event_seq };
+        task.state = TaskState::Completed {
+            outcome,
+            event_seq,
+            finished_ms: self.now_ms,
+        };
+        task.wait = None;
         self.actions.push(Action::TaskTerminal {
             task: task.id.clone(),
         });
@@ -61,12 +70,19 @@ impl Step {
     }
 
     /// Every task of the generation is terminal: "did finish events" goes into the
-    /// outbox after the generation's last task event, then the stored completion.
-    fn end_generation(&mut self) {
+    /// outbox after the generation's last task event, then its stored completions in the
+    /// order they were given.
+    pub(super) fn end_generation(&mut self) {
         self.append_event(EventBody::DidFinishEvents);
-        if let Some(completion) = self.session.completion.take() {
+        let completions = std::mem::take(&mut self.session.completions);
+        if completions.is_empty() {
+            return;
+        }
+        self.session.completion_generation = self.session.generation;
+        self.session.completion_digests =
+            completions.iter().map(StoredCompletion::digest).collect();
+        for completion in completions {
             self.append_event(EventBody::Completion(completion));
-            self.session.completion_generation = self.session.generation;
         }
     }
 

@@ -25,7 +25,7 @@ fn response() -> ResponseSummary {
         status: 200,
         headers: vec![],
         body: vec![],
-        file: Some("/tmp/x".into()),
+        file: Some("x".into()),
         bytes: 1,
     }
 }
@@ -131,9 +131,7 @@ fn a_generation_runs_to_finished_and_the_next_opens() {
     assert_eq!(bodies[1], EventBody::DidFinishEvents);
     assert_eq!(bodies[2], EventBody::Completion(completion.clone()));
     let t = d.deliver_next().expect("deliver 0");
-    assert!(t.actions.contains(&Action::RemoveFile {
-        path: "/tmp/x".into()
-    }));
+    assert!(t.actions.contains(&Action::RemoveFile { file: "x".into() }));
     d.deliver_next().expect("deliver 1");
     assert_eq!(d.session().state, SessionState::AwaitingEvents);
     d.deliver_next().expect("deliver 2");

@@ -18,14 +18,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use heed::types::{Bytes, SerdeBincode, Str};
+use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, EnvFlags, EnvOpenOptions};
 
 use crate::error::{Error, Result};
 use crate::identity;
 use crate::options::round_map_size;
 use crate::read::{self, View};
-use crate::records::{EventRecord, SessionRecord, TaskRecord};
 use crate::store::lock_dir;
 use crate::tables::{EVENTS, SESSIONS, TASKS, Tables};
 
@@ -304,9 +303,9 @@ fn count_records_read_only(
         .map_err(|e| Error::lmdb("beginning the check's read transaction", e))?;
     let opened = env.open_databases_and_commit(rtxn, |opener, rtxn| {
         Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit((
-            opener.open_database::<Str, SerdeBincode<SessionRecord>>(rtxn, Some(SESSIONS))?,
-            opener.open_database::<Bytes, SerdeBincode<TaskRecord>>(rtxn, Some(TASKS))?,
-            opener.open_database::<Bytes, SerdeBincode<EventRecord>>(rtxn, Some(EVENTS))?,
+            opener.open_database::<Bytes, Bytes>(rtxn, Some(SESSIONS))?,
+            opener.open_database::<Bytes, Bytes>(rtxn, Some(TASKS))?,
+            opener.open_database::<Bytes, Bytes>(rtxn, Some(EVENTS))?,
         )))
     });
     let (sessions, tasks, events) = match opened {

@@ -7,8 +7,8 @@
 use serde::Deserialize;
 
 use super::{
-    EventBody, EventRecord, Failure, FailureReason, Outcome, ResponseSummary,
-    SessionConfig, SessionRecord, SessionState, StoredCompletion, TaskKind, TaskRecord, TaskState,
+    EventBody, EventRecord, Failure, FailureReason, Outcome, ResponseSummary, SessionConfig,
+    SessionRecord, SessionState, StoredCompletion, TaskKind, TaskRecord, TaskState,
 };
 use crate::ids::{SessionId, TaskId};
 
