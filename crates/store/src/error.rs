@@ -111,6 +111,40 @@ pub enum Error {
         /// The sequence number.
         seq: u64,
     },
+    /// A dead letter with this sequence number already exists; a dead letter is never
+    /// overwritten (delete it first, as re-delivering it does).
+    #[error("dead letter {seq} of session {session} already exists")]
+    DeadLetterExists {
+        /// The session.
+        session: SessionId,
+        /// The sequence number of its event.
+        seq: u64,
+    },
+    /// A write to a store opened with `Store::open_read_only`.
+    #[error("the store in {dir} is open read-only; writes go through its owner")]
+    ReadOnly {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// `Store::open_read_only` of a directory that holds no store: no data file (and no
+    /// identity file saying one was there), or a data file whose first commit never
+    /// happened.
+    #[error("no store in {dir}: {reason}")]
+    NoStore {
+        /// The directory.
+        dir: PathBuf,
+        /// What is missing.
+        reason: &'static str,
+    },
+    /// `Store::open_read_only` of a directory this process already has open: LMDB must
+    /// not open one environment twice in a process; read through that `Store`.
+    #[error(
+        "the store in {dir} is already open in this process; read it through that Store's snapshots"
+    )]
+    OpenInThisProcess {
+        /// The directory.
+        dir: PathBuf,
+    },
     /// An application table name is not acceptable.
     #[error("invalid application table name {name:?}: it {reason}")]
     InvalidTableName {
@@ -206,10 +240,13 @@ pub enum Error {
     },
     /// The map had to grow for a batch, but snapshots stayed alive longer than
     /// `StoreOptions::snapshot_age_ms_max` (growing the map needs every read transaction
-    /// ended); the batch's units were not committed. Drop the snapshots and retry.
+    /// ended); the batch's units were not committed. Drop the snapshots and retry. In a
+    /// store opened read-only, the owner's map grew and this process could not adopt
+    /// it for the same reason: the snapshot was not begun.
     #[error(
         "the map must grow but {snapshots} snapshot(s) stayed alive for {waited_ms} ms; \
-         the batch was not committed (a thread may hold a snapshot while waiting for a write)"
+         the batch was not committed, or in a read-only store the snapshot not begun \
+         (a thread may hold a snapshot while waiting for a write)"
     )]
     MapGrowthBlocked {
         /// Snapshots still alive when the writer gave up.
@@ -299,6 +336,9 @@ impl Error {
             | Error::NotADirectory { .. }
             | Error::InvalidOptions { .. }
             | Error::EventExists { .. }
+            | Error::DeadLetterExists { .. }
+            | Error::ReadOnly { .. }
+            | Error::NoStore { .. }
             | Error::InvalidTableName { .. }
             | Error::UnknownTable { .. }
             | Error::InvalidKey { .. }
@@ -307,7 +347,7 @@ impl Error {
             | Error::StoreMissing { .. }
             | Error::Truncated { .. }
             | Error::CorruptFile { .. } => ErrorKind::Corrupt,
-            Error::Locked { .. } => ErrorKind::Locked,
+            Error::Locked { .. } | Error::OpenInThisProcess { .. } => ErrorKind::Locked,
             Error::Io { .. } => ErrorKind::Io,
             Error::Lmdb { source, .. } => lmdb_kind(source),
             Error::SchemaTooNew { .. } | Error::CodecMismatch { .. } => ErrorKind::Incompatible,

@@ -4,6 +4,8 @@
 //! A [`Store`] is one LMDB environment in one directory, owned by one process at a time.
 //! Writes are units of work run by a single writer thread, many to a commit; reads are
 //! [`Snapshot`]s usable from any thread. [`Store::close`] shuts it down cleanly.
+//! [`Store::open_read_only`] reads a store whose owner may be running in another process
+//! (for inspection), without a lock or a writer.
 //!
 //! LMDB trusts its file: it has no checksums, and a truncated file or a damaged page
 //! makes it fault. So `Store::open` reads the meta pages and checks the file's length
@@ -14,12 +16,15 @@
 //! - `ids`: validated session and task identifiers.
 //! - `identity`: the identity file that makes a directory remember it held a store.
 //! - `check`: [`check_dir`] and the checks of the data file run before LMDB maps it.
-//! - `records`: the persisted session, task and event records and their validation.
+//! - `records`: the persisted session, task, event and dead-letter records and their
+//!   validation.
 //! - `error`: the crate's one error type.
 //! - `options`: [`StoreOptions`] and the limits they default to.
 //! - `store`: [`Store`]: opening the directory, submitting units, snapshots.
-//! - `tables`: the tables, their creation and the schema and codec versions in `meta`.
-//! - `keys`: the key layouts (`session 0x00 task`, `session 0x00 seq`).
+//! - `tables`: the tables, their creation (or, read-only, their opening) and the schema
+//!   and codec versions in `meta`.
+//! - `keys`: the key layouts (`session 0x00 task`, `session 0x00 seq`,
+//!   `expires_ms session 0x00 task`).
 //! - `writer`: the writer thread: group commit, nested transactions, map growth.
 //! - `scope`: [`WriteScope`], what a unit reads and writes through.
 //! - `snapshot`: [`Snapshot`], a read transaction over the last commit.
@@ -63,6 +68,6 @@ pub use options::{
 };
 pub use records::*;
 pub use scope::{APP_KEY_BYTES_MAX, APP_VALUE_BYTES_MAX, WriteScope};
-pub use snapshot::Snapshot;
+pub use snapshot::{Snapshot, StoreSize};
 pub use store::{LOCK_FILE_NAME, Store};
 pub use tables::CODEC_VERSION;

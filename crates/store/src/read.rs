@@ -12,8 +12,8 @@ use crate::error::{Error, Result};
 use crate::ids::{SessionId, TaskId};
 use crate::keys;
 use crate::records::codec::{self, Versioned};
-use crate::records::{EventRecord, SessionRecord, TaskRecord};
-use crate::tables::{EVENTS, SESSIONS, TASKS, Tables};
+use crate::records::{DeadLetterRecord, EventRecord, SessionRecord, TaskExpiryValue, TaskRecord};
+use crate::tables::{DEAD_LETTERS, EVENTS, SESSIONS, TASK_EXPIRY, TASKS, Table, Tables};
 
 /// A read transaction and the tables: what a `WriteScope` or a `Snapshot` reads through.
 /// (Nominally `pub` because the sealed `ReadScope` trait returns it; unreachable outside.)
@@ -135,6 +135,39 @@ fn event_from(key: &[u8], bytes: &[u8]) -> Result<EventRecord> {
     Ok(record)
 }
 
+/// Decodes and checks a dead-letter record stored under `key`.
+fn dead_letter_from(key: &[u8], bytes: &[u8]) -> Result<DeadLetterRecord> {
+    let printable = || keys::printable_event(key);
+    let record: DeadLetterRecord = decode_record(DEAD_LETTERS, printable, bytes)?;
+    checked(DEAD_LETTERS, printable, record.validate())?;
+    let event = &record.event;
+    checked(
+        DEAD_LETTERS,
+        printable,
+        if keys::event_key(&event.session, event.seq) == key {
+            Ok(())
+        } else {
+            Err(format!(
+                "record is event {}/{} but stored under another key",
+                event.session, event.seq
+            ))
+        },
+    )?;
+    Ok(record)
+}
+
+/// Decodes and checks a task expiry entry: its key holds the time and the identifiers,
+/// its value only the version marker.
+fn expiry_from(key: &[u8], bytes: &[u8]) -> Result<(u64, SessionId, TaskId)> {
+    let printable = || keys::printable_expiry(key);
+    let TaskExpiryValue = decode_record(TASK_EXPIRY, printable, bytes)?;
+    keys::parse_expiry_key(key).map_err(|reason| Error::Corrupt {
+        table: TASK_EXPIRY,
+        key: printable(),
+        reason,
+    })
+}
+
 pub(crate) fn session(view: View<'_>, id: &SessionId) -> Result<Option<SessionRecord>> {
     match view
         .tables
@@ -154,6 +187,32 @@ pub(crate) fn sessions(view: View<'_>) -> Result<Vec<SessionRecord>> {
         .sessions
         .iter(view.txn)
         .map_err(lmdb("listing sessions"))?
+    {
+        let (key, bytes) = entry.map_err(lmdb("listing sessions"))?;
+        records.push(session_from(key, bytes)?);
+    }
+    Ok(records)
+}
+
+/// Up to `limit` session records after `after` (from the first without it), in
+/// identifier order.
+pub(crate) fn sessions_from(
+    view: View<'_>,
+    after: Option<&SessionId>,
+    limit: usize,
+) -> Result<Vec<SessionRecord>> {
+    let start = after.map(|id| id.as_str().as_bytes());
+    let range = (
+        start.map_or(Bound::Unbounded, Bound::Excluded),
+        Bound::Unbounded,
+    );
+    let mut records = Vec::new();
+    for entry in view
+        .tables
+        .sessions
+        .range(view.txn, &range)
+        .map_err(lmdb("listing sessions"))?
+        .take(limit)
     {
         let (key, bytes) = entry.map_err(lmdb("listing sessions"))?;
         records.push(session_from(key, bytes)?);
@@ -186,6 +245,37 @@ pub(crate) fn tasks(view: View<'_>, session: &SessionId) -> Result<Vec<TaskRecor
         .tasks
         .prefix_iter(view.txn, &prefix)
         .map_err(lmdb("listing a session's tasks"))?
+    {
+        let (key, bytes) = entry.map_err(lmdb("listing a session's tasks"))?;
+        records.push(task_from(key, bytes)?);
+    }
+    Ok(records)
+}
+
+/// Up to `limit` tasks of a session after task `after` (from its first without it), in
+/// task identifier order.
+pub(crate) fn tasks_from(
+    view: View<'_>,
+    session: &SessionId,
+    after: Option<&TaskId>,
+    limit: usize,
+) -> Result<Vec<TaskRecord>> {
+    let start = match after {
+        Some(task) => Bound::Excluded(keys::task_key(session, task)),
+        None => Bound::Included(keys::session_prefix(session)),
+    };
+    let end = keys::session_end(session);
+    let range = (
+        start.as_ref().map(Vec::as_slice),
+        Bound::Excluded(end.as_slice()),
+    );
+    let mut records = Vec::new();
+    for entry in view
+        .tables
+        .tasks
+        .range(view.txn, &range)
+        .map_err(lmdb("listing a session's tasks"))?
+        .take(limit)
     {
         let (key, bytes) = entry.map_err(lmdb("listing a session's tasks"))?;
         records.push(task_from(key, bytes)?);
@@ -246,6 +336,78 @@ pub(crate) fn events(
         records.push(event_from(key, bytes)?);
     }
     Ok(records)
+}
+
+pub(crate) fn dead_letter(
+    view: View<'_>,
+    session: &SessionId,
+    seq: u64,
+) -> Result<Option<DeadLetterRecord>> {
+    let Some(table) = view.tables.dead_letters else {
+        return Ok(None);
+    };
+    let key = keys::event_key(session, seq);
+    match table
+        .get(view.txn, &key)
+        .map_err(lmdb("reading a dead letter"))?
+    {
+        Some(bytes) => dead_letter_from(&key, bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn dead_letters(
+    view: View<'_>,
+    session: &SessionId,
+    from_seq: u64,
+    limit: usize,
+) -> Result<Vec<DeadLetterRecord>> {
+    let Some(table) = view.tables.dead_letters else {
+        return Ok(Vec::new());
+    };
+    let start = keys::event_key(session, from_seq);
+    let end = keys::session_end(session);
+    let range = (
+        Bound::Included(start.as_slice()),
+        Bound::Excluded(end.as_slice()),
+    );
+    let mut records = Vec::new();
+    for entry in table
+        .range(view.txn, &range)
+        .map_err(lmdb("listing a session's dead letters"))?
+        .take(limit)
+    {
+        let (key, bytes) = entry.map_err(lmdb("listing a session's dead letters"))?;
+        records.push(dead_letter_from(key, bytes)?);
+    }
+    Ok(records)
+}
+
+/// Up to `limit` task expiry entries with `expires_ms <= now_ms`, oldest first.
+pub(crate) fn expired_tasks(
+    view: View<'_>,
+    now_ms: u64,
+    limit: usize,
+) -> Result<Vec<(u64, SessionId, TaskId)>> {
+    let Some(table) = view.tables.task_expiry else {
+        return Ok(Vec::new());
+    };
+    let end = keys::expiry_end(now_ms);
+    let range: (Bound<&[u8]>, Bound<&[u8]>) = (
+        Bound::Unbounded,
+        end.as_ref()
+            .map_or(Bound::Unbounded, |end| Bound::Excluded(end.as_slice())),
+    );
+    let mut entries = Vec::new();
+    for entry in table
+        .range(view.txn, &range)
+        .map_err(lmdb("listing expired tasks"))?
+        .take(limit)
+    {
+        let (key, bytes) = entry.map_err(lmdb("listing expired tasks"))?;
+        entries.push(expiry_from(key, bytes)?);
+    }
+    Ok(entries)
 }
 
 /// Reads an application table value.
@@ -335,4 +497,47 @@ pub(crate) fn for_each_event(
         visit(event_from(key, bytes)?)?;
     }
     Ok(())
+}
+
+/// Visits every entry of a later table (absent in a store only read), decoded and
+/// checked by `decode`; stops at the first error.
+fn for_each_in<T>(
+    view: View<'_>,
+    table: Option<Table>,
+    operation: &'static str,
+    decode: impl Fn(&[u8], &[u8]) -> Result<T>,
+    mut visit: impl FnMut(T) -> Result<()>,
+) -> Result<()> {
+    let Some(table) = table else {
+        return Ok(());
+    };
+    for entry in table.iter(view.txn).map_err(lmdb(operation))? {
+        let (key, bytes) = entry.map_err(lmdb(operation))?;
+        visit(decode(key, bytes)?)?;
+    }
+    Ok(())
+}
+
+/// Visits every dead letter, ordered by session then sequence number.
+pub(crate) fn for_each_dead_letter(
+    view: View<'_>,
+    visit: impl FnMut(DeadLetterRecord) -> Result<()>,
+) -> Result<()> {
+    let table = view.tables.dead_letters;
+    for_each_in(view, table, "listing dead letters", dead_letter_from, visit)
+}
+
+/// Visits every task expiry entry, oldest first.
+pub(crate) fn for_each_expiry(
+    view: View<'_>,
+    visit: impl FnMut((u64, SessionId, TaskId)) -> Result<()>,
+) -> Result<()> {
+    let table = view.tables.task_expiry;
+    for_each_in(
+        view,
+        table,
+        "listing task expiry entries",
+        expiry_from,
+        visit,
+    )
 }

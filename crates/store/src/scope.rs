@@ -10,9 +10,9 @@ use crate::ids::{SessionId, TaskId};
 use crate::keys;
 use crate::read::{self, View};
 use crate::records::codec::{self, Versioned};
-use crate::records::{EventRecord, SessionRecord, TaskRecord};
+use crate::records::{DeadLetterRecord, EventRecord, SessionRecord, TaskExpiryValue, TaskRecord};
 use crate::store::Shared;
-use crate::tables::{EVENTS, SESSIONS, TASKS};
+use crate::tables::{DEAD_LETTERS, EVENTS, SESSIONS, TASK_EXPIRY, TASKS, Table};
 
 /// The longest application table key LMDB accepts (its default `MDB_MAXKEYSIZE`).
 pub const APP_KEY_BYTES_MAX: usize = 511;
@@ -99,6 +99,17 @@ impl<'t> WriteScope<'t> {
         self.observe(read::sessions(self.view()))
     }
 
+    /// Up to `limit` session records after `after` (from the first when `None`), in
+    /// identifier order: a caller walks every session in bounded pieces by passing the
+    /// last identifier of one piece to get the next.
+    pub fn sessions_from(
+        &self,
+        after: Option<&SessionId>,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>> {
+        self.observe(read::sessions_from(self.view(), after, limit))
+    }
+
     /// Validates and writes a session record under its id.
     pub fn put_session(&mut self, record: &SessionRecord) -> Result<()> {
         let bytes = checked_encode(
@@ -114,6 +125,20 @@ impl<'t> WriteScope<'t> {
             .map_err(|e| self.lmdb("writing a session", e))
     }
 
+    /// Deletes a session's record; `false` if there was none.
+    ///
+    /// Only the record: the caller first removes the session's tasks
+    /// ([`delete_task`](Self::delete_task)), events ([`delete_events`](Self::delete_events)),
+    /// dead letters and task expiry entries, in this unit or earlier ones, or they stay
+    /// behind without their session.
+    pub fn delete_session(&mut self, session: &SessionId) -> Result<bool> {
+        self.shared
+            .tables
+            .sessions
+            .delete(&mut self.txn, session.as_str().as_bytes())
+            .map_err(|e| self.lmdb("deleting a session", e))
+    }
+
     /// The task record, if the task exists.
     pub fn task(&self, session: &SessionId, task: &TaskId) -> Result<Option<TaskRecord>> {
         self.observe(read::task(self.view(), session, task))
@@ -122,6 +147,28 @@ impl<'t> WriteScope<'t> {
     /// Every task of a session, in task identifier order.
     pub fn tasks(&self, session: &SessionId) -> Result<Vec<TaskRecord>> {
         self.observe(read::tasks(self.view(), session))
+    }
+
+    /// Up to `limit` tasks of a session after task `after` (from its first when `None`),
+    /// in task identifier order, for walking a large session in bounded pieces.
+    pub fn tasks_from(
+        &self,
+        session: &SessionId,
+        after: Option<&TaskId>,
+        limit: usize,
+    ) -> Result<Vec<TaskRecord>> {
+        self.observe(read::tasks_from(self.view(), session, after, limit))
+    }
+
+    /// Deletes a task record; `false` if there was none. Its expiry entry, if it has one,
+    /// is the caller's to delete ([`delete_task_expiry`](Self::delete_task_expiry)).
+    pub fn delete_task(&mut self, session: &SessionId, task: &TaskId) -> Result<bool> {
+        let key = keys::task_key(session, task);
+        self.shared
+            .tables
+            .tasks
+            .delete(&mut self.txn, &key)
+            .map_err(|e| self.lmdb("deleting a task", e))
     }
 
     /// Validates and writes a task record under `(session, id)`.
@@ -188,6 +235,131 @@ impl<'t> WriteScope<'t> {
             .events
             .delete(&mut self.txn, &key)
             .map_err(|e| self.lmdb("deleting an event", e))
+    }
+
+    /// Deletes every event of a session (delivered ones are gone already; this removes
+    /// the undelivered rest, as when the session itself is removed); returns how many.
+    pub fn delete_events(&mut self, session: &SessionId) -> Result<u64> {
+        let start = keys::session_prefix(session);
+        let end = keys::session_end(session);
+        let range = (
+            std::ops::Bound::Included(start.as_slice()),
+            std::ops::Bound::Excluded(end.as_slice()),
+        );
+        self.shared
+            .tables
+            .events
+            .delete_range(&mut self.txn, &range)
+            .map(|deleted| deleted as u64)
+            .map_err(|e| self.lmdb("deleting a session's events", e))
+    }
+
+    /// The dead letter of event `seq` of a session, if there is one.
+    pub fn dead_letter(&self, session: &SessionId, seq: u64) -> Result<Option<DeadLetterRecord>> {
+        self.observe(read::dead_letter(self.view(), session, seq))
+    }
+
+    /// Up to `limit` dead letters of a session from `from_seq` on, in sequence order.
+    pub fn dead_letters(
+        &self,
+        session: &SessionId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterRecord>> {
+        self.observe(read::dead_letters(self.view(), session, from_seq, limit))
+    }
+
+    /// Validates and writes a dead letter under its event's `(session, seq)`; the move
+    /// out of the outbox (deleting the event, advancing the session) belongs in the same
+    /// unit. A dead letter is never overwritten: an existing one is
+    /// [`Error::DeadLetterExists`].
+    pub fn put_dead_letter(&mut self, record: &DeadLetterRecord) -> Result<()> {
+        let event = &record.event;
+        let bytes = checked_encode(
+            DEAD_LETTERS,
+            || format!("{}/{}", event.session, event.seq),
+            record,
+            record.validate(),
+        )?;
+        let key = keys::event_key(&event.session, event.seq);
+        let table = self.later_table(self.shared.tables.dead_letters)?;
+        match table.put_with_flags(&mut self.txn, PutFlags::NO_OVERWRITE, &key, &bytes) {
+            Ok(()) => Ok(()),
+            Err(heed::Error::Mdb(heed::MdbError::KeyExist)) => Err(Error::DeadLetterExists {
+                session: event.session.clone(),
+                seq: event.seq,
+            }),
+            Err(error) => Err(self.lmdb("writing a dead letter", error)),
+        }
+    }
+
+    /// Deletes the dead letter of event `seq` of a session; `false` if there was none.
+    pub fn delete_dead_letter(&mut self, session: &SessionId, seq: u64) -> Result<bool> {
+        let key = keys::event_key(session, seq);
+        let table = self.later_table(self.shared.tables.dead_letters)?;
+        table
+            .delete(&mut self.txn, &key)
+            .map_err(|e| self.lmdb("deleting a dead letter", e))
+    }
+
+    /// Records that task `(session, task)` may be pruned from `expires_ms` (Unix
+    /// milliseconds) on. Writing the same entry again changes nothing; a task given a
+    /// new time needs its old entry deleted.
+    pub fn put_task_expiry(
+        &mut self,
+        expires_ms: u64,
+        session: &SessionId,
+        task: &TaskId,
+    ) -> Result<()> {
+        let key = keys::expiry_key(expires_ms, session, task);
+        let bytes = checked_encode(
+            TASK_EXPIRY,
+            || keys::printable_expiry(&key),
+            &TaskExpiryValue,
+            Ok(()),
+        )?;
+        let table = self.later_table(self.shared.tables.task_expiry)?;
+        table
+            .put(&mut self.txn, &key, &bytes)
+            .map_err(|e| self.lmdb("writing a task expiry entry", e))
+    }
+
+    /// Deletes a task expiry entry; `false` if there was none.
+    pub fn delete_task_expiry(
+        &mut self,
+        expires_ms: u64,
+        session: &SessionId,
+        task: &TaskId,
+    ) -> Result<bool> {
+        let key = keys::expiry_key(expires_ms, session, task);
+        let table = self.later_table(self.shared.tables.task_expiry)?;
+        table
+            .delete(&mut self.txn, &key)
+            .map_err(|e| self.lmdb("deleting a task expiry entry", e))
+    }
+
+    /// Up to `limit` task expiry entries due at `now_ms` (`expires_ms <= now_ms`), oldest
+    /// first, as `(expires_ms, session, task)`: what to prune next, in bounded units.
+    pub fn expired_tasks(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, SessionId, TaskId)>> {
+        self.observe(read::expired_tasks(self.view(), now_ms, limit))
+    }
+
+    /// A table added after the first stores of schema 2. `Store::open` creates it, and a
+    /// `WriteScope` exists only in a store so opened, so it is always there.
+    fn later_table(&self, table: Option<Table>) -> Result<Table> {
+        table.ok_or_else(|| {
+            debug_assert!(
+                false,
+                "invariant violation: a write scope without every built-in table"
+            );
+            Error::ReadOnly {
+                dir: self.shared.dir.clone(),
+            }
+        })
     }
 
     /// Writes encoded bytes into an application table (see `AppTable::put`).

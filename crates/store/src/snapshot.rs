@@ -5,11 +5,76 @@ use std::time::Instant;
 
 use heed::{RoTxn, WithoutTls};
 
+use crate::check::TableReport;
 use crate::error::{Error, Result};
+use crate::gate::Exclusive;
 use crate::ids::{SessionId, TaskId};
 use crate::read::{self, View};
-use crate::records::{EventRecord, SessionRecord, TaskRecord};
+use crate::records::{DeadLetterRecord, EventRecord, SessionRecord, TaskRecord};
 use crate::store::Shared;
+use crate::tables::{APP_TABLE_PREFIX, DEAD_LETTERS, EVENTS, SESSIONS, TASK_EXPIRY, TASKS, Table};
+
+/// How many times a snapshot of a store opened read-only begins again after adopting
+/// the owner's larger map (the owner may grow it again meanwhile; each growth doubles
+/// it, so a second adoption is rare and a third rarer still).
+const MAP_ADOPT_ATTEMPTS: u32 = 4;
+
+/// What a store occupies ([`Snapshot::size`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreSize {
+    /// The data file's length.
+    pub data_bytes: u64,
+    /// LMDB's page size.
+    pub page_bytes: u64,
+    /// The last page number LMDB uses (by its newest commit); pages up to it that no
+    /// table holds are free for reuse or hold LMDB's list of them.
+    pub last_page: u64,
+    /// Pages the tables hold (branch, leaf and overflow pages of every table and of
+    /// LMDB's table of table names).
+    pub pages_in_use: u64,
+    /// The built-in tables this store has and its application tables (with the prefix
+    /// `app.`), with their entries and pages.
+    pub tables: Vec<TableReport>,
+}
+
+fn table_report(name: String, table: &Table, txn: &heed::RoTxn<'_>) -> Result<TableReport> {
+    let stat = table
+        .stat(txn)
+        .map_err(|e| Error::lmdb("reading a table's size", e))?;
+    Ok(TableReport {
+        name,
+        entries: stat.entries as u64,
+        pages: (stat.branch_pages + stat.leaf_pages + stat.overflow_pages) as u64,
+    })
+}
+
+/// Adopts the larger map of the owner of a store opened read-only, once no snapshot of
+/// this process is alive (LMDB remaps the file, which no live transaction may see).
+fn adopt_map_size(shared: &Shared) -> Result<()> {
+    let env = shared.env()?;
+    // SAFETY: `resize` needs that no transaction of this environment is active. The
+    // store is read-only, so it has no write transaction, and the gate runs this only
+    // once every snapshot (the only read transactions) has ended, keeping new ones out
+    // until it returns. A size of 0 makes LMDB take the size the owner's newest commit
+    // recorded.
+    let resized = shared
+        .gate
+        .exclusive(Some(shared.snapshot_age_max), || unsafe { env.resize(0) });
+    match resized {
+        Exclusive::Ran(result) => {
+            result.map_err(|e| Error::lmdb("adopting the owner's map size", e))?;
+            tracing::debug!(dir = %shared.dir.display(), map_size_bytes = env.info().map_size, "adopted the owner's map size");
+            Ok(())
+        }
+        Exclusive::Blocked(blocked) => Err(Error::MapGrowthBlocked {
+            snapshots: blocked.snapshots,
+            waited_ms: blocked.waited.as_millis() as u64,
+        }),
+        // Not with a wait bound; the next attempt at the snapshot tries again.
+        Exclusive::Skipped => Ok(()),
+    }
+}
 
 /// A read transaction over the last committed state. It is `Send` (the environment is
 /// opened without thread-local reader slots), so it can move between threads and across
@@ -51,21 +116,80 @@ impl std::fmt::Debug for Snapshot {
 
 impl Snapshot {
     pub(crate) fn begin(shared: &Arc<Shared>) -> Result<Snapshot> {
-        shared.check_open()?;
-        shared.gate.enter().map_err(|_| shared.closed_error())?;
-        let ticket = GateTicket {
-            shared: Arc::clone(shared),
-        };
-        // The gate is open and counts this ticket, so `close` has not taken the
-        // environment and will wait for this snapshot before it does.
-        let txn = shared
-            .env()?
-            .static_read_txn()
-            .map_err(|e| Error::lmdb("beginning a snapshot", e))?;
-        Ok(Snapshot {
-            txn,
-            ticket,
-            begun: Instant::now(),
+        let mut attempt = 1;
+        loop {
+            shared.check_open()?;
+            shared.gate.enter().map_err(|_| shared.closed_error())?;
+            let ticket = GateTicket {
+                shared: Arc::clone(shared),
+            };
+            // The gate is open and counts this ticket, so `close` has not taken the
+            // environment and will wait for this snapshot before it does.
+            match shared.env()?.static_read_txn() {
+                Ok(txn) => {
+                    return Ok(Snapshot {
+                        txn,
+                        ticket,
+                        begun: Instant::now(),
+                    });
+                }
+                // Only in a store opened read-only: the owner's map grew past this one.
+                Err(heed::Error::Mdb(heed::MdbError::MapResized))
+                    if shared.read_only && attempt < MAP_ADOPT_ATTEMPTS =>
+                {
+                    drop(ticket);
+                    adopt_map_size(shared)?;
+                    attempt += 1;
+                }
+                Err(error) => return Err(Error::lmdb("beginning a snapshot", error)),
+            }
+        }
+    }
+
+    /// What the store occupies, as of this snapshot: the data file's length, the pages
+    /// up to the last one LMDB uses, and the entries and pages of every table.
+    pub fn size(&self) -> Result<StoreSize> {
+        let view = self.view()?;
+        let shared = &self.ticket.shared;
+        let data_path = shared.dir.join(crate::check::DATA_FILE_NAME);
+        let data_bytes = std::fs::metadata(&data_path)
+            .map_err(|source| Error::Io {
+                path: data_path,
+                source,
+            })?
+            .len();
+        let env = shared.env()?;
+        let main = env.unnamed_database_stat();
+        let tables = &view.tables;
+        let builtin = [
+            (SESSIONS, Some(tables.sessions)),
+            (TASKS, Some(tables.tasks)),
+            (EVENTS, Some(tables.events)),
+            (DEAD_LETTERS, tables.dead_letters),
+            (TASK_EXPIRY, tables.task_expiry),
+        ];
+        let mut reports = Vec::with_capacity(builtin.len() + tables.app.len());
+        for (name, table) in builtin {
+            if let Some(table) = table {
+                reports.push(table_report(name.to_owned(), &table, view.txn)?);
+            }
+        }
+        let mut app: Vec<_> = tables.app.iter().collect();
+        app.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, table) in app {
+            reports.push(table_report(
+                format!("{APP_TABLE_PREFIX}{name}"),
+                table,
+                view.txn,
+            )?);
+        }
+        let main_pages = (main.branch_pages + main.leaf_pages + main.overflow_pages) as u64;
+        Ok(StoreSize {
+            data_bytes,
+            page_bytes: u64::from(main.page_size),
+            last_page: env.info().last_page_number as u64,
+            pages_in_use: main_pages + reports.iter().map(|table| table.pages).sum::<u64>(),
+            tables: reports,
         })
     }
 
@@ -95,6 +219,19 @@ impl Snapshot {
         read::sessions(self.view()?)
     }
 
+    /// Up to `limit` session records after `after` (from the first when `None`), in
+    /// identifier order. Walking every session of a large store takes several calls,
+    /// each on a new snapshot if need be (a snapshot may live only
+    /// [`snapshot_age_ms_max`](crate::StoreOptions::snapshot_age_ms_max)): pass the last
+    /// identifier of one piece to get the next.
+    pub fn sessions_from(
+        &self,
+        after: Option<&SessionId>,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>> {
+        read::sessions_from(self.view()?, after, limit)
+    }
+
     /// The task record, if the task exists.
     pub fn task(&self, session: &SessionId, task: &TaskId) -> Result<Option<TaskRecord>> {
         read::task(self.view()?, session, task)
@@ -103,6 +240,17 @@ impl Snapshot {
     /// Every task of a session, in task identifier order.
     pub fn tasks(&self, session: &SessionId) -> Result<Vec<TaskRecord>> {
         read::tasks(self.view()?, session)
+    }
+
+    /// Up to `limit` tasks of a session after task `after` (from its first when `None`),
+    /// in task identifier order.
+    pub fn tasks_from(
+        &self,
+        session: &SessionId,
+        after: Option<&TaskId>,
+        limit: usize,
+    ) -> Result<Vec<TaskRecord>> {
+        read::tasks_from(self.view()?, session, after, limit)
     }
 
     /// Visits every task of every session, ordered by session then task; stops at the
@@ -124,5 +272,30 @@ impl Snapshot {
         limit: usize,
     ) -> Result<Vec<EventRecord>> {
         read::events(self.view()?, session, from_seq, limit)
+    }
+
+    /// The dead letter of event `seq` of a session, if there is one.
+    pub fn dead_letter(&self, session: &SessionId, seq: u64) -> Result<Option<DeadLetterRecord>> {
+        read::dead_letter(self.view()?, session, seq)
+    }
+
+    /// Up to `limit` dead letters of a session from `from_seq` on, in sequence order.
+    pub fn dead_letters(
+        &self,
+        session: &SessionId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterRecord>> {
+        read::dead_letters(self.view()?, session, from_seq, limit)
+    }
+
+    /// Up to `limit` task expiry entries due at `now_ms` (`expires_ms <= now_ms`), oldest
+    /// first, as `(expires_ms, session, task)`.
+    pub fn expired_tasks(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, SessionId, TaskId)>> {
+        read::expired_tasks(self.view()?, now_ms, limit)
     }
 }

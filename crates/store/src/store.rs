@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::{self, JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
-use heed::{Env, EnvOpenOptions, WithoutTls};
+use heed::{Env, EnvFlags, EnvOpenOptions, WithoutTls};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -37,6 +37,13 @@ const LOCK_RETRY_DELAY: Duration = Duration::from_millis(20);
 /// How long `close` waits for LMDB to close the environment once the last handle is
 /// dropped (it closes synchronously in that drop, so this is only a safety margin).
 const ENV_CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// How many times `open_read_only` runs the checks before mapping when they find
+/// damage: while the owner writes, plain reads of the meta pages and the length can see
+/// a commit half way (a new meta page naming pages the file's length, read a moment
+/// earlier, did not have yet), so only damage found every time is reported.
+const READ_ONLY_CHECK_ATTEMPTS: u32 = 3;
+/// The pause between those runs.
+const READ_ONLY_CHECK_RETRY_DELAY: Duration = Duration::from_millis(10);
 
 // The handles the rest of bgsession moves across threads and `.await`s.
 const _: () = {
@@ -62,7 +69,11 @@ pub(crate) struct Shared {
     /// Set by `close`: new writes and snapshots are refused.
     closed: AtomicBool,
     stale_readers_cleared: usize,
+    /// The directory lock; `None` in a store opened read-only, which takes none.
     lock: Mutex<Option<File>>,
+    /// Opened with `Store::open_read_only`: no writer; the owner (another process) may
+    /// grow the map, which snapshots then adopt.
+    pub(crate) read_only: bool,
 }
 
 impl Shared {
@@ -126,22 +137,30 @@ struct Inner {
     shared: Arc<Shared>,
     queue: Arc<Queue>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    writer_thread: ThreadId,
+    /// The writer thread; `None` in a store opened read-only, which has none.
+    writer_thread: Option<ThreadId>,
     /// Held through `close`, so that concurrent calls run one after the other; `true`
     /// once a `close` has finished.
     closed: Mutex<bool>,
     check_report: Option<CheckReport>,
-    identity: StoreIdentity,
+    /// `None` only in a store opened read-only whose identity file is not written yet
+    /// (a store of the previous release, or one whose first open is under way).
+    identity: Option<StoreIdentity>,
 }
 
 impl Inner {
+    /// Whether the calling thread is the writer thread (which runs the units).
+    fn on_writer_thread(&self) -> bool {
+        self.writer_thread == Some(thread::current().id())
+    }
+
     /// Stops the queue and waits for the writer to drain it and exit.
     fn stop_writer(&self) {
         self.queue.close();
         // The last handle can be dropped by a unit on the writer thread itself (a unit
         // that captured a `Store`); that thread cannot join itself, and it exits on its own
         // once the closed queue is drained.
-        if thread::current().id() == self.writer_thread {
+        if self.on_writer_thread() {
             return;
         }
         let writer = self
@@ -232,6 +251,7 @@ impl Store {
             closed: AtomicBool::new(false),
             stale_readers_cleared,
             lock: Mutex::new(Some(lock)),
+            read_only: false,
         });
         let queue = Arc::new(Queue::new(options.queue_units_max));
         let writer = Writer::new(env, Arc::clone(&shared), Arc::clone(&queue), &options);
@@ -242,15 +262,90 @@ impl Store {
         tracing::debug!(dir = %shared.dir.display(), "store opened");
         Ok(Store {
             inner: Arc::new(Inner {
-                writer_thread: handle.thread().id(),
+                writer_thread: Some(handle.thread().id()),
                 writer: Mutex::new(Some(handle)),
                 shared,
                 queue,
                 closed: Mutex::new(false),
                 check_report,
+                identity: Some(identity),
+            }),
+        })
+    }
+
+    /// Opens the store in `dir` for reading only, for inspecting a store whose owner
+    /// (another process) may be running: its snapshots see the owner's commits as they
+    /// become durable.
+    ///
+    /// Unlike [`Store::open`] it takes no directory lock and starts no writer: writes
+    /// are [`Error::ReadOnly`]. LMDB opens the data file read-only; it still records this
+    /// process's readers in its lock file `lock.mdb` (creating it if need be), as every
+    /// reader does. The checks before mapping still run (identity file, meta pages,
+    /// length); the walks of every page and record do not (plain reads would race the
+    /// owner's writes: use [`check_dir`](crate::check_dir) while the owner is stopped),
+    /// and reader slots of dead processes are left for the owner to clear. Nothing is
+    /// created or migrated: a schema-1 store reads as it is, tables of a newer build are
+    /// ignored, and tables this build has but the store lacks read as empty. Every
+    /// application table in the store can be read through [`Store::app_table`].
+    ///
+    /// # Errors
+    /// [`Error::NoStore`] for a directory without a store; [`Error::StoreMissing`] when
+    /// its identity file says a store was there; [`Error::OpenInThisProcess`] when this
+    /// process has the directory open already (LMDB must not open an environment twice
+    /// in one process: read through that `Store`); [`Error::SchemaTooNew`] and
+    /// [`Error::CodecMismatch`] for a store this build cannot read; the errors of the
+    /// checks before mapping.
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Store> {
+        let dir = dir.as_ref().to_path_buf();
+        match fs::metadata(&dir) {
+            Ok(metadata) if !metadata.is_dir() => return Err(Error::NotADirectory { path: dir }),
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::NoStore {
+                    dir,
+                    reason: "the directory does not exist",
+                });
+            }
+            Err(error) => return Err(io_error(&dir)(error)),
+        }
+        let (identity, data) = check_before_mapping_read_only(&dir)?;
+        let options = StoreOptions::default();
+        let env = open_env_read_only(&dir, &options)?;
+        let tables = tables::open_existing(&env, &dir, &data)?.ok_or_else(|| Error::NoStore {
+            dir: dir.clone(),
+            reason: "its data file has no tables (the first open never committed)",
+        })?;
+        let shared = Arc::new(Shared {
+            env: RwLock::new(Some(env)),
+            tables,
+            gate: MapGate::default(),
+            dir,
+            snapshot_age_max: Duration::from_millis(options.snapshot_age_ms_max),
+            closed: AtomicBool::new(false),
+            stale_readers_cleared: 0,
+            lock: Mutex::new(None),
+            read_only: true,
+        });
+        // No writer drains it: closed, so that no unit can ever wait in it.
+        let queue = Arc::new(Queue::new(1));
+        queue.close();
+        tracing::debug!(dir = %shared.dir.display(), "store opened read-only");
+        Ok(Store {
+            inner: Arc::new(Inner {
+                writer_thread: None,
+                writer: Mutex::new(None),
+                shared,
+                queue,
+                closed: Mutex::new(false),
+                check_report: None,
                 identity,
             }),
         })
+    }
+
+    /// Whether the store was opened with [`Store::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.inner.shared.read_only
     }
 
     /// Closes the store: new writes and snapshots (through any clone) get
@@ -269,7 +364,7 @@ impl Store {
     pub fn close(&self) -> Result<()> {
         let inner = &self.inner;
         let shared = &inner.shared;
-        if thread::current().id() == inner.writer_thread {
+        if inner.on_writer_thread() {
             return Err(Error::ReentrantWrite);
         }
         let mut closed = inner.close_state();
@@ -304,8 +399,10 @@ impl Store {
     }
 
     /// The store's identity (from its identity file, written when it was created).
-    pub fn identity(&self) -> &StoreIdentity {
-        &self.inner.identity
+    /// Always there in a store opened with [`Store::open`] (which writes the file if it
+    /// is missing); `None` in a store opened read-only that has no identity file yet.
+    pub fn identity(&self) -> Option<&StoreIdentity> {
+        self.inner.identity.as_ref()
     }
 
     /// The store's directory.
@@ -343,17 +440,18 @@ impl Store {
     /// after the map grows), so its only effects must be through the [`WriteScope`].
     ///
     /// Calling it from inside a unit is [`Error::ReentrantWrite`]; after
-    /// [`Store::close`], [`Error::Closed`].
+    /// [`Store::close`], [`Error::Closed`]; on a store opened read-only,
+    /// [`Error::ReadOnly`].
     pub fn write<T, E, F>(&self, unit: F) -> Result<T, E>
     where
         F: FnMut(&mut WriteScope<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<Error> + Send + 'static,
     {
-        if thread::current().id() == self.inner.writer_thread {
+        if self.inner.on_writer_thread() {
             return Err(E::from(Error::ReentrantWrite));
         }
-        self.inner.shared.check_open()?;
+        self.check_writable()?;
         let (sender, receiver) = reply::channel();
         let job = Box::new(UnitJob::new(unit, sender));
         if self.inner.queue.push_blocking(job).is_err() {
@@ -380,10 +478,10 @@ impl Store {
     {
         let store = self.clone();
         async move {
-            if thread::current().id() == store.inner.writer_thread {
+            if store.inner.on_writer_thread() {
                 return Err(E::from(Error::ReentrantWrite));
             }
-            store.inner.shared.check_open()?;
+            store.check_writable()?;
             let (sender, receiver) = reply::channel();
             let mut job: Option<Box<dyn crate::writer::Job>> =
                 Some(Box::new(UnitJob::new(unit, sender)));
@@ -399,6 +497,17 @@ impl Store {
                 .await
                 .unwrap_or_else(|| Err(E::from(Error::WriterStopped)))
         }
+    }
+
+    /// `ReadOnly` for a store opened read-only, `Closed` after `close`.
+    fn check_writable(&self) -> Result<()> {
+        let shared = &self.inner.shared;
+        if shared.read_only {
+            return Err(Error::ReadOnly {
+                dir: shared.dir.clone(),
+            });
+        }
+        shared.check_open()
     }
 
     /// Why a unit could not be submitted: the store was closed, or the writer is gone.
@@ -491,6 +600,79 @@ fn check_before_mapping(
         _ => None,
     };
     Ok((identity, structure))
+}
+
+/// The checks before mapping of `open_read_only`: the identity file against the data
+/// file, the meta pages and the length, run again when they find damage (see
+/// [`READ_ONLY_CHECK_ATTEMPTS`]). Returns the identity, if there is one, and the data
+/// file's path.
+fn check_before_mapping_read_only(dir: &Path) -> Result<(Option<StoreIdentity>, PathBuf)> {
+    let mut attempt = 1;
+    loop {
+        let identity = identity::read(dir)?;
+        let error = match check::open_data_file(dir) {
+            Ok(DataFileState::Present(file)) => return Ok((identity, file.path.clone())),
+            Ok(absent) => {
+                let found = absent.absence().unwrap_or("missing");
+                return Err(match identity {
+                    Some(_) => Error::StoreMissing {
+                        dir: dir.to_path_buf(),
+                        identity: identity::path(dir),
+                        data: dir.join(check::DATA_FILE_NAME),
+                        found,
+                    },
+                    None if found == "empty" => Error::NoStore {
+                        dir: dir.to_path_buf(),
+                        reason: "its data file is empty",
+                    },
+                    None => Error::NoStore {
+                        dir: dir.to_path_buf(),
+                        reason: "it has no data file",
+                    },
+                });
+            }
+            Err(error) => error,
+        };
+        let transient = matches!(error, Error::Truncated { .. } | Error::CorruptFile { .. });
+        if !transient || attempt == READ_ONLY_CHECK_ATTEMPTS {
+            return Err(error);
+        }
+        attempt += 1;
+        thread::sleep(READ_ONLY_CHECK_RETRY_DELAY);
+    }
+}
+
+/// Opens the LMDB environment of `open_read_only`.
+fn open_env_read_only(dir: &Path, options: &StoreOptions) -> Result<Env<WithoutTls>> {
+    let mut env_options = EnvOpenOptions::new().read_txn_without_tls();
+    // No map size: LMDB then takes the one the owner's last commit recorded (at least
+    // what its pages need); when the owner grows past it, snapshots adopt the new size.
+    env_options
+        .max_dbs(tables::EXISTING_TABLES_MAX)
+        .max_readers(options.readers_max);
+    // SAFETY: READ_ONLY only keeps this environment from writing; it weakens nothing.
+    unsafe {
+        env_options.flags(EnvFlags::READ_ONLY);
+    }
+    // SAFETY: `open` is unsafe because the memory map is undefined behaviour if the
+    // files are modified behind LMDB's back. Here another process may own the store and
+    // write to it while this one reads; that is sound because the owner writes data.mdb
+    // only through LMDB (this crate never writes it otherwise), and LMDB's own lock file
+    // (lock.mdb) coordinates readers across processes: each read transaction of this
+    // process takes a reader slot there, and the owner's LMDB never reuses a page a live
+    // reader may still see. This environment itself never writes the data file (opened
+    // read-only, mapped read-only). The directory must be local (callers are told not to
+    // put it on a network file system, where lock.mdb's shared memory does not work). A
+    // damaged file is the other hazard: `check_before_mapping_read_only` has checked the
+    // meta page LMDB will use and the file's length (not every page: plain reads of
+    // every page would race the owner's writes). heed makes a second open of the same
+    // path in this process an error rather than unsound.
+    unsafe { env_options.open(dir) }.map_err(|error| match error {
+        heed::Error::EnvAlreadyOpened => Error::OpenInThisProcess {
+            dir: dir.to_path_buf(),
+        },
+        error => Error::lmdb("opening the environment read-only", error),
+    })
 }
 
 /// Opens the LMDB environment (once the checks before mapping passed) and clears the

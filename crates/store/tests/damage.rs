@@ -282,11 +282,12 @@ fn a_store_without_an_identity_file_gets_one() {
     let first = Store::open(dir.path(), options())
         .expect("open")
         .identity()
-        .clone();
+        .cloned()
+        .expect("a store opened for writing has an identity");
     fs::remove_file(&identity).expect("remove the identity file");
     let store = Store::open(dir.path(), options()).expect("a store without identity opens");
     assert!(identity.exists(), "the identity file is written at open");
-    assert_ne!(store.identity(), &first, "a new identity was chosen");
+    assert_ne!(store.identity(), Some(&first), "a new identity was chosen");
     assert_eq!(store.check_report().map(|r| r.sessions), Some(1));
 }
 

@@ -6,27 +6,26 @@
 //!   reads.
 //!
 //! The logical walk comes after the structural one, through LMDB (which can then no
-//! longer fault): every record of the built-in tables is decoded and validated by the
-//! same functions every read uses.
+//! longer fault): every record of the built-in tables (sessions, tasks, events, dead
+//! letters, task expiry entries) is decoded and validated by the same functions every
+//! read uses.
 
 mod layout;
 mod walk;
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use heed::types::Bytes;
-use heed::{CommitOrAbort, Database, EnvFlags, EnvOpenOptions};
+use heed::{EnvFlags, EnvOpenOptions};
 
 use crate::error::{Error, Result};
 use crate::identity;
 use crate::options::round_map_size;
 use crate::read::{self, View};
 use crate::store::lock_dir;
-use crate::tables::{EVENTS, SESSIONS, TASKS, Tables};
+use crate::tables::{self, EXISTING_TABLES_MAX};
 
 pub(crate) use walk::Structure;
 
@@ -62,6 +61,10 @@ pub struct CheckReport {
     pub tasks: u64,
     /// Event records read and validated.
     pub events: u64,
+    /// Dead-letter records read and validated.
+    pub dead_letters: u64,
+    /// Task expiry entries read and validated.
+    pub task_expiries: u64,
     /// How long the check took, in milliseconds.
     pub elapsed_ms: u64,
 }
@@ -165,6 +168,8 @@ pub(crate) struct RecordCounts {
     sessions: u64,
     tasks: u64,
     events: u64,
+    dead_letters: u64,
+    task_expiries: u64,
 }
 
 /// The logical walk: reads, decodes and validates every record of the built-in tables.
@@ -180,6 +185,14 @@ pub(crate) fn count_records(view: View<'_>) -> Result<RecordCounts> {
     })?;
     read::for_each_event(view, |_| {
         counts.events += 1;
+        Ok(())
+    })?;
+    read::for_each_dead_letter(view, |_| {
+        counts.dead_letters += 1;
+        Ok(())
+    })?;
+    read::for_each_expiry(view, |_| {
+        counts.task_expiries += 1;
         Ok(())
     })?;
     Ok(counts)
@@ -212,6 +225,8 @@ pub(crate) fn report(
         sessions: records.sessions,
         tasks: records.tasks,
         events: records.events,
+        dead_letters: records.dead_letters,
+        task_expiries: records.task_expiries,
         elapsed_ms: started.elapsed().as_millis() as u64,
     }
 }
@@ -266,24 +281,18 @@ pub fn check_dir(dir: impl AsRef<Path>) -> Result<CheckReport> {
         }
     };
     let structure = data.walk()?;
-    let records = count_records_read_only(dir, &data, &structure)?;
+    let records = count_records_read_only(dir, &data)?;
     Ok(report(&structure, records, started))
 }
 
 /// The logical walk of `check_dir`: LMDB opened read-only on a directory this process
 /// holds the lock of.
-fn count_records_read_only(
-    dir: &Path,
-    data: &DataFile,
-    structure: &Structure,
-) -> Result<RecordCounts> {
+fn count_records_read_only(dir: &Path, data: &DataFile) -> Result<RecordCounts> {
     let map_bytes = usize::try_from(data.map_bytes_needed()).unwrap_or(usize::MAX);
-    let mut options = EnvOpenOptions::new();
-    options.map_size(round_map_size(map_bytes)).max_dbs(
-        u32::try_from(structure.tables.len())
-            .unwrap_or(u32::MAX)
-            .max(1),
-    );
+    let mut options = EnvOpenOptions::new().read_txn_without_tls();
+    options
+        .map_size(round_map_size(map_bytes))
+        .max_dbs(EXISTING_TABLES_MAX);
     // SAFETY: READ_ONLY only keeps this environment from writing; it weakens nothing.
     unsafe {
         options.flags(EnvFlags::READ_ONLY);
@@ -298,49 +307,9 @@ fn count_records_read_only(
         },
         error => Error::lmdb("opening the environment to check it", error),
     })?;
-    let rtxn = env
-        .read_txn()
-        .map_err(|e| Error::lmdb("beginning the check's read transaction", e))?;
-    let opened = env.open_databases_and_commit(rtxn, |opener, rtxn| {
-        Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit((
-            opener.open_database::<Bytes, Bytes>(rtxn, Some(SESSIONS))?,
-            opener.open_database::<Bytes, Bytes>(rtxn, Some(TASKS))?,
-            opener.open_database::<Bytes, Bytes>(rtxn, Some(EVENTS))?,
-        )))
-    });
-    let (sessions, tasks, events) = match opened {
-        Ok(CommitOrAbort::Commit(tables)) => tables,
-        Ok(CommitOrAbort::Abort(())) => return Ok(RecordCounts::default()),
-        Err(error) => return Err(Error::lmdb("opening the tables to check them", error)),
-    };
-    let (sessions, tasks, events) = match (sessions, tasks, events) {
-        (Some(sessions), Some(tasks), Some(events)) => (sessions, tasks, events),
-        // A store whose first commit never happened has no tables.
-        (None, None, None) => return Ok(RecordCounts::default()),
-        (sessions, tasks, events) => {
-            let missing: Vec<&str> = [
-                (sessions.is_none(), SESSIONS),
-                (tasks.is_none(), TASKS),
-                (events.is_none(), EVENTS),
-            ]
-            .into_iter()
-            .filter_map(|(missing, name)| missing.then_some(name))
-            .collect();
-            return Err(Error::CorruptFile {
-                path: data.path.clone(),
-                page: None,
-                reason: format!(
-                    "table(s) {} missing while others exist (the store creates them together)",
-                    missing.join(", ")
-                ),
-            });
-        }
-    };
-    let tables = Tables {
-        sessions,
-        tasks,
-        events,
-        app: HashMap::<String, Database<'static, Bytes, Bytes>>::new(),
+    // A store whose first commit never happened has no tables, and nothing to count.
+    let Some(tables) = tables::open_existing(&env, dir, &data.path)? else {
+        return Ok(RecordCounts::default());
     };
     let rtxn = env
         .read_txn()

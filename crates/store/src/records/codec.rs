@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::v1;
-use super::{EventRecord, SessionRecord, TaskRecord};
+use super::{DeadLetterRecord, EventRecord, SessionRecord, TaskExpiryValue, TaskRecord};
 use crate::ids::IDENTIFIER_BYTES_MAX;
 
 /// The first byte of every versioned value.
@@ -102,6 +102,30 @@ impl Versioned for EventRecord {
             None => strict::<v1::EventRecordV1>(bytes).map(Into::into),
             Some(_) => Err(unknown(version)),
         }
+    }
+}
+
+/// The error of a table that came after schema 1: its values always carry a version.
+fn no_schema_1(version: Option<u8>) -> String {
+    match version {
+        None => "a value without version marker, in a table whose values always have one".into(),
+        Some(_) => unknown(version),
+    }
+}
+
+impl Versioned for DeadLetterRecord {
+    const VERSION: u8 = 1;
+
+    fn decode_older(version: Option<u8>, _bytes: &[u8]) -> Result<Self, String> {
+        Err(no_schema_1(version))
+    }
+}
+
+impl Versioned for TaskExpiryValue {
+    const VERSION: u8 = 1;
+
+    fn decode_older(version: Option<u8>, _bytes: &[u8]) -> Result<Self, String> {
+        Err(no_schema_1(version))
     }
 }
 

@@ -762,3 +762,42 @@ impl EventRecord {
         }
     }
 }
+
+/// An event its delegate kept refusing, moved out of the outbox under a session's
+/// [`DeliveryPolicy::DeadLetter`] in the transaction that recorded the move. Kept under
+/// the event's own `(session, seq)` until the application asks for it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterRecord {
+    /// The event as it was in the outbox (its session and seq are the record's key).
+    pub event: EventRecord,
+    /// Failed delivery attempts before the move, from 1.
+    pub attempts: u32,
+    /// What the last attempt said (the delegate's error or a panic message), at most
+    /// [`FAILURE_MESSAGE_BYTES_MAX`] bytes.
+    pub last_error: String,
+    /// When the event was moved, Unix milliseconds.
+    pub moved_ms: u64,
+}
+
+impl DeadLetterRecord {
+    /// Checks the record's internal consistency (the event's included).
+    pub fn validate(&self) -> Result<(), String> {
+        self.event.validate()?;
+        if self.attempts == 0 {
+            return Err("a dead letter with 0 attempts; an event is moved after failing".into());
+        }
+        if self.last_error.len() > FAILURE_MESSAGE_BYTES_MAX {
+            return Err(format!(
+                "last error is {} bytes, over {FAILURE_MESSAGE_BYTES_MAX}",
+                self.last_error.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The value of a `task_expiry` entry: its key says everything (when, which session,
+/// which task), so the value is only the version marker, kept so a later release can put
+/// something there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TaskExpiryValue;
