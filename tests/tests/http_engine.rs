@@ -868,8 +868,8 @@ fn percent(text: &str) -> String {
         .collect()
 }
 
-/// Transport failures are classified: a refused connection is a connect retry, and a TLS
-/// handshake with a plain-HTTP server fails as TLS.
+/// Transport failures are classified: a refused connection is unreachable (no server
+/// answered), and a TLS handshake with a plain-HTTP server fails as TLS.
 #[tokio::test]
 async fn transport_failures_are_classified() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -882,7 +882,7 @@ async fn transport_failures_are_classified() {
     let outcome = engine.run(&refused, &target(dir.path(), "x"), None).await;
     assert_eq!(
         retry_reason(&outcome).0,
-        RetryReason::Connect,
+        RetryReason::Unreachable,
         "{outcome:?}"
     );
 
@@ -1006,11 +1006,12 @@ async fn invalid_requests_and_disk_errors_fail() {
 }
 
 /// A full disk: the `.part` is a symbolic link to `/dev/full`, where every write fails
-/// with ENOSPC whoever runs the test. The download fails as a local disk error that names
-/// the cause, and nothing is renamed into place.
+/// with ENOSPC whoever runs the test. The download stops as `StorageFull` (a wait for
+/// space, not a failure) naming the cause, the partial file (here the link, never
+/// `/dev/full` itself) is removed, and nothing is renamed into place.
 #[cfg(target_os = "linux")]
 #[tokio::test]
-async fn full_disk_fails_as_a_local_disk_error() {
+async fn full_disk_is_a_storage_full_retry() {
     let origin = start_origin().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (part, complete) = download_paths(dir.path(), "full");
@@ -1019,14 +1020,29 @@ async fn full_disk_fails_as_a_local_disk_error() {
     let outcome = engine()
         .run(&request, &target(dir.path(), "full"), None)
         .await;
-    let Classified::Failed { reason, message } = &outcome else {
-        panic!("expected a failure, got {outcome:?}");
+    let Classified::Retry {
+        reason, message, ..
+    } = &outcome
+    else {
+        panic!("expected a retry, got {outcome:?}");
     };
-    assert_eq!(*reason, FailReason::LocalDisk, "{outcome:?}");
+    assert_eq!(*reason, RetryReason::StorageFull, "{outcome:?}");
     assert!(message.contains("StorageFull"), "{message}");
     assert!(
         !complete.exists(),
         "a file that was never written is in place"
+    );
+    assert!(
+        std::fs::symlink_metadata(&part).is_err(),
+        "the partial file is left behind"
+    );
+    assert!(
+        !download_validator_path(dir.path(), "full").exists(),
+        "the validator is left behind"
+    );
+    assert!(
+        Path::new("/dev/full").exists(),
+        "/dev/full itself was touched"
     );
 }
 
