@@ -826,11 +826,23 @@ impl<'a> PartWriter<'a> {
     /// would pass the budget is written only up to it; the writer then waits for that
     /// write and the download ends as [`RetryReason::InsufficientStorage`].
     async fn write(&mut self, mut block: Vec<u8>) -> Result<Vec<u8>, Classified> {
-        let admitted = self
+        let measure_error = |error| disk("measuring the free space for", self.path, error);
+        let mut admitted = self
             .budget
-            .admit(self.submitted_end, self.in_flight_bytes, block.len())
+            .admit(self.submitted_end, self.in_flight_bytes, block.len(), false)
             .await
-            .map_err(|error| disk("measuring the free space for", self.path, error))?;
+            .map_err(measure_error)?;
+        let mut spare = None;
+        if matches!(admitted, Admit::Prefix { .. }) && self.in_flight.is_some() {
+            // Near the limit: measure again with every byte on disk, so that the limit
+            // is exact rather than a block early.
+            spare = Some(self.settle().await?);
+            admitted = self
+                .budget
+                .admit(self.submitted_end, 0, block.len(), true)
+                .await
+                .map_err(measure_error)?;
+        }
         let stopped = match admitted {
             Admit::All => None,
             Admit::Prefix { bytes, room } => {
@@ -838,7 +850,11 @@ impl<'a> PartWriter<'a> {
                 Some(room)
             }
         };
-        let spare = self.start(block).await?;
+        let spare = match spare {
+            Some(spare) => spare,
+            None => self.settle().await?,
+        };
+        self.start(block)?;
         let Some(room) = stopped else {
             return Ok(spare);
         };
@@ -846,11 +862,14 @@ impl<'a> PartWriter<'a> {
         Err(self.budget.insufficient(room, self.submitted_end))
     }
 
-    /// Waits for the write in flight, then hands `block` to a blocking thread.
-    async fn start(&mut self, block: Vec<u8>) -> Result<Vec<u8>, Classified> {
-        let spare = self.settle().await?;
+    /// Hands `block` to a blocking thread; the previous write has settled.
+    fn start(&mut self, block: Vec<u8>) -> Result<(), Classified> {
+        debug_assert!(
+            self.in_flight.is_none(),
+            "invariant violation: a write started while another is in flight"
+        );
         if block.is_empty() {
-            return Ok(block);
+            return Ok(());
         }
         let Some(mut file) = self.file.take() else {
             return Err(disk("writing", self.path, no_file()));
@@ -868,7 +887,7 @@ impl<'a> PartWriter<'a> {
             }
             (file, hasher, writeback, block, result)
         }));
-        Ok(spare)
+        Ok(())
     }
 
     /// Waits for the write in flight; returns its buffer, emptied (or a new one).

@@ -164,15 +164,17 @@ impl Budget {
 
     /// How much of a block of `block_bytes` may be written when the writer has been
     /// handed bytes up to file offset `submitted_end`, `in_flight_bytes` of which may not
-    /// have reached the file yet.
+    /// have reached the file yet. The space is measured again when due, when the block
+    /// would pass the limit, or when `remeasure` says so.
     pub(crate) async fn admit(
         &mut self,
         submitted_end: u64,
         in_flight_bytes: u64,
         block_bytes: usize,
+        remeasure: bool,
     ) -> io::Result<Admit> {
         let end = submitted_end.saturating_add(block_bytes as u64);
-        let room = if end > self.limit_end || end > self.next_check_end {
+        let room = if remeasure || end > self.limit_end || end > self.next_check_end {
             self.remeasure(submitted_end, in_flight_bytes).await?
         } else {
             None
