@@ -1260,3 +1260,47 @@ fn disk_reserve_is_validated_and_defaulted() {
     let read: EngineConfig = serde_json::from_value(json).expect("deserialize");
     assert_eq!(read, default);
 }
+
+/// A connect that never completes is unreachable, even with an idle timeout shorter than
+/// the connect timeout: the listener's accept queue on 127.0.0.1 is full (it is never
+/// accepted from), so the kernel drops further SYNs and the engine's connect hangs until
+/// reqwest's connect timeout, which the idle timer leaves its turn.
+#[tokio::test]
+async fn hung_connect_is_unreachable_not_idle() {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("an address"))
+        .expect("bind");
+    let listener = socket.listen(1).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    // Connect until one hangs: the queue is then full.
+    let mut queued = Vec::new();
+    loop {
+        match tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => queued.push(stream),
+            Ok(Err(error)) => panic!("connecting to fill the queue: {error}"),
+            Err(_hung) => break,
+        }
+        assert!(queued.len() < 64, "the accept queue never filled");
+    }
+    let engine = Engine::new(EngineConfig {
+        connect_timeout: Duration::from_secs(1),
+        read_idle_timeout: Duration::from_millis(100),
+        ..config()
+    })
+    .expect("engine");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let request = TransferRequest::download(format!("http://{addr}/x"));
+    let outcome = engine.run(&request, &target(dir.path(), "x"), None).await;
+    assert_eq!(
+        retry_reason(&outcome).0,
+        RetryReason::Unreachable,
+        "{outcome:?}"
+    );
+    drop((queued, listener));
+}

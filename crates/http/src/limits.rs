@@ -54,7 +54,9 @@ pub struct EngineConfig {
     pub connect_timeout: Duration,
     /// How long the connection may stay silent: no response bytes while a response is
     /// awaited or streamed, no request bytes taken while a body is sent. It is reset by
-    /// every read, so it never limits a long transfer that keeps moving.
+    /// every read, so it never limits a long transfer that keeps moving. Connecting is
+    /// not silence: the wait for a response lasts at least `connect_timeout` (and a
+    /// second), so a connect that hangs ends as [`crate::RetryReason::Unreachable`].
     pub read_idle_timeout: Duration,
     /// The most one attempt may take in total (the session's resource deadline bounds it
     /// further across attempts through [`crate::Engine::run_until`]).

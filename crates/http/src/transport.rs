@@ -5,7 +5,15 @@
 //! The idle timer is the engine's own rather than reqwest's `read_timeout`: reqwest's
 //! timer for the response head starts when the request starts and is not reset while a
 //! request body is being sent, so it would cut a long upload. Here the timer is reset
-//! whenever a request body chunk is taken or a response chunk arrives.
+//! whenever a request body chunk is taken or a response chunk arrives. It leaves the
+//! connect its own timeout first, so that a connect that hangs is reported as what it is
+//! ([`RetryReason::Unreachable`]).
+//!
+//! Transport errors split in two: those where no server answered at all (the name did
+//! not resolve, the connection was refused, the host or network is unreachable, the
+//! connect timed out) are [`RetryReason::Unreachable`], a wait for connectivity; every
+//! failure after a connection was made (a reset, an idle timeout, a truncated body, a
+//! protocol error) keeps its own reason. `classify_error` states the order of the tests.
 
 use std::error::Error as StdError;
 use std::io;
