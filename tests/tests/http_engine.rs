@@ -499,6 +499,65 @@ async fn uploads_are_deduplicated_by_key() {
     );
 }
 
+/// An upload's `bytes` is the request body sent, the file's length, whatever the length
+/// of the answer (a short `201` body, a short `422` body); a data task's `bytes` stays
+/// the length of its response body.
+#[tokio::test]
+async fn upload_bytes_are_the_body_sent() {
+    let origin = start_origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let size: u64 = 700_000;
+    let mut bytes = vec![0; size as usize];
+    origin::content(SEED, "sent", 0, &mut bytes);
+    let file = dir.path().join("sent.bin");
+    std::fs::write(&file, &bytes).expect("write the upload file");
+    let engine = engine();
+
+    let url = origin.url(&format!("/uploads/sent?size={size}"));
+    let stored = success(
+        engine
+            .run(
+                &TransferRequest::upload(&url, &file),
+                &target(dir.path(), "sent"),
+                None,
+            )
+            .await,
+    );
+    assert_eq!(stored.status, 201);
+    assert!((stored.body.len() as u64) < size, "the answer is short");
+    assert_eq!(stored.bytes, size);
+
+    // The origin refuses a body of another length than `size`: a rejection after the
+    // whole file was sent.
+    let refused_url = origin.url(&format!("/uploads/sent?size={}", size + 1));
+    match engine
+        .run(
+            &TransferRequest::upload(&refused_url, &file),
+            &target(dir.path(), "sent"),
+            None,
+        )
+        .await
+    {
+        Classified::Rejected(response) => {
+            assert_eq!(response.status, 422);
+            assert!((response.body.len() as u64) < size);
+            assert_eq!(response.bytes, size);
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+
+    let data = success(
+        engine
+            .run(
+                &TransferRequest::data(Method::Get, origin.url("/objects/d?size=1234")),
+                &target(dir.path(), "d"),
+                None,
+            )
+            .await,
+    );
+    assert_eq!((data.body.len(), data.bytes), (1234, 1234));
+}
+
 /// Hostile names (`../x`, absolute paths, `a/../../b`, NUL, very long) produce files only
 /// inside the download directory, each its own.
 #[tokio::test]
@@ -868,8 +927,10 @@ fn percent(text: &str) -> String {
         .collect()
 }
 
-/// Transport failures are classified: a refused connection is a connect retry, and a TLS
-/// handshake with a plain-HTTP server fails as TLS.
+/// Transport failures are classified: a refused connection is unreachable (no server
+/// answered), a reset mid-body is a reset (a server answered, so not unreachable), and a
+/// TLS handshake with a plain-HTTP server fails as TLS. DNS failures and unreachable
+/// networks are not tested: either would need traffic off loopback.
 #[tokio::test]
 async fn transport_failures_are_classified() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -882,11 +943,15 @@ async fn transport_failures_are_classified() {
     let outcome = engine.run(&refused, &target(dir.path(), "x"), None).await;
     assert_eq!(
         retry_reason(&outcome).0,
-        RetryReason::Connect,
+        RetryReason::Unreachable,
         "{outcome:?}"
     );
 
     let origin = start_origin().await;
+    let reset = TransferRequest::download(origin.url("/objects/r?size=100000&fault=reset:5000"));
+    let outcome = engine.run(&reset, &target(dir.path(), "r"), None).await;
+    assert_eq!(retry_reason(&outcome).0, RetryReason::Reset, "{outcome:?}");
+
     let tls = TransferRequest::download(format!("https://{}/objects/t?size=5", origin.addr()));
     let outcome = engine.run(&tls, &target(dir.path(), "t"), None).await;
     assert_eq!(fail_reason(&outcome), FailReason::Tls, "{outcome:?}");
@@ -1006,11 +1071,12 @@ async fn invalid_requests_and_disk_errors_fail() {
 }
 
 /// A full disk: the `.part` is a symbolic link to `/dev/full`, where every write fails
-/// with ENOSPC whoever runs the test. The download fails as a local disk error that names
-/// the cause, and nothing is renamed into place.
+/// with ENOSPC whoever runs the test. The download stops as `StorageFull` (a wait for
+/// space, not a failure) naming the cause, the partial file (here the link, never
+/// `/dev/full` itself) is removed, and nothing is renamed into place.
 #[cfg(target_os = "linux")]
 #[tokio::test]
-async fn full_disk_fails_as_a_local_disk_error() {
+async fn full_disk_is_a_storage_full_retry() {
     let origin = start_origin().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (part, complete) = download_paths(dir.path(), "full");
@@ -1019,14 +1085,29 @@ async fn full_disk_fails_as_a_local_disk_error() {
     let outcome = engine()
         .run(&request, &target(dir.path(), "full"), None)
         .await;
-    let Classified::Failed { reason, message } = &outcome else {
-        panic!("expected a failure, got {outcome:?}");
+    let Classified::Retry {
+        reason, message, ..
+    } = &outcome
+    else {
+        panic!("expected a retry, got {outcome:?}");
     };
-    assert_eq!(*reason, FailReason::LocalDisk, "{outcome:?}");
+    assert_eq!(*reason, RetryReason::StorageFull, "{outcome:?}");
     assert!(message.contains("StorageFull"), "{message}");
     assert!(
         !complete.exists(),
         "a file that was never written is in place"
+    );
+    assert!(
+        std::fs::symlink_metadata(&part).is_err(),
+        "the partial file is left behind"
+    );
+    assert!(
+        !download_validator_path(dir.path(), "full").exists(),
+        "the validator is left behind"
+    );
+    assert!(
+        Path::new("/dev/full").exists(),
+        "/dev/full itself was touched"
     );
 }
 
@@ -1148,4 +1229,78 @@ fn threaded_origin_serves_and_stops() {
         std::net::TcpStream::connect(addr).is_err(),
         "the origin still accepts"
     );
+}
+
+/// `disk_reserve_bytes` defaults to 128 MiB, accepts 0 and its maximum, refuses more, and
+/// a configuration serialized (JSON) before the field existed reads it as the default.
+#[test]
+fn disk_reserve_is_validated_and_defaulted() {
+    let default = EngineConfig::default();
+    assert_eq!(default.disk_reserve_bytes, 128 * 1024 * 1024);
+    for accepted in [0, EngineConfig::DISK_RESERVE_BYTES_MAX] {
+        let config = EngineConfig {
+            disk_reserve_bytes: accepted,
+            ..config()
+        };
+        assert_eq!(config.validate(), Ok(()), "{accepted}");
+    }
+    let over = EngineConfig {
+        disk_reserve_bytes: EngineConfig::DISK_RESERVE_BYTES_MAX + 1,
+        ..config()
+    };
+    assert!(
+        matches!(Engine::new(over), Err(session_http::Error::InvalidConfig { ref reason }) if reason.contains("disk_reserve_bytes")),
+        "a reserve over the maximum is accepted"
+    );
+
+    let mut json = serde_json::to_value(&default).expect("serialize");
+    json.as_object_mut()
+        .expect("an object")
+        .remove("disk_reserve_bytes");
+    let read: EngineConfig = serde_json::from_value(json).expect("deserialize");
+    assert_eq!(read, default);
+}
+
+/// A connect that never completes is unreachable, even with an idle timeout shorter than
+/// the connect timeout: the listener's accept queue on 127.0.0.1 is full (it is never
+/// accepted from), so the kernel drops further SYNs and the engine's connect hangs until
+/// reqwest's connect timeout, which the idle timer leaves its turn.
+#[tokio::test]
+async fn hung_connect_is_unreachable_not_idle() {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("an address"))
+        .expect("bind");
+    let listener = socket.listen(1).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    // Connect until one hangs: the queue is then full.
+    let mut queued = Vec::new();
+    loop {
+        match tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => queued.push(stream),
+            Ok(Err(error)) => panic!("connecting to fill the queue: {error}"),
+            Err(_hung) => break,
+        }
+        assert!(queued.len() < 64, "the accept queue never filled");
+    }
+    let engine = Engine::new(EngineConfig {
+        connect_timeout: Duration::from_secs(1),
+        read_idle_timeout: Duration::from_millis(100),
+        ..config()
+    })
+    .expect("engine");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let request = TransferRequest::download(format!("http://{addr}/x"));
+    let outcome = engine.run(&request, &target(dir.path(), "x"), None).await;
+    assert_eq!(
+        retry_reason(&outcome).0,
+        RetryReason::Unreachable,
+        "{outcome:?}"
+    );
+    drop((queued, listener));
 }

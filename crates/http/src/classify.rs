@@ -113,16 +113,40 @@ pub struct Response {
     pub body: Vec<u8>,
     /// For a download, the final path of the complete file.
     pub file: Option<PathBuf>,
-    /// Bytes transferred: the file's length for a download, the body's for other kinds.
+    /// Bytes transferred, by kind:
+    /// - a download: the length of the complete file (a rejected download has no file:
+    ///   the length of the rejection's body as kept);
+    /// - an upload: the request body bytes sent, that is the file's length once it was
+    ///   sent whole (bytes the client took from the file for the last request that
+    ///   carried it, whatever the length of the server's answer);
+    /// - a data task: the length of the response body.
     pub bytes: u64,
 }
 
 /// Why an attempt should be retried.
+///
+/// Three groups matter to a scheduler, which may wait on the first two without spending
+/// the task's attempts:
+/// - **No server answered**: [`RetryReason::Unreachable`]. Worth waiting for
+///   connectivity (Apple's `waitsForConnectivity`).
+/// - **Local storage**: [`RetryReason::InsufficientStorage`] (the download would eat into
+///   [`crate::EngineConfig::disk_reserve_bytes`]; nothing past the reserve was written) and
+///   [`RetryReason::StorageFull`] (the file system refused a write anyway; the partial
+///   file was removed to give the space back). Worth waiting for free space.
+/// - **Everything else**: a server was reached and the exchange failed; an ordinary retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RetryReason {
     /// The server answered with a transient status (408, 429, 500, 502, 503, 504).
     Status(u16),
-    /// Connecting failed or timed out (including name resolution).
+    /// No server answered at all: the name did not resolve, the connection was refused,
+    /// the host or network is unreachable (or the network is down, or no local address
+    /// fits), or connecting took longer than [`crate::EngineConfig::connect_timeout`].
+    /// reqwest's connect timeout also covers the TLS handshake, so a server that accepts
+    /// TCP and then never answers the handshake counts here too.
+    Unreachable,
+    /// Connecting failed after something answered, or for a local reason: the connection
+    /// was reset or closed during the TLS handshake, a proxy refused the tunnel, or the
+    /// socket could not be made (out of descriptors).
     Connect,
     /// The connection was reset or closed before a response arrived.
     Reset,
@@ -139,6 +163,29 @@ pub enum RetryReason {
     Protocol,
     /// A transport error the client did not attribute (bounded by the caller's attempts).
     Transport,
+    /// A download does not fit in the free space of its directory's file system less
+    /// [`crate::EngineConfig::disk_reserve_bytes`]. Found before the request (the
+    /// request's expected length), before the first byte of the body (its announced
+    /// length), or while streaming (a body of unknown or wrong length, or space taken by
+    /// someone else meanwhile). Nothing was written into the reserve; a partial file stays
+    /// for the next attempt to resume. It fits once `bytes_free` is at least
+    /// `bytes_needed + reserve_bytes`.
+    InsufficientStorage {
+        /// The bytes the download still has to write, when known (the expected or
+        /// announced length less what the partial file keeps); `None` for a body of
+        /// unknown length that reached the limit.
+        bytes_needed: Option<u64>,
+        /// The bytes free on the file system (those an unprivileged writer may use),
+        /// counting a partial file the attempt would have replaced as free.
+        bytes_free: u64,
+        /// The reserve the download may not use.
+        reserve_bytes: u64,
+    },
+    /// A write, fsync or file creation of a download failed with `ENOSPC` or `EDQUOT`
+    /// although the free space allowed it (another writer filled the file system). The
+    /// partial file and its validator were removed, so the space is free again for the
+    /// store; the next attempt starts from zero.
+    StorageFull,
 }
 
 /// Why an attempt failed for good.
@@ -154,7 +201,8 @@ pub enum FailReason {
     InvalidRedirect,
     /// The TLS handshake failed (certificate, protocol).
     Tls,
-    /// A local file could not be read or written (full disk, permission, missing file).
+    /// A local file could not be read or written (permission, missing file, I/O error).
+    /// A full file system is not a failure: [`RetryReason::StorageFull`].
     LocalDisk,
     /// The downloaded file is not what was expected; the partial file was removed.
     Verification(Mismatch),

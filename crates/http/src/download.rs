@@ -14,6 +14,38 @@
 //! whatever the size of the file. The disk writes the file back while it downloads
 //! ([`crate::writeback`]), so the fsync before the rename does not start from a whole
 //! file of dirty pages.
+//!
+//! # Free space
+//!
+//! The download directory usually shares its file system with the session store, and a
+//! store that cannot commit wedges every session. So a download never writes into the
+//! last [`crate::EngineConfig::disk_reserve_bytes`] of free space (measured by
+//! [`crate::free_bytes`]), and a full file system frees the download's space at once:
+//!
+//! 1. **Before the request**, when the request's expected length is known and what is
+//!    still to be written (the length less the bytes the `.part` keeps for the resume)
+//!    exceeds the free space less the reserve, no request is sent: the attempt ends as
+//!    [`RetryReason::InsufficientStorage`] with the figures. A `.part` the attempt would
+//!    truncate counts as free.
+//! 2. **Before the first byte**, the same check against the length the response announces
+//!    (`Content-Length` of a `200`, the total of a `206`'s `Content-Range`): nothing is
+//!    written, the `.part` stays as it was.
+//! 3. **While streaming**, whatever the announced length (none, a wrong one, or space
+//!    taken by someone else meanwhile), the free space is measured again at least every
+//!    [`crate::SPACE_CHECK_INTERVAL_BYTES`] written and whenever a block would pass
+//!    the last measure; the block is written only up to the budget, and the attempt ends
+//!    as [`RetryReason::InsufficientStorage`] (`bytes_needed` is `None` when the length is
+//!    unknown). The `.part` keeps those bytes, all within the budget, and its validator,
+//!    so a later attempt with room resumes after them.
+//! 4. **A write, fsync, or file creation that fails with `ENOSPC` or `EDQUOT`** anyway
+//!    (another writer filled the file system between two measures) stops the download,
+//!    removes the `.part` and its validator so the space is free for the store at once,
+//!    and ends as [`RetryReason::StorageFull`]; the next attempt starts from zero. Every
+//!    other local disk error is [`FailReason::LocalDisk`].
+//!
+//! A reserve of `0` turns 1 to 3 into "fits in the free space", and leaves 4 for the
+//! moment the file system is full. Where free space cannot be measured (not Unix), only 4
+//! applies.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -32,9 +64,11 @@ use crate::classify::{
     classify_status,
 };
 use crate::engine::{Inner, Progress};
+use crate::limits::EngineConfig;
 use crate::paths::{download_paths, download_validator_path};
 use crate::redirect;
 use crate::request::{Target, TransferRequest};
+use crate::space::{self, Admit, Budget};
 use crate::transport;
 use crate::writeback::Writeback;
 
@@ -149,8 +183,28 @@ pub(crate) async fn run(
     expected: Expected<'_>,
 ) -> Classified {
     let files = Files::new(target);
-    match attempt(engine, request, url, target, progress, expected, &files).await {
+    let outcome = match attempt(engine, request, url, target, progress, expected, &files).await {
         Ok(outcome) | Err(outcome) => outcome,
+    };
+    match outcome {
+        Classified::Retry {
+            reason: RetryReason::StorageFull,
+            retry_after,
+            message,
+        } => {
+            // The file system is full whoever filled it: give the partial file's space
+            // back, so the store sharing it can commit.
+            let removed = async {
+                remove_file_if_present(&files.part).await?;
+                remove_file_if_present(&files.validator).await
+            };
+            let message = match removed.await {
+                Ok(()) => format!("{message}; the partial file was removed"),
+                Err(error) => format!("{message}; removing the partial file failed: {error}"),
+            };
+            Classified::retry(RetryReason::StorageFull, retry_after, message)
+        }
+        outcome => outcome,
     }
 }
 
@@ -186,6 +240,17 @@ async fn attempt(
         }
         Some(_) | None => 0,
     };
+    // Known not to fit: no request at all.
+    if let Some(total) = expected.bytes {
+        fits(
+            files,
+            config.disk_reserve_bytes,
+            total,
+            resume_from,
+            part_bytes,
+        )
+        .await?;
+    }
 
     // The range goes with every redirect: the file is the same whoever serves it, and
     // If-Range makes a server with other bytes send them all.
@@ -195,7 +260,9 @@ async fn attempt(
         range.push((IF_RANGE, validator.value().to_owned()));
     }
     tracing::debug!(name = %target.name, resume_from, "download request");
-    let mut response = redirect::send(engine, request, url, target, &range, None).await?;
+    let mut response = redirect::send(engine, request, url, target, &range, None)
+        .await?
+        .response;
     let status = response.status().as_u16();
     match classify_status(status) {
         StatusClass::Success => {}
@@ -205,10 +272,72 @@ async fn attempt(
         }
         // Not a body for the file: keep the partial file for the next attempt.
         StatusClass::Retry | StatusClass::Rejected | StatusClass::Failed => {
-            return Ok(transport::answer(response, config, request).await);
+            return Ok(transport::answer(response, config, request, None).await);
         }
     }
-    // Decided before a byte is written: an encoded body is not the file (crate docs).
+    let (offset, total) = placement(&response, files, config, expected, resume_from).await?;
+    // The announced length does not fit: stop before the first byte is written.
+    if let Some(total) = total {
+        fits(files, config.disk_reserve_bytes, total, offset, part_bytes).await?;
+    }
+    let bytes_expected = total.or(expected.bytes);
+    let report = |bytes_done| {
+        if let Some(progress) = progress {
+            progress.send_replace(Progress {
+                bytes_done,
+                bytes_expected,
+            });
+        }
+    };
+    report(offset);
+
+    let new_validator = if offset == 0 {
+        Validator::from_headers(response.headers())
+    } else {
+        None
+    };
+    let (file, hasher) = open_part(files, offset, new_validator, expected.sha256.is_some()).await?;
+    let budget = Budget::start(&files.dir, config.disk_reserve_bytes, offset, total)
+        .await
+        .map_err(|error| disk("measuring the free space of", &files.dir, error))?;
+    let writer = PartWriter::new(file, offset, hasher, &files.part, budget);
+    let (file, hasher, length) =
+        stream(&mut response, writer, files, config, offset, &report).await?;
+    report(length);
+    if let Some(total) = total
+        && length < total
+    {
+        // A range shorter than the rest of the file (or a short close-delimited body):
+        // the bytes are good, ask for the rest next time.
+        return Err(Classified::retry(
+            RetryReason::TruncatedBody,
+            None,
+            format!("the body ended at {length} of {total} bytes"),
+        ));
+    }
+    let headers = transport::response_headers(
+        response.headers(),
+        config.limits.response_headers_max,
+        request,
+    );
+    complete(
+        files, file, hasher, length, total, expected, status, headers,
+    )
+    .await
+}
+
+/// Where a successful response's bytes go in the file and how long the file will be,
+/// decided from its headers before a byte is written: an encoded body, a range that
+/// starts elsewhere, a length over the limit or other than expected end the attempt.
+async fn placement(
+    response: &reqwest::Response,
+    files: &Files,
+    config: &EngineConfig,
+    expected: Expected<'_>,
+    resume_from: u64,
+) -> Result<(u64, Option<u64>), Classified> {
+    let status = response.status().as_u16();
+    // An encoded body is not the file (crate docs).
     if let Some(coding) = content_coding(response.headers()) {
         return Err(Classified::failed(
             FailReason::UnsupportedContentEncoding(coding.clone()),
@@ -218,8 +347,6 @@ async fn attempt(
             ),
         ));
     }
-
-    // Where this response's bytes go, and how long the file will be.
     let (offset, total) = if status == 206 {
         match content_range(response.headers()) {
             Some(range) if range.start == resume_from => (resume_from, range.total),
@@ -256,29 +383,48 @@ async fn attempt(
             format!("the server announces another length: {mismatch:?}"),
         ));
     }
-    let bytes_expected = total.or(expected.bytes);
-    let report = |bytes_done| {
-        if let Some(progress) = progress {
-            progress.send_replace(Progress {
-                bytes_done,
-                bytes_expected,
-            });
-        }
-    };
-    report(offset);
+    Ok((offset, total))
+}
 
-    let new_validator = if offset == 0 {
-        Validator::from_headers(response.headers())
-    } else {
-        None
-    };
-    let (file, hasher) = open_part(files, offset, new_validator, expected.sha256.is_some()).await?;
-    let mut writer = PartWriter::new(file, offset, hasher, &files.part);
+/// Whether a file of `total` bytes, written from `offset`, fits in the free space less
+/// the reserve. A `.part` of `part_bytes` counts as free beyond `offset`: the attempt
+/// truncates it there.
+async fn fits(
+    files: &Files,
+    reserve_bytes: u64,
+    total: u64,
+    offset: u64,
+    part_bytes: u64,
+) -> Result<(), Classified> {
+    let reclaimable = part_bytes.saturating_sub(offset);
+    let room = space::measure(&files.dir, reserve_bytes, reclaimable)
+        .await
+        .map_err(|error| disk("measuring the free space of", &files.dir, error))?;
+    let needed = total.saturating_sub(offset);
+    match room {
+        Some(room) if needed > room.usable() => Err(room.insufficient(&files.dir, Some(needed))),
+        Some(_) | None => Ok(()),
+    }
+}
+
+/// Streams the body into the `.part` from `offset`, in blocks, within the space budget;
+/// returns the file, its hash and its length once the body ended. Bytes that arrived
+/// stay in the `.part` whatever stops the stream (a transport error, the budget), so the
+/// next attempt resumes after them.
+async fn stream(
+    response: &mut reqwest::Response,
+    mut writer: PartWriter<'_>,
+    files: &Files,
+    config: &EngineConfig,
+    offset: u64,
+    report: &impl Fn(u64),
+) -> Result<(File, Option<Sha256>, u64), Classified> {
+    let total_max = config.limits.download_bytes_max;
     let mut block = Vec::with_capacity(WRITE_BLOCK_BYTES);
     let mut block_since = Instant::now();
     let mut received: u64 = 0;
     loop {
-        let chunk = match transport::next_chunk(&mut response, config.read_idle_timeout).await {
+        let chunk = match transport::next_chunk(response, config.read_idle_timeout).await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(outcome) => {
@@ -310,28 +456,7 @@ async fn attempt(
     }
     writer.write(block).await?;
     let (file, hasher) = writer.finish().await?;
-    let length = offset + received;
-    report(length);
-    if let Some(total) = total
-        && length < total
-    {
-        // A range shorter than the rest of the file (or a short close-delimited body):
-        // the bytes are good, ask for the rest next time.
-        return Err(Classified::retry(
-            RetryReason::TruncatedBody,
-            None,
-            format!("the body ended at {length} of {total} bytes"),
-        ));
-    }
-    let headers = transport::response_headers(
-        response.headers(),
-        config.limits.response_headers_max,
-        request,
-    );
-    complete(
-        files, file, hasher, length, total, expected, status, headers,
-    )
-    .await
+    Ok((file, hasher, offset + received))
 }
 
 /// Finishes a download whose `.part` holds the whole body: verify, fsync, rename, fsync
@@ -655,12 +780,18 @@ fn content_range(headers: &HeaderMap) -> Option<ContentRange> {
 
 /// Writes blocks to the `.part` on a blocking thread, one in flight while the next fills,
 /// hashing them there too, and starting their write-back to the disk as they go
-/// ([`Writeback`]), so the fsync before the rename has only the tail left.
+/// ([`Writeback`]), so the fsync before the rename has only the tail left. Every block
+/// passes the space [`Budget`] first.
 struct PartWriter<'a> {
     file: Option<File>,
     hasher: Option<Sha256>,
     writeback: Writeback,
     in_flight: Option<JoinHandle<Written>>,
+    /// The bytes of the write in flight (zero when none is).
+    in_flight_bytes: u64,
+    /// The file offset after every byte handed to the writer so far.
+    submitted_end: u64,
+    budget: Budget,
     path: &'a Path,
 }
 
@@ -672,27 +803,81 @@ fn no_file() -> io::Error {
 
 impl<'a> PartWriter<'a> {
     /// A writer of `file`, positioned at `offset`.
-    fn new(file: File, offset: u64, hasher: Option<Sha256>, path: &'a Path) -> PartWriter<'a> {
+    fn new(
+        file: File,
+        offset: u64,
+        hasher: Option<Sha256>,
+        path: &'a Path,
+        budget: Budget,
+    ) -> PartWriter<'a> {
         PartWriter {
             file: Some(file),
             hasher,
             writeback: Writeback::new(offset),
             in_flight: None,
+            in_flight_bytes: 0,
+            submitted_end: offset,
+            budget,
             path,
         }
     }
 
-    /// Starts writing `block` and returns an empty buffer to fill next.
-    async fn write(&mut self, block: Vec<u8>) -> Result<Vec<u8>, Classified> {
-        let spare = self.settle().await?;
+    /// Starts writing `block` and returns an empty buffer to fill next. A block that
+    /// would pass the budget is written only up to it; the writer then waits for that
+    /// write and the download ends as [`RetryReason::InsufficientStorage`].
+    async fn write(&mut self, mut block: Vec<u8>) -> Result<Vec<u8>, Classified> {
+        let measure_error = |error| disk("measuring the free space for", self.path, error);
+        let mut admitted = self
+            .budget
+            .admit(self.submitted_end, self.in_flight_bytes, block.len(), false)
+            .await
+            .map_err(measure_error)?;
+        let mut spare = None;
+        if matches!(admitted, Admit::Prefix { .. }) && self.in_flight.is_some() {
+            // Near the limit: measure again with every byte on disk, so that the limit
+            // is exact rather than a block early.
+            spare = Some(self.settle().await?);
+            admitted = self
+                .budget
+                .admit(self.submitted_end, 0, block.len(), true)
+                .await
+                .map_err(measure_error)?;
+        }
+        let stopped = match admitted {
+            Admit::All => None,
+            Admit::Prefix { bytes, room } => {
+                block.truncate(bytes);
+                Some(room)
+            }
+        };
+        let spare = match spare {
+            Some(spare) => spare,
+            None => self.settle().await?,
+        };
+        self.start(block)?;
+        let Some(room) = stopped else {
+            return Ok(spare);
+        };
+        self.settle().await?;
+        Err(self.budget.insufficient(room, self.submitted_end))
+    }
+
+    /// Hands `block` to a blocking thread; the previous write has settled.
+    fn start(&mut self, block: Vec<u8>) -> Result<(), Classified> {
+        debug_assert!(
+            self.in_flight.is_none(),
+            "invariant violation: a write started while another is in flight"
+        );
         if block.is_empty() {
-            return Ok(block);
+            return Ok(());
         }
         let Some(mut file) = self.file.take() else {
             return Err(disk("writing", self.path, no_file()));
         };
         let mut hasher = self.hasher.take();
         let mut writeback = self.writeback;
+        self.in_flight_bytes = block.len() as u64;
+        self.submitted_end += block.len() as u64;
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             let result = file
                 .write_all(&block)
@@ -702,7 +887,7 @@ impl<'a> PartWriter<'a> {
             }
             (file, hasher, writeback, block, result)
         }));
-        Ok(spare)
+        Ok(())
     }
 
     /// Waits for the write in flight; returns its buffer, emptied (or a new one).
@@ -710,6 +895,7 @@ impl<'a> PartWriter<'a> {
         let Some(handle) = self.in_flight.take() else {
             return Ok(Vec::with_capacity(WRITE_BLOCK_BYTES));
         };
+        self.in_flight_bytes = 0;
         let (file, hasher, writeback, mut block, result) = handle
             .await
             .map_err(|error| disk("writing", self.path, io::Error::other(error)))?;
@@ -739,10 +925,15 @@ async fn sync_dir(dir: &Path) -> Result<(), Classified> {
 }
 
 async fn remove_if_present(path: &Path) -> Result<(), Classified> {
+    remove_file_if_present(path)
+        .await
+        .map_err(|error| disk("removing", path, error))
+}
+
+async fn remove_file_if_present(path: &Path) -> io::Result<()> {
     match tokio::fs::remove_file(path).await {
-        Ok(()) => Ok(()),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(error) => Err(disk("removing", path, error)),
+        removed => removed,
     }
 }
 
@@ -755,11 +946,23 @@ async fn blocking<T: Send + 'static>(
         .map_err(io::Error::other)?
 }
 
-/// A local disk failure: terminal (a full disk, a permission, a missing directory).
+/// A local disk error as the attempt's outcome: a full file system or quota (`ENOSPC`,
+/// `EDQUOT`) is [`RetryReason::StorageFull`], whose partial file [`run`] removes; any
+/// other error is terminal, [`FailReason::LocalDisk`] (a permission, a missing
+/// directory, an I/O error).
 fn disk(action: &str, path: &Path, error: io::Error) -> Classified {
-    Classified::failed(
-        FailReason::LocalDisk,
-        format!("{action} {}: {error} ({:?})", path.display(), error.kind()),
+    let message = format!("{action} {}: {error} ({:?})", path.display(), error.kind());
+    if is_storage_full(&error) {
+        return Classified::retry(RetryReason::StorageFull, None, message);
+    }
+    Classified::failed(FailReason::LocalDisk, message)
+}
+
+/// Whether the file system refused the write for lack of space or quota.
+fn is_storage_full(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
     )
 }
 

@@ -19,6 +19,18 @@
 //! [`FailReason::UnsupportedContentEncoding`], since an encoded body's offsets cannot be
 //! resumed; data and upload answers keep their encoded body and its header.
 //!
+//! A download never eats into [`EngineConfig::disk_reserve_bytes`] of its directory's
+//! file system, which it shares with the session store (a store that cannot commit
+//! wedges every session). A download that does not fit ends as
+//! [`RetryReason::InsufficientStorage`], known before the request, before the first
+//! byte, or while streaming a body of unknown length; a write the file system refuses
+//! anyway (another writer filled it) removes the partial file and ends as
+//! [`RetryReason::StorageFull`]. Both are waits for space rather than failures of the
+//! transfer; [`free_bytes`] is the measure the engine uses. Likewise
+//! [`RetryReason::Unreachable`] says that no server answered at all (a name that does not
+//! resolve, a refused connection, an unreachable network, a connect timeout): a wait for
+//! connectivity. The `download` module docs give the rules.
+//!
 //! Modules, one concern each:
 //! - `error`: the crate's error type (request validation, decoding, engine construction).
 //! - `limits`: [`Limits`] and [`EngineConfig`], every bound with its unit.
@@ -30,7 +42,9 @@
 //! - `classify`: the outcome types, the exhaustive status table, content codings.
 //! - `transport`: one hop's request, the idle timer, bounded bodies, transport errors.
 //! - `redirect`: following redirects: limits, targets, methods, stripped headers.
-//! - `download`: resumable, verified downloads into `.part` files.
+//! - `download`: resumable, verified downloads into `.part` files, kept out of the disk
+//!   reserve.
+//! - `space`: free space ([`free_bytes`]) and the budget a streaming download stays in.
 //! - `upload`: request bodies, a file streamed from disk, and the answer kept in memory.
 //! - `engine`: [`Engine`], its client, connection limits and the attempt driver.
 
@@ -70,6 +84,7 @@ mod redact;
 mod redirect;
 mod request;
 mod retry_after;
+mod space;
 mod transport;
 mod upload;
 mod writeback;
@@ -89,3 +104,4 @@ pub use request::{
     Body, Method, SENSITIVE_HEADERS, Target, TransferKind, TransferRequest, is_sensitive_header,
 };
 pub use retry_after::RetryAfter;
+pub use space::{SPACE_CHECK_INTERVAL_BYTES, free_bytes};

@@ -54,7 +54,9 @@ pub struct EngineConfig {
     pub connect_timeout: Duration,
     /// How long the connection may stay silent: no response bytes while a response is
     /// awaited or streamed, no request bytes taken while a body is sent. It is reset by
-    /// every read, so it never limits a long transfer that keeps moving.
+    /// every read, so it never limits a long transfer that keeps moving. Connecting is
+    /// not silence: the wait for a response lasts at least `connect_timeout` (and a
+    /// second), so a connect that hangs ends as [`crate::RetryReason::Unreachable`].
     pub read_idle_timeout: Duration,
     /// The most one attempt may take in total (the session's resource deadline bounds it
     /// further across attempts through [`crate::Engine::run_until`]).
@@ -69,14 +71,33 @@ pub struct EngineConfig {
     pub proxy_from_environment: bool,
     /// The `User-Agent` sent.
     pub user_agent: String,
+    /// Bytes of the download directory's file system that downloads never use, so that
+    /// whatever shares it (the session store, which must always be able to commit) keeps
+    /// room. A download that would eat into it ends as
+    /// [`crate::RetryReason::InsufficientStorage`] (see the crate docs); `0` lets downloads
+    /// fill the file system. At most [`EngineConfig::DISK_RESERVE_BYTES_MAX`]. Absent
+    /// from a configuration serialized before it existed, it reads as the default.
+    #[serde(default = "default_disk_reserve_bytes")]
+    pub disk_reserve_bytes: u64,
     /// Size and count limits.
     pub limits: Limits,
+}
+
+/// The default [`EngineConfig::disk_reserve_bytes`]: 128 MiB.
+const DISK_RESERVE_BYTES_DEFAULT: u64 = 128 * 1024 * 1024;
+
+fn default_disk_reserve_bytes() -> u64 {
+    DISK_RESERVE_BYTES_DEFAULT
 }
 
 impl EngineConfig {
     /// The longest timeout or deadline accepted (a year), so deadline arithmetic cannot
     /// overflow.
     pub const DURATION_MAX: Duration = Duration::from_secs(366 * 24 * 3600);
+
+    /// The largest [`EngineConfig::disk_reserve_bytes`] accepted (1 TiB): a larger one is
+    /// a mistake that would park every download.
+    pub const DISK_RESERVE_BYTES_MAX: u64 = 1 << 40;
 
     /// Checks that the configuration is usable.
     pub fn validate(&self) -> Result<()> {
@@ -107,6 +128,15 @@ impl EngineConfig {
                 });
             }
         }
+        if self.disk_reserve_bytes > Self::DISK_RESERVE_BYTES_MAX {
+            return Err(Error::InvalidConfig {
+                reason: format!(
+                    "disk_reserve_bytes {} is over {}",
+                    self.disk_reserve_bytes,
+                    Self::DISK_RESERVE_BYTES_MAX
+                ),
+            });
+        }
         if self.redirects_max > 100 {
             return Err(Error::InvalidConfig {
                 reason: format!("redirects_max {} is over 100", self.redirects_max),
@@ -127,6 +157,7 @@ impl Default for EngineConfig {
             redirects_max: 10,
             proxy_from_environment: true,
             user_agent: concat!("bgsession/", env!("CARGO_PKG_VERSION")).to_owned(),
+            disk_reserve_bytes: DISK_RESERVE_BYTES_DEFAULT,
             limits: Limits::default(),
         }
     }

@@ -25,6 +25,8 @@
 //!   chosen where it goes next.
 //! - The attempt keeps the connection permits of the original host for the whole chain.
 
+use std::sync::Arc;
+
 use reqwest::Url;
 use reqwest::header::{HeaderName, HeaderValue, LOCATION};
 use tokio::sync::watch;
@@ -34,7 +36,7 @@ use crate::engine::{Inner, Progress};
 use crate::redact::redact_parsed;
 use crate::request::{Method, Target, TransferRequest};
 use crate::transport::{self, Activity};
-use crate::upload;
+use crate::upload::{self, FileBodyReport};
 
 /// Headers that describe a request body, dropped with it (the Fetch standard's
 /// "request-body-header names").
@@ -246,6 +248,15 @@ fn same_origin(a: &Url, b: &Url) -> bool {
         && a.port_or_known_default() == b.port_or_known_default()
 }
 
+/// The final response of a redirect chain.
+#[derive(Debug)]
+pub(crate) struct Answered {
+    pub(crate) response: reqwest::Response,
+    /// The file body of the last request that carried one (an upload), still counting
+    /// the bytes the client takes from it.
+    pub(crate) file_body: Option<Arc<FileBodyReport>>,
+}
+
 /// Sends `request` to `url` and follows its redirects; returns the final response (whose
 /// status is not a followed redirect). `extra` headers (a download's range) go with every
 /// hop; `progress` sees an upload body's bytes, from zero on each hop that sends it.
@@ -256,27 +267,40 @@ pub(crate) async fn send(
     target: &Target,
     extra: &[(HeaderName, String)],
     progress: Option<&watch::Sender<Progress>>,
-) -> Result<reqwest::Response, Classified> {
+) -> Result<Answered, Classified> {
     let config = &engine.config;
     let activity = Activity::new();
     let mut hop = Hop::first(request.method, url);
     let mut chain = Chain::new(&hop, config.redirects_max, config.limits.url_bytes_max);
+    let mut file_body = None;
     loop {
         let builder = transport::request_builder(&engine.client, request, &hop, target, extra);
-        let (builder, local_error) = if hop.with_body {
+        let (builder, report) = if hop.with_body {
             upload::attach_body(builder, &request.body, config, &activity, progress).await?
         } else {
             (builder, None)
         };
-        let sent = transport::send(builder, config.read_idle_timeout, &activity).await;
+        let sent = transport::send(
+            builder,
+            config.read_idle_timeout,
+            config.connect_timeout,
+            &activity,
+        )
+        .await;
         // A failure to read our own file surfaces as a request error: say what it was.
-        if let Some(message) = local_error.as_ref().and_then(upload::local_failure) {
+        if let Some(message) = report.as_ref().and_then(|report| report.local_failure()) {
             return Err(Classified::failed(FailReason::LocalDisk, message));
+        }
+        if report.is_some() {
+            file_body = report;
         }
         let response = sent?;
         let status = response.status().as_u16();
         if !is_followed(status) {
-            return Ok(response);
+            return Ok(Answered {
+                response,
+                file_body,
+            });
         }
         let next = chain
             .next(&hop, status, response.headers().get(LOCATION))

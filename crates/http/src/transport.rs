@@ -5,7 +5,15 @@
 //! The idle timer is the engine's own rather than reqwest's `read_timeout`: reqwest's
 //! timer for the response head starts when the request starts and is not reset while a
 //! request body is being sent, so it would cut a long upload. Here the timer is reset
-//! whenever a request body chunk is taken or a response chunk arrives.
+//! whenever a request body chunk is taken or a response chunk arrives. It leaves the
+//! connect its own timeout first, so that a connect that hangs is reported as what it is
+//! ([`RetryReason::Unreachable`]).
+//!
+//! Transport errors split in two: those where no server answered at all (the name did
+//! not resolve, the connection was refused, the host or network is unreachable, the
+//! connect timed out) are [`RetryReason::Unreachable`], a wait for connectivity; every
+//! failure after a connection was made (a reset, an idle timeout, a truncated body, a
+//! protocol error) keeps its own reason. `classify_error` states the order of the tests.
 
 use std::error::Error as StdError;
 use std::io;
@@ -97,23 +105,33 @@ pub(crate) fn request_builder(
     builder
 }
 
+/// How long past the connect timeout the idle timer waits for the client's own connect
+/// error, so that a connect that hangs ends as [`RetryReason::Unreachable`] rather than
+/// as an idle timeout.
+const CONNECT_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
+
 /// Sends a request and waits for the response head, failing when nothing has moved for
-/// `idle` (request body chunks taken count as movement).
+/// `idle` (request body chunks taken count as movement). Connecting is not silence on a
+/// connection: the wait lasts at least `connect_timeout` (and a margin), so that a
+/// connect that never completes is reported as the client's connect timeout.
 pub(crate) async fn send(
     builder: reqwest::RequestBuilder,
     idle: Duration,
+    connect_timeout: Duration,
     activity: &Activity,
 ) -> Result<reqwest::Response, Classified> {
     activity.touch();
+    let connecting_until = Instant::now() + connect_timeout + CONNECT_TIMEOUT_MARGIN;
     let send = builder.send();
     tokio::pin!(send);
     loop {
-        let deadline = activity.last() + idle;
+        let deadline = (activity.last() + idle).max(connecting_until);
         tokio::select! {
             biased;
             result = &mut send => return result.map_err(|error| classify_error(&error)),
             () = tokio::time::sleep_until(deadline) => {
-                if activity.last() + idle <= Instant::now() {
+                let now = Instant::now();
+                if activity.last() + idle <= now && connecting_until <= now {
                     return Err(Classified::retry(
                         RetryReason::IdleTimeout,
                         None,
@@ -179,10 +197,13 @@ pub(crate) fn response_headers(
 
 /// The outcome of a response by its status alone: the caller has already handled the
 /// kind-specific successes, so a `Success` here keeps a capped body like a rejection.
+/// `request_body_bytes` is an upload's body sent ([`Response::bytes`]); without it, the
+/// bytes are the kept body's.
 pub(crate) async fn answer(
     mut response: reqwest::Response,
     config: &EngineConfig,
     request: &TransferRequest,
+    request_body_bytes: Option<u64>,
 ) -> Classified {
     let status = response.status().as_u16();
     match classify_status(status) {
@@ -217,7 +238,7 @@ pub(crate) async fn answer(
             let response = Response {
                 status,
                 headers,
-                bytes: body.len() as u64,
+                bytes: request_body_bytes.unwrap_or(body.len() as u64),
                 body,
                 file: None,
             };
@@ -250,7 +271,12 @@ pub(crate) fn classify_error(error: &reqwest::Error) -> Classified {
         if https && io_kinds.contains(&io::ErrorKind::InvalidData) {
             return Classified::failed(FailReason::Tls, message);
         }
-        return Classified::retry(RetryReason::Connect, None, message);
+        let reason = if nothing_answered(error, &io_kinds) {
+            RetryReason::Unreachable
+        } else {
+            RetryReason::Connect
+        };
+        return Classified::retry(reason, None, message);
     }
     if error.is_timeout() {
         return Classified::retry(RetryReason::IdleTimeout, None, message);
@@ -278,6 +304,35 @@ pub(crate) fn classify_error(error: &reqwest::Error) -> Classified {
     // requested; anything else is a transport failure we cannot attribute: retried,
     // bounded by the caller's attempt limit.
     Classified::retry(RetryReason::Transport, None, message)
+}
+
+/// Whether a connect error means that no server answered at all: the name did not
+/// resolve (reqwest's resolver marks it, [`reqwest::Error::is_dns`]), connecting timed
+/// out (reqwest's connect timeout, which also covers the TLS handshake), or the socket's
+/// connect failed with refused, host or network unreachable, network down, or no usable
+/// local address. hyper-util reports a name that resolved to no address as
+/// `NotConnected`. Anything else in the connect phase (a reset or close during the TLS
+/// handshake, a proxy's refusal, no descriptors left) is [`RetryReason::Connect`].
+///
+/// Name resolution and unreachable networks are not exercised by the tests, which never
+/// leave loopback; this rule rests on reqwest 0.13's `DnsError` and connect timeout
+/// (`reqwest::error::TimedOut`, seen by `is_timeout`) and on hyper-util's connector,
+/// which keeps the OS error of `connect(2)`.
+fn nothing_answered(error: &reqwest::Error, kinds: &[io::ErrorKind]) -> bool {
+    error.is_dns()
+        || error.is_timeout()
+        || kinds.iter().any(|kind| {
+            matches!(
+                kind,
+                io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::HostUnreachable
+                    | io::ErrorKind::NetworkUnreachable
+                    | io::ErrorKind::NetworkDown
+                    | io::ErrorKind::AddrNotAvailable
+                    | io::ErrorKind::NotConnected
+                    | io::ErrorKind::TimedOut
+            )
+        })
 }
 
 fn is_reset(kinds: &[io::ErrorKind]) -> bool {

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -30,15 +31,27 @@ pub(crate) async fn run(
     progress: Option<&watch::Sender<Progress>>,
 ) -> Classified {
     let config = &engine.config;
-    let mut response = match redirect::send(engine, request, url, target, &[], progress).await {
-        Ok(response) => response,
+    let answered = match redirect::send(engine, request, url, target, &[], progress).await {
+        Ok(answered) => answered,
         Err(classified) => return classified,
+    };
+    let mut response = answered.response;
+    // An upload's bytes are its body sent, read once the exchange is over; a data task's
+    // are its answer's (Response::bytes).
+    let body_sent = |body: &[u8]| match (&request.kind, &answered.file_body) {
+        (TransferKind::Upload, Some(report)) => report.sent_bytes(),
+        (TransferKind::Upload, None) => 0,
+        (TransferKind::Data | TransferKind::Download { .. }, _) => body.len() as u64,
     };
     let status = response.status().as_u16();
     match classify_status(status) {
         StatusClass::Success => {}
         StatusClass::Retry | StatusClass::Rejected | StatusClass::Failed => {
-            return transport::answer(response, config, request).await;
+            let sent = match request.kind {
+                TransferKind::Upload => Some(body_sent(&[])),
+                TransferKind::Data | TransferKind::Download { .. } => None,
+            };
+            return transport::answer(response, config, request, sent).await;
         }
     }
     // The body is kept as received, `Content-Encoding` included (see the crate docs).
@@ -68,19 +81,31 @@ pub(crate) async fn run(
     Classified::Success(Response {
         status,
         headers,
-        bytes: body.len() as u64,
+        bytes: body_sent(&body),
         body,
         file: None,
     })
 }
 
-/// Where a file body records the first local read error, so that it is reported as a disk
-/// failure rather than as whatever the client makes of an aborted body.
-pub(crate) type LocalError = Arc<Mutex<Option<String>>>;
+/// What a file body reports while the client sends it: the bytes taken, and the first
+/// local read error, so that it is reported as a disk failure rather than as whatever
+/// the client makes of an aborted body.
+#[derive(Debug, Default)]
+pub(crate) struct FileBodyReport {
+    sent_bytes: AtomicU64,
+    error: Mutex<Option<String>>,
+}
 
-/// The local read error recorded, if any.
-pub(crate) fn local_failure(error: &LocalError) -> Option<String> {
-    error.lock().ok().and_then(|slot| slot.clone())
+impl FileBodyReport {
+    /// The bytes the client has taken from the file so far.
+    pub(crate) fn sent_bytes(&self) -> u64 {
+        self.sent_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The local read error recorded, if any.
+    pub(crate) fn local_failure(&self) -> Option<String> {
+        self.error.lock().ok().and_then(|slot| slot.clone())
+    }
 }
 
 /// Attaches the request body to one hop's request: bytes are sent again as they are, a
@@ -92,7 +117,7 @@ pub(crate) async fn attach_body(
     config: &EngineConfig,
     activity: &Activity,
     progress: Option<&watch::Sender<Progress>>,
-) -> Result<(reqwest::RequestBuilder, Option<LocalError>), Classified> {
+) -> Result<(reqwest::RequestBuilder, Option<Arc<FileBodyReport>>), Classified> {
     match body {
         Body::Empty => Ok((builder, None)),
         Body::Bytes(bytes) => Ok((builder.body(bytes.clone()), None)),
@@ -104,11 +129,11 @@ pub(crate) async fn attach_body(
                     bytes_expected: Some(file.length),
                 });
             }
-            let error = Arc::clone(&file.error);
+            let report = Arc::clone(&file.report);
             let builder = builder
                 .header(CONTENT_LENGTH, file.length)
                 .body(file.into_body(activity.clone(), progress.cloned()));
-            Ok((builder, Some(error)))
+            Ok((builder, Some(report)))
         }
     }
 }
@@ -117,8 +142,7 @@ pub(crate) async fn attach_body(
 struct FileBody {
     file: tokio::fs::File,
     length: u64,
-    /// The first local read error, if any.
-    error: LocalError,
+    report: Arc<FileBodyReport>,
 }
 
 impl FileBody {
@@ -147,7 +171,7 @@ impl FileBody {
         Ok(FileBody {
             file,
             length,
-            error: Arc::new(Mutex::new(None)),
+            report: Arc::default(),
         })
     }
 
@@ -164,7 +188,7 @@ impl FileBody {
             length: u64,
             activity: Activity,
             progress: Option<watch::Sender<Progress>>,
-            error: LocalError,
+            report: Arc<FileBodyReport>,
         }
         let state = State {
             file: self.file,
@@ -172,7 +196,7 @@ impl FileBody {
             length: self.length,
             activity,
             progress,
-            error: self.error,
+            report: self.report,
         };
         let stream = futures_util::stream::try_unfold(state, |mut state| async move {
             let remaining = state.length - state.sent;
@@ -184,12 +208,13 @@ impl FileBody {
             let mut chunk = vec![0; chunk_bytes];
             if let Err(error) = state.file.read_exact(&mut chunk).await {
                 let message = format!("reading the upload file: {error} (did it shrink?)");
-                if let Ok(mut slot) = state.error.lock() {
+                if let Ok(mut slot) = state.report.error.lock() {
                     slot.get_or_insert(message);
                 }
                 return Err(error);
             }
             state.sent += chunk_bytes as u64;
+            state.report.sent_bytes.store(state.sent, Ordering::Relaxed);
             state.activity.touch();
             if let Some(progress) = &state.progress {
                 progress.send_replace(Progress {

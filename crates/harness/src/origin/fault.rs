@@ -31,6 +31,10 @@ pub(crate) enum Fault {
     Encoding {
         coding: String,
     },
+    Chunked,
+    Gate {
+        after_bytes: u64,
+    },
 }
 
 /// How a fault's Retry-After is written.
@@ -113,6 +117,11 @@ impl Fault {
                     coding: coding.to_owned(),
                 }
             }
+            "chunked" if first.is_none() => Fault::Chunked,
+            "chunked" => return Err(format!("fault {text:?} takes no argument")),
+            "gate" => Fault::Gate {
+                after_bytes: number(first, "a byte count")?,
+            },
             other => return Err(format!("unknown fault {other:?}")),
         };
         if second.is_some() && !matches!(fault, Fault::Status { .. } | Fault::Drip { .. }) {
@@ -163,6 +172,8 @@ mod tests {
         );
         assert_eq!(Fault::parse("lie:7"), Ok(Fault::Lie { sent_bytes: 7 }));
         assert_eq!(Fault::parse("stall"), Ok(Fault::Stall { after_bytes: 0 }));
+        assert_eq!(Fault::parse("chunked"), Ok(Fault::Chunked));
+        assert_eq!(Fault::parse("gate:5"), Ok(Fault::Gate { after_bytes: 5 }));
         assert_eq!(
             Fault::parse("encoding:gzip"),
             Ok(Fault::Encoding {
@@ -181,6 +192,10 @@ mod tests {
             "encoding:",
             "encoding:a b",
             "encoding:gzip:1",
+            "chunked:1",
+            "gate",
+            "gate:x",
+            "gate:1:2",
         ] {
             assert!(Fault::parse(bad).is_err(), "{bad}");
         }

@@ -39,7 +39,7 @@ mod fault;
 mod serve;
 mod wire;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +47,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 pub use content::{content, matches, sha256};
@@ -56,6 +57,8 @@ pub use counters::{CountersSnapshot, SeenRequest, ServedRange};
 const CONNECTIONS_MAX: usize = 1024;
 /// The most idempotency keys remembered.
 const IDEMPOTENCY_KEYS_MAX: usize = 65_536;
+/// The most gates held open (`gate:N` fault); opening more is ignored.
+const GATES_MAX: usize = 65_536;
 
 /// How to start an origin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +76,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// Object responses in flight now.
     in_flight: AtomicU64,
+    /// Woken whenever a gate opens (`gate:N` fault).
+    gate_opened: Notify,
 }
 
 /// Counts an object response as in flight from its parsed head until just before its
@@ -109,6 +114,8 @@ struct State {
     seen: counters::Seen,
     /// The first answer to each idempotency key: (status, body).
     upload_answers: HashMap<String, (u16, String)>,
+    /// The objects whose gate is open (at most [`GATES_MAX`]).
+    gates_open: HashSet<String>,
 }
 
 impl Shared {
@@ -187,6 +194,30 @@ impl Shared {
     fn snapshot(&self) -> CountersSnapshot {
         self.lock().counters.snapshot.clone()
     }
+
+    fn open_gate(&self, object: &str) {
+        {
+            let mut state = self.lock();
+            if state.gates_open.len() < GATES_MAX {
+                state.gates_open.insert(object.to_owned());
+            }
+        }
+        self.gate_opened.notify_waiters();
+    }
+
+    /// Returns once the gate of `object` is open.
+    pub(crate) async fn gate_opened(&self, object: &str) {
+        loop {
+            // Registered before the check, so an opening in between is not missed.
+            let notified = self.gate_opened.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.lock().gates_open.contains(object) {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// An origin running on the current tokio runtime; stops (connections included) on drop.
@@ -206,6 +237,7 @@ impl Origin {
             seed: config.seed,
             state: Mutex::new(State::default()),
             in_flight: AtomicU64::new(0),
+            gate_opened: Notify::new(),
         });
         let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         tracing::debug!(%addr, seed = config.seed, "origin listening");
@@ -300,6 +332,12 @@ impl Origin {
     pub fn requests_seen(&self, name: &str) -> Vec<SeenRequest> {
         self.shared.requests_seen(name)
     }
+
+    /// Opens the gate of object `name`: responses held by a `gate:N` fault send the rest
+    /// of their body, and later ones pass without waiting.
+    pub fn open_gate(&self, name: &str) {
+        self.shared.open_gate(name);
+    }
 }
 
 impl Drop for Origin {
@@ -342,6 +380,12 @@ impl OriginHandle {
     /// The first request heads (up to 16) received for an object or upload name, in order.
     pub fn requests_seen(&self, name: &str) -> Vec<SeenRequest> {
         self.shared.requests_seen(name)
+    }
+
+    /// Opens the gate of object `name`: responses held by a `gate:N` fault send the rest
+    /// of their body, and later ones pass without waiting.
+    pub fn open_gate(&self, name: &str) {
+        self.shared.open_gate(name);
     }
 }
 

@@ -198,7 +198,12 @@ async fn object(
             (206, start, end)
         }
     };
-    headers.push(("Content-Length", (end - start).to_string()));
+    let chunked = matches!(program.fault, Some(Fault::Chunked));
+    if chunked {
+        headers.push(("Transfer-Encoding", "chunked".to_owned()));
+    } else {
+        headers.push(("Content-Length", (end - start).to_string()));
+    }
     shared.served(name, ServedRange { status, start, end });
     if is_head || start == end {
         in_flight.end();
@@ -225,32 +230,27 @@ async fn send_body(
         | Some(Fault::Lie {
             sent_bytes: after_bytes,
         })
-        | Some(Fault::Stall { after_bytes }) => {
-            ((*after_bytes).min(length), BODY_CHUNK_BYTES, None)
-        }
+        | Some(Fault::Stall { after_bytes })
+        | Some(Fault::Gate { after_bytes }) => ((*after_bytes).min(length), BODY_CHUNK_BYTES, None),
         Some(Fault::Drip { bytes, interval }) => {
             (length, (*bytes).min(BODY_CHUNK_BYTES), Some(*interval))
         }
-        Some(Fault::Status { .. }) | Some(Fault::Encoding { .. }) | None => {
+        Some(Fault::Status { .. }) | Some(Fault::Encoding { .. }) | Some(Fault::Chunked) | None => {
             (length, BODY_CHUNK_BYTES, None)
         }
     };
-    let mut buffer = vec![0u8; usize::try_from(piece.min(limit)).unwrap_or(0)];
-    let mut sent = 0;
-    while sent < limit {
-        let take = usize::try_from((limit - sent).min(buffer.len() as u64)).unwrap_or(0);
-        content(shared.seed, name, start + sent, &mut buffer[..take]);
-        if sent + take as u64 == limit {
-            in_flight.end();
-        }
-        stream.write_all(&buffer[..take]).await?;
-        sent += take as u64;
-        shared.body_bytes(name, take as u64);
-        if let (Some(interval), true) = (interval, sent < limit) {
-            stream.flush().await?;
-            tokio::time::sleep(interval).await;
-        }
-    }
+    let body = Body {
+        shared,
+        name,
+        start,
+        piece,
+        interval,
+        chunked: matches!(fault, Some(Fault::Chunked)),
+    };
+    // The gate's first part must not end the in-flight count: the rest follows.
+    let last = !matches!(fault, Some(Fault::Gate { .. }));
+    body.send(stream, 0, limit, last.then_some(&mut in_flight))
+        .await?;
     stream.flush().await?;
     match fault {
         Some(Fault::Reset { .. }) => {
@@ -260,12 +260,102 @@ async fn send_body(
             stream.set_zero_linger()
         }
         Some(Fault::Stall { .. }) => hold(stream).await,
+        Some(Fault::Gate { .. }) => {
+            if !wait_for_gate(stream, shared, name).await {
+                return Ok(());
+            }
+            body.send(stream, limit, length, Some(&mut in_flight))
+                .await?;
+            stream.flush().await?;
+            stream.shutdown().await
+        }
+        Some(Fault::Chunked) => {
+            in_flight.end();
+            stream.write_all(b"0\r\n\r\n").await?;
+            stream.flush().await?;
+            stream.shutdown().await
+        }
         // A lying Content-Length ends like an honest one: a clean close, too early.
         Some(Fault::Lie { .. })
         | Some(Fault::Drip { .. })
         | Some(Fault::Status { .. })
         | Some(Fault::Encoding { .. })
         | None => stream.shutdown().await,
+    }
+}
+
+/// How an object's body bytes are written.
+struct Body<'a> {
+    shared: &'a Shared,
+    name: &'a str,
+    /// The object offset of the body's first byte.
+    start: u64,
+    /// The largest write, in bytes.
+    piece: u64,
+    /// The pause between two writes (a drip).
+    interval: Option<Duration>,
+    /// Whether each write is framed as an HTTP/1.1 chunk.
+    chunked: bool,
+}
+
+impl Body<'_> {
+    /// Writes the body's bytes `from..to`; `in_flight` ends just before the last write.
+    async fn send(
+        &self,
+        stream: &mut TcpStream,
+        from: u64,
+        to: u64,
+        mut in_flight: Option<&mut InFlight<'_>>,
+    ) -> io::Result<()> {
+        let mut buffer = vec![0u8; usize::try_from(self.piece.min(to - from)).unwrap_or(0)];
+        let mut sent = from;
+        while sent < to {
+            let take = usize::try_from((to - sent).min(buffer.len() as u64)).unwrap_or(0);
+            content(
+                self.shared.seed,
+                self.name,
+                self.start + sent,
+                &mut buffer[..take],
+            );
+            if sent + take as u64 == to
+                && let Some(in_flight) = in_flight.as_mut()
+            {
+                in_flight.end();
+            }
+            if self.chunked {
+                stream.write_all(format!("{take:x}\r\n").as_bytes()).await?;
+            }
+            stream.write_all(&buffer[..take]).await?;
+            if self.chunked {
+                stream.write_all(b"\r\n").await?;
+            }
+            sent += take as u64;
+            self.shared.body_bytes(self.name, take as u64);
+            if let (Some(interval), true) = (self.interval, sent < to) {
+                stream.flush().await?;
+                tokio::time::sleep(interval).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits until the test opens the gate of `name` (true), or the client leaves or
+/// [`STALL_MAX`] passes (false).
+async fn wait_for_gate(stream: &mut TcpStream, shared: &Shared, name: &str) -> bool {
+    let mut sink = [0u8; 1024];
+    let left = async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::select! {
+        () = shared.gate_opened(name) => true,
+        () = left => false,
+        () = tokio::time::sleep(STALL_MAX) => false,
     }
 }
 
@@ -363,11 +453,13 @@ async fn upload(
             return write_simple(stream, code, &headers, b"").await;
         }
         Some(Fault::Stall { .. }) => return hold(stream).await,
-        // Resets were handled while reading; drips, lies and encodings shape downloads only.
+        // Resets were handled while reading; the other faults shape downloads only.
         Some(Fault::Reset { .. })
         | Some(Fault::Drip { .. })
         | Some(Fault::Lie { .. })
         | Some(Fault::Encoding { .. })
+        | Some(Fault::Chunked)
+        | Some(Fault::Gate { .. })
         | None => {}
     }
     let (status, body) =
