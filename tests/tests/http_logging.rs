@@ -179,6 +179,8 @@ async fn no_secret_reaches_a_log_line() {
         attempts_max: 2,
         retry_delay_ms_base: 10,
         retry_delay_ms_max: 50,
+        // The refused port must fail after its attempts, not wait for connectivity.
+        wait_for_connectivity: false,
         ..session_actor::SessionConfig::default()
     };
     let deliveries = |delivery: &session_actor::Delivery,

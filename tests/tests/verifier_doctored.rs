@@ -135,6 +135,7 @@ fn clean() -> Facts {
             finished_ms: 0,
         },
         wait: None,
+        incarnation: 0,
     };
     Facts {
         ledger: vec![

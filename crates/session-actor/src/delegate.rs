@@ -246,3 +246,62 @@ where
         self(call, scope)
     }
 }
+
+/// How deliveries are paced and bounded, for every session of one `Sessions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryOptions {
+    /// The time one delivery unit may hold the store's writer, milliseconds: a unit takes
+    /// no further event once it is spent (it always delivers at least one), and a unit
+    /// that ran over makes its session wait as long before the next, so a slow
+    /// transactional delegate slows its own session, not every session's writes.
+    pub unit_budget_ms: u64,
+    /// A delegate or completion call that takes at least this long, milliseconds, is
+    /// logged, counted and shown in the session's status ([`crate::SessionStatus`]).
+    pub slow_call_ms: u64,
+    /// The longest an [`AsyncDelegate`] call may take, milliseconds; past it the
+    /// delivery counts as failed and is retried under the session's delivery policy.
+    pub async_timeout_ms: u64,
+}
+
+impl Default for DeliveryOptions {
+    fn default() -> Self {
+        DeliveryOptions {
+            unit_budget_ms: 50,
+            slow_call_ms: 1_000,
+            async_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl DeliveryOptions {
+    /// The longest `async_timeout_ms` accepted (a day).
+    pub const ASYNC_TIMEOUT_MS_LIMIT: u64 = 24 * 3600 * 1000;
+
+    /// Checks the options; the error names the field.
+    ///
+    /// # Errors
+    /// The first field with an unusable value.
+    pub fn validate(&self) -> Result<(), session_store::InvalidField> {
+        let invalid = |field, reason: String| Err(session_store::InvalidField { field, reason });
+        if self.unit_budget_ms == 0 || self.unit_budget_ms > 60_000 {
+            return invalid(
+                "unit_budget_ms",
+                format!("{} is outside 1..=60000", self.unit_budget_ms),
+            );
+        }
+        if self.slow_call_ms == 0 {
+            return invalid("slow_call_ms", "is 0".into());
+        }
+        if self.async_timeout_ms == 0 || self.async_timeout_ms > Self::ASYNC_TIMEOUT_MS_LIMIT {
+            return invalid(
+                "async_timeout_ms",
+                format!(
+                    "{} is outside 1..={}",
+                    self.async_timeout_ms,
+                    Self::ASYNC_TIMEOUT_MS_LIMIT
+                ),
+            );
+        }
+        Ok(())
+    }
+}

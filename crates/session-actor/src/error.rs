@@ -94,6 +94,22 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The session cannot be removed now.
+    #[error("session {session} cannot be removed: {reason}")]
+    SessionBusy {
+        /// The session.
+        session: SessionId,
+        /// Why (open tasks, undelivered events, dead letters).
+        reason: &'static str,
+    },
+    /// No dead-lettered event with this sequence number.
+    #[error("session {session} has no dead-lettered event {seq}")]
+    NoDeadLetter {
+        /// The session.
+        session: SessionId,
+        /// The sequence number asked for.
+        seq: u64,
+    },
     /// `Sessions` has been shut down (or is shutting down): it takes no more work.
     #[error("the sessions have been shut down")]
     ShutDown,
@@ -122,6 +138,8 @@ pub(crate) enum UnitError {
     UnknownCompletion(String),
     #[error("delegate failed on event {seq}: {message}")]
     Delegate { seq: u64, message: String },
+    #[error("no dead-lettered event {0}")]
+    NoDeadLetter(u64),
 }
 
 impl UnitError {
@@ -135,6 +153,10 @@ impl UnitError {
             UnitError::UnknownCompletion(name) => Error::UnknownCompletion {
                 session: session.clone(),
                 name,
+            },
+            UnitError::NoDeadLetter(seq) => Error::NoDeadLetter {
+                session: session.clone(),
+                seq,
             },
             UnitError::Delegate { seq, message } => Error::Delegate {
                 session: session.clone(),

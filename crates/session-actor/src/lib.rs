@@ -134,6 +134,7 @@ mod actor;
 mod clock;
 mod delegate;
 mod error;
+mod janitor;
 pub mod machine;
 mod recovery;
 mod requests;
@@ -147,11 +148,11 @@ pub use actor::SessionStatus;
 pub use clock::{Clock, SystemClock, unix_ms};
 pub use delegate::{
     AsyncDelegate, CompletionCall, CompletionHandler, Delegate, DelegateError, Delivery,
-    DeliveryKey, DownloadedFile, Event, TransactionalDelegate,
+    DeliveryKey, DeliveryOptions, DownloadedFile, Event, TransactionalDelegate,
 };
 pub use error::{Error, Result};
 pub use runtime::{ACTOR_THREAD_NAME, block_on};
-pub use session::{Batch, Session, Task, TaskHandle};
+pub use session::{Batch, EnqueuePolicy, Session, Task, TaskHandle};
 pub use sessions::{Matching, RESTART_LIMIT_DEFAULT, Sessions, SessionsBuilder, bridge_log};
 
 // Every type an application touches, so that it names only this crate in its

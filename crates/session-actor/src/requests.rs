@@ -22,3 +22,28 @@ pub(crate) fn same(stored: &[u8], given: &[u8]) -> bool {
         _ => false,
     }
 }
+
+/// The fields of two stored descriptions that differ, for a conflict error (empty if
+/// either does not decode).
+pub(crate) fn differing_fields(stored: &[u8], given: &[u8]) -> Vec<&'static str> {
+    let (Ok(stored), Ok(given)) = (decode(stored), decode(given)) else {
+        return Vec::new();
+    };
+    let mut fields = Vec::new();
+    if stored.method != given.method {
+        fields.push("method");
+    }
+    if stored.url != given.url {
+        fields.push("url");
+    }
+    if stored.headers != given.headers || stored.sensitive_headers != given.sensitive_headers {
+        fields.push("headers");
+    }
+    if stored.body != given.body {
+        fields.push("body");
+    }
+    if stored.kind != given.kind {
+        fields.push("kind");
+    }
+    fields
+}

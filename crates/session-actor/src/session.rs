@@ -12,8 +12,8 @@ use session_store::{
 use tokio::sync::watch;
 
 use crate::actor::{
-    Cancel, Enqueue, EnqueueBatch, Invalidate, SessionActor, SessionStatus, SetCompletion, Status,
-    Wait, WaitGeneration, Watch,
+    Cancel, Enqueue, EnqueueBatch, Forget, Invalidate, Redeliver, Resume, RetryNow, SessionActor,
+    SessionStatus, SetCompletion, Status, Wait, WaitGeneration, Watch,
 };
 use crate::error::{Error, Result};
 use crate::requests;
@@ -153,6 +153,21 @@ impl Session {
         tasks: Vec<(String, TransferRequest)>,
         completion: Option<(&str, Vec<u8>)>,
     ) -> Result<Batch> {
+        self.enqueue_batch_with(tasks, completion, EnqueuePolicy::Keep)
+            .await
+    }
+
+    /// [`Session::enqueue_batch`] with a policy for known identifiers (see
+    /// [`EnqueuePolicy`]).
+    ///
+    /// # Errors
+    /// As [`Session::enqueue_batch`].
+    pub async fn enqueue_batch_with(
+        &self,
+        tasks: Vec<(String, TransferRequest)>,
+        completion: Option<(&str, Vec<u8>)>,
+        policy: EnqueuePolicy,
+    ) -> Result<Batch> {
         let tasks = tasks
             .iter()
             .map(|(task, request)| self.describe(task, request))
@@ -160,7 +175,14 @@ impl Session {
         let completion = completion
             .map(|(name, payload)| self.completion(name, payload))
             .transpose()?;
-        let (generation, records) = self.ask(EnqueueBatch { tasks, completion }).await??;
+        let replace = policy == EnqueuePolicy::Replace;
+        let (generation, records) = self
+            .ask(EnqueueBatch {
+                tasks,
+                completion,
+                replace,
+            })
+            .await??;
         Ok(Batch {
             generation,
             tasks: records
@@ -183,12 +205,27 @@ impl Session {
     /// An invalid identifier or transfer description (nothing is stored), a conflict,
     /// a faulted session, a store error, [`Error::ShutDown`].
     pub async fn enqueue(&self, task: &str, request: TransferRequest) -> Result<TaskHandle> {
+        self.enqueue_with(task, request, EnqueuePolicy::Keep).await
+    }
+
+    /// [`Session::enqueue`] with a policy for a known identifier (see [`EnqueuePolicy`]).
+    ///
+    /// # Errors
+    /// As [`Session::enqueue`]; with [`EnqueuePolicy::Keep`], a known identifier with a
+    /// different description is a conflict naming the fields that differ.
+    pub async fn enqueue_with(
+        &self,
+        task: &str,
+        request: TransferRequest,
+        policy: EnqueuePolicy,
+    ) -> Result<TaskHandle> {
         let (task, kind, request) = self.describe(task, &request)?;
         let record = self
             .ask(Enqueue {
                 task: task.clone(),
                 kind,
                 request,
+                replace: policy == EnqueuePolicy::Replace,
             })
             .await??;
         Ok(TaskHandle {
@@ -265,6 +302,61 @@ impl Session {
         self.ask(Status).await?
     }
 
+    /// Tries a failed delivery again at once, whatever its backoff said (and a delivery
+    /// blocked on an unknown completion name). Delivery also resumes by itself.
+    ///
+    /// # Errors
+    /// The session's actor is gone, [`Error::ShutDown`].
+    pub async fn retry_now(&self) -> Result<()> {
+        self.ask(RetryNow).await
+    }
+
+    /// Takes a session parked after too many supervised restarts back into service,
+    /// without restarting the process: it reloads from the store and goes on.
+    ///
+    /// # Errors
+    /// The session's actor is gone, [`Error::ShutDown`].
+    pub async fn resume(&self) -> Result<()> {
+        self.ask(Resume).await
+    }
+
+    /// Forgets a finished task whose event was delivered, before its retention ends;
+    /// its identifier is then free (enqueueing it again runs it again).
+    ///
+    /// # Errors
+    /// [`MachineError::NotForgettable`](crate::machine::MachineError::NotForgettable) for
+    /// a task that is open or whose event is undelivered; an unknown task; a store error.
+    pub async fn forget(&self, task: &str) -> Result<()> {
+        let task = TaskId::new(task)?;
+        self.ask(Forget { task }).await?
+    }
+
+    /// The session's dead-lettered events (moved there under a dead-letter
+    /// [`DeliveryPolicy`](crate::DeliveryPolicy)), oldest first, up to `limit`.
+    ///
+    /// # Errors
+    /// A store error.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<session_store::DeadLetterRecord>> {
+        self.sessions.check_open()?;
+        Ok(self
+            .sessions
+            .shared()
+            .store
+            .snapshot()?
+            .dead_letters(&self.id, 0, limit)?)
+    }
+
+    /// Delivers a dead-lettered event again, with its original delivery key: on success
+    /// it leaves the dead-letter list in the transaction of the delivery (exactly once
+    /// with a transactional delegate, at least once with an async one).
+    ///
+    /// # Errors
+    /// [`Error::NoDeadLetter`], the delegate's refusal ([`Error::Delegate`]; the event
+    /// stays a dead letter), no delegate attached, a store error.
+    pub async fn redeliver(&self, seq: u64) -> Result<()> {
+        self.ask(Redeliver { seq }).await?
+    }
+
     /// Resolves once `generation` has ended: every task of it is terminal and every
     /// event of it (its "did finish events" and completions included) has been
     /// delivered. At once for a generation that ended already, so no service polls.
@@ -300,6 +392,23 @@ impl Session {
             generation: record.generation,
         })
     }
+}
+
+/// What enqueueing a task identifier the session already knows means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EnqueuePolicy {
+    /// The same description reconnects to the known task, whatever its state (a
+    /// finished one is not run again while it is kept); a different description is
+    /// refused with [`MachineError::TaskConflict`](crate::machine::MachineError::TaskConflict),
+    /// which names the fields that differ. Re-issuing everything after a relaunch is safe.
+    #[default]
+    Keep,
+    /// A different description replaces the known task: an open one is cancelled (its
+    /// `Cancelled` event is delivered, its partial file removed) and the new description
+    /// starts under the same identifier, with its own file. The same description still
+    /// reconnects, except to a cancelled task, which runs again. Replacing the generation's
+    /// last open task ends that generation; the new task opens the next.
+    Replace,
 }
 
 /// Tasks enqueued together with [`Session::enqueue_batch`]: the generation they belong

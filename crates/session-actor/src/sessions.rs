@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use actix::{Addr, Supervisor};
 use serde::Serialize;
@@ -15,7 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::actor::{Poke, SessionActor, SetDelegate};
 use crate::clock::{Clock, SystemClock};
-use crate::delegate::{CompletionHandler, Delegate};
+use crate::delegate::{CompletionHandler, Delegate, DeliveryOptions};
 use crate::error::{Error, Result};
 use crate::machine::Input;
 use crate::recovery::recover;
@@ -26,6 +27,8 @@ use crate::units::{Completions, run_input};
 
 /// How many supervised restarts a session gets in one process before it is parked.
 pub const RESTART_LIMIT_DEFAULT: u32 = 16;
+/// How often finished tasks past their retention are pruned, by default.
+pub const PRUNE_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 
 /// Which persisted sessions a [`Sessions::take_waiting`] call handles: the counterpart
 /// of `onBackgroundURLSessionEvents(matching:)`.
@@ -66,6 +69,8 @@ pub struct SessionsBuilder {
     completions: Completions,
     invalid_completion: Option<Error>,
     restart_limit: u32,
+    delivery: DeliveryOptions,
+    prune_interval: Duration,
     clock: Arc<dyn Clock>,
 }
 
@@ -129,6 +134,19 @@ impl SessionsBuilder {
         self
     }
 
+    /// How deliveries are paced and bounded (see [`DeliveryOptions`]).
+    pub fn delivery_options(mut self, options: DeliveryOptions) -> Self {
+        self.delivery = options;
+        self
+    }
+
+    /// How often finished tasks past their retention are pruned (default a minute);
+    /// each round runs bounded units until nothing is due.
+    pub fn prune_interval(mut self, interval: Duration) -> Self {
+        self.prune_interval = interval;
+        self
+    }
+
     /// Replaces the clock (tests).
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
@@ -154,6 +172,7 @@ impl SessionsBuilder {
         if let Some(error) = self.invalid_completion {
             return Err(error);
         }
+        self.delivery.validate().map_err(Error::InvalidConfig)?;
         // A `Sessions` of this process on the same root, dropped a moment ago, may still
         // be closing in the background: its lock is about to be released.
         closing::wait_for(&self.root);
@@ -171,6 +190,7 @@ impl SessionsBuilder {
             self.root.clone(),
             self.clock,
             self.restart_limit,
+            self.delivery,
             self.completions,
         ));
         let owner = Owner {
@@ -197,12 +217,20 @@ impl SessionsBuilder {
                 let id = session.id.clone();
                 let actions = session.actions;
                 let addr = Supervisor::start_in_arbiter(owner.runtime.arbiter(), move |_| {
-                    SessionActor::new(id, shared, None, Some(actions))
+                    SessionActor::new(id, shared, None, actions)
                 });
                 waiting.insert(session.id.clone());
                 actors.insert(session.id, addr);
             }
         }
+        let janitor = crate::janitor::run(
+            shared.store.clone(),
+            Arc::clone(&shared.clock),
+            crate::janitor::JanitorOptions {
+                interval: self.prune_interval,
+            },
+        );
+        owner.runtime.arbiter().spawn(janitor);
         tracing::info!(
             root = %self.root.display(),
             recovered = owner.actors.lock().unwrap_or_else(PoisonError::into_inner).len(),
@@ -294,6 +322,8 @@ impl Sessions {
             completions: HashMap::new(),
             invalid_completion: None,
             restart_limit: RESTART_LIMIT_DEFAULT,
+            delivery: DeliveryOptions::default(),
+            prune_interval: PRUNE_INTERVAL_DEFAULT,
             clock: Arc::new(SystemClock),
         }
     }
@@ -429,6 +459,65 @@ impl Sessions {
         {
             addr.do_send(Poke);
         }
+        Ok(())
+    }
+
+    /// Removes a session that has nothing left: no open task, no undelivered event, no
+    /// dead letter. Its task records go in bounded units, then its record and its
+    /// download directory; its actor stops. Removing an unknown session does nothing.
+    ///
+    /// # Errors
+    /// [`Error::SessionBusy`] naming what is left, an invalid identifier, a store error,
+    /// [`Error::ShutDown`].
+    pub async fn remove_session(&self, identifier: &str) -> Result<()> {
+        self.check_open()?;
+        let id = SessionId::new(identifier)?;
+        let Some(record) = self.shared().store.snapshot()?.session(&id)? else {
+            return Ok(());
+        };
+        if let Some(reason) = crate::janitor::removal_refused(&record) {
+            return Err(Error::SessionBusy {
+                session: id,
+                reason,
+            });
+        }
+        let actor = self
+            .owner
+            .actors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        if let Some(actor) = actor {
+            // Awaited, so no unit of the actor starts after the removal began.
+            let _ = actor.send(crate::actor::Retire).await;
+        }
+        loop {
+            let unit_id = id.clone();
+            let done = self
+                .shared()
+                .store
+                .write_async(move |scope| crate::janitor::remove_unit(scope, &unit_id))
+                .await?;
+            if done {
+                break;
+            }
+        }
+        match std::fs::remove_dir_all(self.shared().download_dir(&id)) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(Error::File {
+                    operation: "removing the download directory",
+                    path: self.shared().download_dir(&id),
+                    source: error,
+                });
+            }
+        }
+        self.owner
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
         Ok(())
     }
 

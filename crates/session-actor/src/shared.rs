@@ -9,7 +9,7 @@ use session_http::Engine;
 use session_store::{SessionId, Store};
 
 use crate::clock::Clock;
-use crate::delegate::CompletionHandler;
+use crate::delegate::{CompletionHandler, DeliveryOptions};
 use crate::machine::Context as MachineContext;
 use crate::units::Completions;
 
@@ -19,6 +19,7 @@ pub(crate) struct Shared {
     pub(crate) root: PathBuf,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) restart_limit: u32,
+    pub(crate) delivery: DeliveryOptions,
     units: UnitContext,
     faulted: Mutex<HashMap<SessionId, String>>,
     restarts: AtomicU64,
@@ -32,6 +33,7 @@ impl Shared {
         root: PathBuf,
         clock: Arc<dyn Clock>,
         restart_limit: u32,
+        delivery: DeliveryOptions,
         completions: Completions,
     ) -> Self {
         Shared {
@@ -44,6 +46,7 @@ impl Shared {
             },
             clock,
             restart_limit,
+            delivery,
             faulted: Mutex::new(HashMap::new()),
             restarts: AtomicU64::new(0),
             actors_started: AtomicU64::new(0),
@@ -95,6 +98,13 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(session.clone(), reason.to_owned());
+    }
+
+    pub(crate) fn clear_faulted(&self, session: &SessionId) {
+        self.faulted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(session);
     }
 
     pub(crate) fn faulted(&self) -> Vec<(SessionId, String)> {

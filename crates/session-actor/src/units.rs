@@ -5,12 +5,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use session_store::{EventBody, EventRecord, SessionId, SessionRecord, WriteScope};
 
 use crate::delegate::{
-    CompletionCall, CompletionHandler, Delivery, DeliveryKey, DownloadedFile, Event,
-    TransactionalDelegate,
+    CompletionCall, CompletionHandler, Delivery, DeliveryKey, DeliveryOptions, DownloadedFile,
+    Event, TransactionalDelegate,
 };
 use crate::error::UnitError;
 use crate::machine::{self, Action, Context, Input, MachineError, Records, Transition};
@@ -29,14 +30,20 @@ pub(crate) fn run_input(
 ) -> Result<Transition, UnitError> {
     let record = scope.session(session)?;
     let mut tasks = BTreeMap::new();
+    let mut conflict_with = None;
     match &input {
         Input::Enqueue { task, request, .. } => {
             if let Some(mut found) = scope.task(session, task)? {
-                if found.request != *request && crate::requests::same(&found.request, request) {
-                    // Written by an earlier release in its encoding: the same description,
-                    // so a reconnect, and the record moves to today's encoding.
-                    found.request = request.clone();
-                    scope.put_task(&found)?;
+                if found.request != *request {
+                    if crate::requests::same(&found.request, request) {
+                        // Written by an earlier release in its encoding: the same
+                        // description, so a reconnect, and the record moves to today's
+                        // encoding.
+                        found.request = request.clone();
+                        scope.put_task(&found)?;
+                    } else {
+                        conflict_with = Some(found.request.clone());
+                    }
                 }
                 tasks.insert(task.clone(), found);
             }
@@ -44,7 +51,8 @@ pub(crate) fn run_input(
         Input::Start { task }
         | Input::Result { task, .. }
         | Input::Expire { task }
-        | Input::Cancel { task } => {
+        | Input::Cancel { task }
+        | Input::Forget { task } => {
             if let Some(found) = scope.task(session, task)? {
                 tasks.insert(task.clone(), found);
             }
@@ -56,9 +64,14 @@ pub(crate) fn run_input(
         }
         Input::Open { .. }
         | Input::Deliver { .. }
+        | Input::DeliveryFailed { .. }
         | Input::SetCompletion { .. }
         | Input::EmptyGeneration { .. } => {}
     }
+    let given = match &input {
+        Input::Enqueue { request, .. } => Some(request.clone()),
+        _ => None,
+    };
     let before = record.clone();
     let transition = machine::apply(
         Records {
@@ -67,8 +80,43 @@ pub(crate) fn run_input(
         },
         input,
         context,
-    )?;
+    )
+    .map_err(|error| match (error, conflict_with, given) {
+        // The machine compares bytes; name the fields that differ for the application.
+        (MachineError::TaskConflict { task, .. }, Some(stored), Some(given)) => {
+            MachineError::TaskConflict {
+                task,
+                fields: crate::requests::differing_fields(&stored, &given),
+            }
+        }
+        (error, _, _) => error,
+    })?;
     write_transition(scope, before.as_ref(), &transition)?;
+    Ok(transition)
+}
+
+/// Records that the delivery of event `seq` failed (see `machine::failure`).
+pub(crate) fn record_delivery_failure(
+    scope: &mut WriteScope<'_>,
+    session: &SessionId,
+    seq: u64,
+    error: String,
+    context: &Context,
+) -> Result<Transition, UnitError> {
+    let record = scope.session(session)?.ok_or(MachineError::NoSession)?;
+    let event = scope
+        .event(session, seq)?
+        .ok_or(MachineError::StaleDelivery { seq })?;
+    let before = record.clone();
+    let transition = machine::apply(
+        Records {
+            session: Some(record),
+            tasks: BTreeMap::new(),
+        },
+        Input::DeliveryFailed { event, error },
+        context,
+    )?;
+    write_transition(scope, Some(&before), &transition)?;
     Ok(transition)
 }
 
@@ -87,6 +135,22 @@ pub(crate) fn write_transition(
     for event in &transition.events {
         scope.put_event(event)?;
     }
+    let session = &transition.session.id;
+    for dead in &transition.dead_letters {
+        scope.put_dead_letter(&session_store::DeadLetterRecord {
+            event: dead.event.clone(),
+            attempts: dead.attempts,
+            last_error: dead.last_error.clone(),
+            moved_ms: dead.moved_ms,
+        })?;
+        scope.delete_event(session, dead.event.seq)?;
+    }
+    for expiry in &transition.expiries {
+        scope.put_task_expiry(expiry.at_ms, session, &expiry.task)?;
+    }
+    for task in &transition.forgotten {
+        scope.delete_task(session, task)?;
+    }
     Ok(())
 }
 
@@ -99,6 +163,24 @@ pub(crate) struct Delivered {
     pub(crate) actions: Vec<Action>,
     /// Every generation up to this one has ended with all its events delivered.
     pub(crate) finished_through: u64,
+    /// Delegate (or completion) calls over the slow-call threshold, and the slowest.
+    pub(crate) slow_calls: u64,
+    pub(crate) slowest_call_ms: u64,
+    /// How long the unit held the writer, milliseconds.
+    pub(crate) held_ms: u64,
+}
+
+impl Delivered {
+    fn note_call(&mut self, call_ms: u64, options: &DeliveryOptions) {
+        if call_ms >= options.slow_call_ms {
+            self.slow_calls += 1;
+            self.slowest_call_ms = self.slowest_call_ms.max(call_ms);
+        }
+    }
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The highest generation whose tasks are all terminal and whose events (its "did finish
@@ -160,6 +242,7 @@ pub(crate) type Completions = HashMap<String, Arc<dyn CompletionHandler>>;
 
 /// Delivers the next events of a session to a transactional delegate (and runs stored
 /// completions), each delivery's effects and cursor advance in this one unit.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn deliver_transactional(
     scope: &mut WriteScope<'_>,
     session: &SessionId,
@@ -168,10 +251,17 @@ pub(crate) fn deliver_transactional(
     completions: &Completions,
     context: &Context,
     events_max: usize,
+    options: &DeliveryOptions,
 ) -> Result<Delivered, UnitError> {
+    let started = Instant::now();
     let mut delivered = Delivered::default();
     let mut record = scope.session(session)?.ok_or(MachineError::NoSession)?;
     while record.has_undelivered_events() && delivered.count < events_max.max(1) {
+        if delivered.count > 0 && elapsed_ms(started) >= options.unit_budget_ms {
+            // The unit's time is spent: the rest goes in the next unit, after other
+            // sessions' units have had the writer.
+            break;
+        }
         let seq = record.delivered_seq;
         let event = scope.event(session, seq)?.ok_or_else(|| {
             MachineError::InvalidRecord(format!("event {seq} of session {session} is missing"))
@@ -191,12 +281,14 @@ pub(crate) fn deliver_transactional(
                     name: completion.name.clone(),
                     payload: completion.payload.clone(),
                 };
+                let call_started = Instant::now();
                 handler
                     .run(&call, scope)
                     .map_err(|error| UnitError::Delegate {
                         seq,
                         message: error.0,
                     })?;
+                delivered.note_call(elapsed_ms(call_started), options);
                 fail::fail_point!("actor-inside-completion", |arg| Err(fail_point_fired(
                     "actor-inside-completion",
                     arg,
@@ -212,12 +304,14 @@ pub(crate) fn deliver_transactional(
                     key,
                     event: event_for_delegate(&event.body, downloads),
                 };
+                let call_started = Instant::now();
                 delegate
                     .deliver(&delivery, scope)
                     .map_err(|error| UnitError::Delegate {
                         seq,
                         message: error.0,
                     })?;
+                delivered.note_call(elapsed_ms(call_started), options);
             }
         }
         fail::fail_point!("actor-after-delegate-before-commit", |arg| Err(
@@ -242,6 +336,7 @@ pub(crate) fn deliver_transactional(
         None
     };
     delivered.finished_through = finished_through(&record, next.as_ref());
+    delivered.held_ms = elapsed_ms(started);
     Ok(delivered)
 }
 
@@ -268,6 +363,7 @@ pub(crate) fn advance_cursor(
         count: 1,
         actions: transition.actions,
         finished_through: read_finished_through(scope, session)?.unwrap_or(0),
+        ..Delivered::default()
     })
 }
 
@@ -336,4 +432,72 @@ pub(crate) fn fail_point_fired(name: &str, arg: Option<String>, seq: u64) -> Uni
         seq,
         message: format!("fail point {name} fired"),
     }
+}
+
+/// Delivers a dead-lettered event again, on the application's request: the delegate (or
+/// the completion handler) gets it with its original key, and on success it leaves the
+/// dead-letter list in the same unit. Returns the actions for after the commit.
+pub(crate) fn redeliver_dead_letter(
+    scope: &mut WriteScope<'_>,
+    session: &SessionId,
+    seq: u64,
+    downloads: &Path,
+    delegate: Option<&dyn TransactionalDelegate>,
+    completions: &Completions,
+) -> Result<Vec<Action>, UnitError> {
+    let dead = scope
+        .dead_letter(session, seq)?
+        .ok_or(UnitError::NoDeadLetter(seq))?;
+    let event = dead.event;
+    let key = DeliveryKey {
+        session: session.clone(),
+        generation: event.generation,
+        seq,
+    };
+    match &event.body {
+        EventBody::Completion(completion) => {
+            let handler = completions
+                .get(&completion.name)
+                .ok_or_else(|| UnitError::UnknownCompletion(completion.name.clone()))?;
+            let call = CompletionCall {
+                key,
+                name: completion.name.clone(),
+                payload: completion.payload.clone(),
+            };
+            handler
+                .run(&call, scope)
+                .map_err(|error| UnitError::Delegate {
+                    seq,
+                    message: error.0,
+                })?;
+        }
+        EventBody::TaskCompleted { .. } | EventBody::DidFinishEvents => {
+            if let Some(delegate) = delegate {
+                let delivery = Delivery {
+                    key,
+                    event: event_for_delegate(&event.body, downloads),
+                };
+                delegate
+                    .deliver(&delivery, scope)
+                    .map_err(|error| UnitError::Delegate {
+                        seq,
+                        message: error.0,
+                    })?;
+            }
+        }
+    }
+    scope.delete_dead_letter(session, seq)?;
+    let mut record = scope.session(session)?.ok_or(MachineError::NoSession)?;
+    record.dead_letters = record.dead_letters.saturating_sub(1);
+    scope.put_session(&record)?;
+    let mut actions = Vec::new();
+    if let EventBody::TaskCompleted {
+        outcome: session_store::Outcome::Success(response),
+        ..
+    } = &event.body
+        && let Some(file) = &response.file
+    {
+        actions.push(Action::RemoveFile { file: file.clone() });
+    }
+    Ok(actions)
 }

@@ -20,6 +20,7 @@ enum Op {
     Enqueue {
         task: usize,
         variant: u8,
+        replace: bool,
     },
     Start {
         task: usize,
@@ -48,6 +49,11 @@ enum Op {
         name: u8,
     },
     Restart,
+    /// The next delivery fails (the delegate refused).
+    DeliveryFails,
+    Forget {
+        task: usize,
+    },
     Advance {
         ms: u32,
     },
@@ -56,9 +62,10 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         1 => Just(Op::Open),
-        4 => (0..TASKS, 0u8..3).prop_map(|(task, variant)| Op::Enqueue { task, variant }),
+        4 => (0..TASKS, 0u8..3, proptest::bool::weighted(0.25))
+            .prop_map(|(task, variant, replace)| Op::Enqueue { task, variant, replace }),
         4 => (0..TASKS).prop_map(|task| Op::Start { task }),
-        5 => (0..TASKS, -1i8..=1, 0u8..5)
+        5 => (0..TASKS, -1i8..=1, 0u8..7)
             .prop_map(|(task, attempt_skew, result)| Op::Result { task, attempt_skew, result }),
         1 => (0..TASKS).prop_map(|task| Op::Expire { task }),
         1 => (0..TASKS).prop_map(|task| Op::Cancel { task }),
@@ -69,6 +76,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(generation_skew, name)| Op::SetCompletion { generation_skew, name }),
         1 => (0u8..3).prop_map(|name| Op::EmptyGeneration { name }),
         2 => Just(Op::Restart),
+        2 => Just(Op::DeliveryFails),
+        1 => (0..TASKS).prop_map(|task| Op::Forget { task }),
         2 => (0u32..200_000).prop_map(|ms| Op::Advance { ms }),
     ]
 }
@@ -93,6 +102,13 @@ struct Model {
     events: Vec<EventRecord>,
     /// The sequence numbers delivered, in delivery order.
     delivered: Vec<u64>,
+    /// The sequence numbers moved to the dead-letter list, in order.
+    dead_lettered: Vec<u64>,
+    /// Events of tasks the application forgot, by identifier: a task enqueued again under
+    /// that identifier starts its own count after them.
+    forgotten: BTreeMap<TaskId, usize>,
+    /// Whether the session dead-letters after two failed deliveries.
+    dead_letter_policy: bool,
     /// Every completion the machine accepted, by the generation it was accepted for.
     accepted_completions: BTreeMap<u64, BTreeSet<(String, Vec<u8>)>>,
     now_ms: u64,
@@ -103,7 +119,14 @@ struct Model {
 impl Model {
     fn input(&self, op: &Op) -> Option<Input> {
         let session = self.session.as_ref();
+        // Odd models dead-letter an event after two failed attempts; even ones wait.
+        let delivery_policy = if self.dead_letter_policy {
+            session_store::DeliveryPolicy::DeadLetter { attempts_max: 2 }
+        } else {
+            session_store::DeliveryPolicy::Wait
+        };
         let config = SessionConfig {
+            delivery_policy,
             attempts_max: 3,
             retry_delay_ms_base: 100,
             retry_delay_ms_max: 1_000,
@@ -115,7 +138,12 @@ impl Model {
                 id: SessionId::new("s").expect("valid"),
                 config,
             },
-            Op::Enqueue { task, variant } => Input::Enqueue {
+            Op::Enqueue {
+                task,
+                variant,
+                replace,
+            } => Input::Enqueue {
+                replace: *replace,
                 task: task_id(*task),
                 kind: if *task % 3 == 0 {
                     TaskKind::Upload
@@ -160,9 +188,19 @@ impl Model {
                         retry_after_ms: Some(self.now_ms + 50_000),
                         message: "503".into(),
                     },
-                    _ => TransferResult::Retry {
+                    4 => TransferResult::Retry {
                         retry_after_ms: None,
                         message: "reset".into(),
+                    },
+                    5 => TransferResult::Wait {
+                        reason: session_store::WaitReason::Connectivity,
+                        message: "refused".into(),
+                        retry_after_ms: None,
+                    },
+                    _ => TransferResult::Wait {
+                        reason: session_store::WaitReason::Storage,
+                        message: "no room".into(),
+                        retry_after_ms: Some(self.now_ms + 5_000),
                     },
                 };
                 Input::Result {
@@ -204,6 +242,16 @@ impl Model {
                 completion: completion(*name),
             },
             Op::Restart => Input::Restart,
+            Op::DeliveryFails => {
+                let seq = session?.delivered_seq;
+                Input::DeliveryFailed {
+                    event: self.events.get(seq as usize)?.clone(),
+                    error: "refused".into(),
+                }
+            }
+            Op::Forget { task } => Input::Forget {
+                task: task_id(*task),
+            },
             Op::Advance { .. } => return None,
         })
     }
@@ -218,6 +266,10 @@ impl Model {
         };
         let delivering = match &input {
             Input::Deliver { event } => Some(event.seq),
+            _ => None,
+        };
+        let forgetting = match &input {
+            Input::Forget { task } => Some(task.clone()),
             _ => None,
         };
         let completing = match &input {
@@ -255,6 +307,29 @@ impl Model {
                 }
                 if let Some(seq) = delivering {
                     self.delivered.push(seq);
+                }
+                for dead in &transition.dead_letters {
+                    self.dead_lettered.push(dead.event.seq);
+                }
+                for task in &transition.forgotten {
+                    prop_assert_eq!(Some(task), forgetting.as_ref(), "forgot another task");
+                    let record = self.tasks.remove(task);
+                    let delivered = record.as_ref().is_some_and(|record| match record.state {
+                        TaskState::Completed { event_seq, .. } => {
+                            event_seq < transition.session.delivered_seq
+                        }
+                        _ => false,
+                    });
+                    prop_assert!(delivered, "forgot a task whose event is undelivered");
+                    let events = self
+                        .events
+                        .iter()
+                        .filter(|event| {
+                            matches!(&event.body,
+                            EventBody::TaskCompleted { task: t, .. } if t == task)
+                        })
+                        .count();
+                    self.forgotten.insert(task.clone(), events);
                 }
                 if let Some((generation, completion)) = completing {
                     // An empty generation's completion belongs to the generation it
@@ -300,7 +375,8 @@ impl Model {
         prop_assert_eq!(session.tasks_open, open);
         prop_assert_eq!(session.tasks_running, running);
         // Each terminal task result has exactly one event, at the recorded seq, with the
-        // same outcome; an open task has none.
+        // same outcome; an open task has none. A replaced task's earlier incarnations
+        // each ended with exactly one event before it.
         let mut reported: BTreeMap<&TaskId, Vec<&EventRecord>> = BTreeMap::new();
         for event in &self.events {
             if let EventBody::TaskCompleted { task, .. } = &event.body {
@@ -308,7 +384,17 @@ impl Model {
             }
         }
         for task in self.tasks.values() {
-            let events = reported.get(&task.id).map_or(&[][..], |v| &v[..]);
+            let all = reported.get(&task.id).map_or(&[][..], |v| &v[..]);
+            let earlier =
+                task.incarnation as usize + self.forgotten.get(&task.id).copied().unwrap_or(0);
+            prop_assert!(
+                all.len() >= earlier,
+                "task {} of incarnation {} has only {} events",
+                task.id,
+                task.incarnation,
+                all.len()
+            );
+            let events = &all[earlier..];
             match &task.state {
                 TaskState::Completed {
                     outcome, event_seq, ..
@@ -376,8 +462,22 @@ impl Model {
             }
         }
         // Deliveries: every event at most once, in order, a prefix of the outbox.
+        // Dead letters included: every seq below the cursor was handed over exactly once,
+        // to the delegate or to the dead-letter list, in sequence order.
+        let mut handed: Vec<u64> = self
+            .delivered
+            .iter()
+            .chain(&self.dead_lettered)
+            .copied()
+            .collect();
+        handed.sort_unstable();
         let expected: Vec<u64> = (0..session.delivered_seq).collect();
-        prop_assert_eq!(&self.delivered, &expected);
+        prop_assert_eq!(&handed, &expected);
+        prop_assert_eq!(session.dead_letters, self.dead_lettered.len() as u64);
+        prop_assert!(
+            self.delivered.windows(2).all(|pair| pair[0] < pair[1]),
+            "delivered out of order"
+        );
         // Finished only when every task is terminal, every event delivered and the
         // stored completion ran.
         if session.state == SessionState::Finished {
@@ -414,8 +514,11 @@ proptest! {
 
     /// Random sequences of every input keep the machine's invariants.
     #[test]
-    fn machine_keeps_its_invariants(ops in prop::collection::vec(op(), 1..120)) {
-        let mut model = Model { now_ms: 1_000_000, ..Model::default() };
+    fn machine_keeps_its_invariants(
+        ops in prop::collection::vec(op(), 1..120),
+        dead_letter_policy in any::<bool>(),
+    ) {
+        let mut model = Model { now_ms: 1_000_000, dead_letter_policy, ..Model::default() };
         model.step(&Op::Open)?;
         for op in &ops {
             model.step(op)?;

@@ -202,7 +202,7 @@ fn check_versions(tables: &OpenedTables<'_>, wtxn: &mut RwTxn<'_>, dir: &Path) -
     let raw_meta = tables.meta.remap_data_type::<Bytes>();
     let read_version = |name: &str, wtxn: &RwTxn<'_>| read_version(raw_meta, wtxn, name);
     match read_version(META_SCHEMA_VERSION, wtxn)? {
-        Some(found) if found > SCHEMA_VERSION || found < 1 => {
+        Some(found) if !(1..=SCHEMA_VERSION).contains(&found) => {
             return check_schema_version(found, dir);
         }
         // Schema 1 values carry no version; `records::codec` reads them beside current

@@ -101,6 +101,7 @@ fn fill_outbox(dir: &std::path::Path, sessions: usize, per_session: usize) -> an
                             finished_ms: now_ms,
                         },
                         wait: None,
+                        incarnation: 0,
                     })?;
                     scope.put_event(&EventRecord {
                         session: id.clone(),

@@ -149,6 +149,7 @@ fn fill(dir: &Path, sessions: usize, per_session: usize) -> anyhow::Result<()> {
                             not_before_ms: now_ms + 3_600_000,
                         },
                         wait: None,
+                        incarnation: 0,
                     })?;
                 }
                 let mut record = SessionRecord::new(id, SessionConfig::default(), now_ms);

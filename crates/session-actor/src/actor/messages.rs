@@ -2,7 +2,9 @@
 
 use actix::prelude::*;
 use session_http::Progress;
-use session_store::{Outcome, SessionRecord, StoredCompletion, TaskId, TaskKind, TaskRecord};
+use session_store::{
+    DeliveryFailure, Outcome, SessionRecord, StoredCompletion, TaskId, TaskKind, TaskRecord,
+};
 use tokio::sync::{oneshot, watch};
 
 use super::SessionActor;
@@ -18,6 +20,7 @@ pub(crate) struct Enqueue {
     pub(crate) task: TaskId,
     pub(crate) kind: TaskKind,
     pub(crate) request: Vec<u8>,
+    pub(crate) replace: bool,
 }
 
 /// Add several tasks in one unit (so new ones share one generation), and optionally
@@ -28,6 +31,7 @@ pub(crate) struct Enqueue {
 pub(crate) struct EnqueueBatch {
     pub(crate) tasks: Vec<(TaskId, TaskKind, Vec<u8>)>,
     pub(crate) completion: Option<StoredCompletion>,
+    pub(crate) replace: bool,
 }
 
 /// Store a completion for a generation.
@@ -99,6 +103,45 @@ pub struct SessionStatus {
     pub delivery_blocked: Option<String>,
     /// Whether a delegate is attached.
     pub has_delegate: bool,
+    /// The delivery that keeps failing, if one does: the event, failing since when, how
+    /// many attempts, the last error and when the next attempt is due (from the record).
+    pub delivery_failure: Option<DeliveryFailure>,
+    /// Delegate or completion calls at or over the slow-call threshold in this process.
+    pub slow_deliveries: u64,
+    /// The slowest of them, milliseconds.
+    pub slowest_delivery_ms: u64,
+    /// Since when (Unix milliseconds) the session's writes are refused because the
+    /// store's disk is full; it tries again by itself.
+    pub storage_full_since_ms: Option<u64>,
+}
+
+/// Try a failed delivery again now (`Session::retry_now`).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub(crate) struct RetryNow;
+
+/// Take a parked session back into service (`Session::resume`).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Resume;
+
+/// Take the session out of service for good (`Sessions::remove_session`).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Retire;
+
+/// Deliver a dead-lettered event again (`Session::redeliver`).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), Error>")]
+pub(crate) struct Redeliver {
+    pub(crate) seq: u64,
+}
+
+/// Forget a finished task (`Session::forget`).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), Error>")]
+pub(crate) struct Forget {
+    pub(crate) task: TaskId,
 }
 
 impl SessionActor {
@@ -139,6 +182,7 @@ impl Handler<Enqueue> for SessionActor {
             task: message.task,
             kind: message.kind,
             request: message.request,
+            replace: message.replace,
         };
         let store = self.shared.store.clone();
         let session = self.id.clone();
@@ -220,6 +264,7 @@ fn run_batch(
             task: task.clone(),
             kind: *kind,
             request: request.clone(),
+            replace: batch.replace,
         };
         transitions.push(run_input(scope, session, input, context)?);
         let record = scope
@@ -373,16 +418,87 @@ impl Handler<Poke> for SessionActor {
     }
 }
 
+impl Handler<RetryNow> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: RetryNow, ctx: &mut Self::Context) {
+        self.retry_delivery_now(ctx);
+    }
+}
+
+impl Handler<Resume> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Resume, ctx: &mut Self::Context) {
+        if self.faulted.take().is_none() {
+            return;
+        }
+        tracing::info!(parent: &self.span, "a parked session is resumed");
+        self.restarts = 0;
+        self.restart_streak = 0;
+        self.shared.clear_faulted(&self.id);
+        self.submit_and_perform(Input::Restart, ctx);
+    }
+}
+
+impl Handler<Retire> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Retire, ctx: &mut Self::Context) {
+        tracing::info!(parent: &self.span, "session removed");
+        // Parked for good: every request is refused and nothing runs; the supervisor
+        // ends once the last address is gone.
+        self.faulted = Some("removed".into());
+        self.delegate = None;
+        for handle in self
+            .transfers
+            .drain()
+            .chain(self.start_timers.drain())
+            .chain(self.deadline_timers.drain())
+            .map(|(_, handle)| handle)
+            .chain(self.delivery_timer.take())
+        {
+            ctx.cancel_future(handle);
+        }
+    }
+}
+
+impl Handler<Redeliver> for SessionActor {
+    type Result = ResponseActFuture<Self, Result<(), Error>>;
+
+    fn handle(&mut self, message: Redeliver, _: &mut Self::Context) -> Self::Result {
+        if let Err(error) = self.refuse_if_faulted() {
+            return Box::pin(actix::fut::ready(Err(error)));
+        }
+        self.redeliver(message.seq)
+    }
+}
+
+impl Handler<Forget> for SessionActor {
+    type Result = ResponseActFuture<Self, Result<(), Error>>;
+
+    fn handle(&mut self, message: Forget, _: &mut Self::Context) -> Self::Result {
+        self.reply_with(Input::Forget { task: message.task }, |_| ())
+    }
+}
+
 impl Handler<Status> for SessionActor {
     type Result = Result<SessionStatus, Error>;
 
     fn handle(&mut self, _: Status, _: &mut Self::Context) -> Self::Result {
+        let record = self.shared.store.snapshot()?.session(&self.id)?;
         Ok(SessionStatus {
-            record: self.shared.store.snapshot()?.session(&self.id)?,
+            delivery_failure: record
+                .as_ref()
+                .and_then(|record| record.delivery_failure.clone()),
+            record,
             restarts: self.restarts,
             faulted: self.faulted.clone(),
             delivery_blocked: self.delivery_blocked.clone(),
             has_delegate: self.delegate.is_some(),
+            slow_deliveries: self.slow_deliveries,
+            slowest_delivery_ms: self.slowest_delivery_ms,
+            storage_full_since_ms: self.storage_full_since_ms,
         })
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use session_http::Progress;
-use session_store::{Outcome, SessionId, TaskId, TaskKind, TaskRecord, TaskState};
+use session_store::{Outcome, SessionId, TaskId, TaskRecord, TaskState};
 use tokio::sync::{oneshot, watch};
 
 use crate::delegate::Delegate;
@@ -31,8 +31,8 @@ use crate::units::run_input;
 
 pub use messages::SessionStatus;
 pub(crate) use messages::{
-    Cancel, Enqueue, EnqueueBatch, Invalidate, Poke, SetCompletion, SetDelegate, Status, Wait,
-    WaitGeneration, Watch,
+    Cancel, Enqueue, EnqueueBatch, Forget, Invalidate, Poke, Redeliver, Resume, Retire, RetryNow,
+    SetCompletion, SetDelegate, Status, Wait, WaitGeneration, Watch,
 };
 
 /// One background session.
@@ -45,6 +45,9 @@ pub(crate) struct SessionActor {
     /// Bumped at every (re)start: results of transfers begun before are ignored.
     epoch: u64,
     restarts: u32,
+    /// Restarts in quick succession (the backoff's exponent), and when the last was.
+    restart_streak: u32,
+    last_restart_ms: u64,
     faulted: Option<String>,
     last_failure: Option<String>,
     transfers: HashMap<TaskId, SpawnHandle>,
@@ -62,6 +65,15 @@ pub(crate) struct SessionActor {
     deliver_again: bool,
     /// Why delivery is stopped (an unknown completion name), until poked.
     delivery_blocked: Option<String>,
+    /// A failed delivery is not tried again before this time (Unix milliseconds).
+    delivery_not_before_ms: Option<u64>,
+    /// The timer that tries it again then.
+    delivery_timer: Option<SpawnHandle>,
+    /// Delegate calls over the slow-call threshold in this process, and the slowest.
+    slow_deliveries: u64,
+    slowest_delivery_ms: u64,
+    /// Since when units of this session are refused for a full disk (in this process).
+    storage_full_since_ms: Option<u64>,
     span: tracing::Span,
 }
 
@@ -80,6 +92,8 @@ impl SessionActor {
             recovered,
             epoch: 0,
             restarts: 0,
+            restart_streak: 0,
+            last_restart_ms: 0,
             faulted: None,
             last_failure: None,
             transfers: HashMap::new(),
@@ -92,6 +106,11 @@ impl SessionActor {
             deliver_again: false,
             delivery_events_per_unit: crate::units::DELIVERY_EVENTS_PER_UNIT_MAX,
             delivery_blocked: None,
+            delivery_not_before_ms: None,
+            delivery_timer: None,
+            slow_deliveries: 0,
+            slowest_delivery_ms: 0,
+            storage_full_since_ms: None,
             span,
         }
     }
@@ -119,13 +138,21 @@ impl SessionActor {
     fn submit_and_perform(&mut self, input: Input, ctx: &mut Context<Self>) {
         // By name only: an input's contents may carry credentials (request headers).
         let what = input.name();
+        let again = input.clone();
         ctx.spawn(self.submit(input).map(move |result, act, ctx| match result {
-            Ok(transition) => act.perform(&transition, ctx),
+            Ok(transition) => {
+                act.storage_full_since_ms = None;
+                act.perform(&transition, ctx);
+            }
+            Err(Error::Store(error)) if error.kind() == session_store::ErrorKind::Full => {
+                act.storage_full(again, ctx);
+            }
             Err(Error::Refused {
                 source:
                     MachineError::StaleResult { .. }
                     | MachineError::NotPending { .. }
                     | MachineError::UnknownTask { .. }
+                    | MachineError::StaleDelivery { .. }
                     | MachineError::NoSession,
                 ..
             }) => {
@@ -186,6 +213,9 @@ impl SessionActor {
             return;
         }
         let outcome = catch_unwind(AssertUnwindSafe(|| {
+            // A panic here is a bug in the actor itself (tests plant one with this fail
+            // point): the supervisor restarts the session, with backoff.
+            fail::fail_point!("actor-perform");
             for action in actions {
                 self.perform_one(action, tasks, ctx);
             }
@@ -225,15 +255,12 @@ impl SessionActor {
                     self.arm_deadline(task.clone(), *at_ms, ctx);
                 }
             }
-            Action::TaskTerminal { task } => {
-                if let Some(record) = tasks.iter().find(|record| &record.id == task)
-                    && record.kind == TaskKind::Download
-                {
-                    self.remove_partial_download(task);
-                }
-                self.task_terminal(task, ctx);
+            Action::TaskTerminal { task } => self.task_terminal(task, ctx),
+            Action::DiscardPartial { task, incarnation } => {
+                self.remove_partial_download(task, *incarnation);
             }
             Action::DeliverEvents => self.deliver(ctx),
+            Action::ScheduleDelivery { at_ms } => self.schedule_delivery(*at_ms, ctx),
             Action::RemoveFile { file } => {
                 let path = self.shared.download_file(&self.id, file);
                 match std::fs::remove_file(&path) {
@@ -264,13 +291,11 @@ impl SessionActor {
 
     /// A download that ended without success leaves no partial file behind (a
     /// successful one was renamed to its final name already).
-    fn remove_partial_download(&self, task: &TaskId) {
-        let (part, _) =
-            session_http::download_paths(&self.shared.download_dir(&self.id), task.as_str());
-        let validator = session_http::download_validator_path(
-            &self.shared.download_dir(&self.id),
-            task.as_str(),
-        );
+    fn remove_partial_download(&self, task: &TaskId, incarnation: u32) {
+        let dir = self.shared.download_dir(&self.id);
+        let name = download_name(task, incarnation);
+        let (part, _) = session_http::download_paths(&dir, &name);
+        let validator = session_http::download_validator_path(&dir, &name);
         for path in [part, validator] {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -314,6 +339,20 @@ impl SessionActor {
         }))
     }
 
+    /// A unit could not commit because the store's disk is full: try the same input
+    /// again later (capped backoff), visibly, instead of restarting the session.
+    fn storage_full(&mut self, input: Input, ctx: &mut Context<Self>) {
+        let now_ms = self.shared.clock.now_ms();
+        let since = *self.storage_full_since_ms.get_or_insert(now_ms);
+        let waited_ms = now_ms.saturating_sub(since);
+        let delay_ms = (STORAGE_RETRY_MS_MIN + waited_ms / 2).min(STORAGE_RETRY_MS_MAX);
+        tracing::warn!(parent: &self.span, input = input.name(), delay_ms,
+            "the store's disk is full; trying again later");
+        ctx.run_later(Duration::from_millis(delay_ms), move |act, ctx| {
+            act.submit_and_perform(input, ctx);
+        });
+    }
+
     /// Stops the actor so its supervisor restarts it; the store is the only truth.
     fn fail(&mut self, reason: String, ctx: &mut Context<Self>) {
         tracing::warn!(parent: &self.span, %reason, "session failed; restarting");
@@ -332,6 +371,8 @@ impl SessionActor {
         self.deadline_timers.clear();
         self.delivering = false;
         self.deliver_again = false;
+        self.delivery_timer = None;
+        self.delivery_not_before_ms = None;
     }
 }
 
@@ -349,18 +390,65 @@ impl Actor for SessionActor {
         match self.recovered.take() {
             // The recovery at open already moved lost transfers back to pending.
             Some(actions) => self.perform_actions(&actions, &[], ctx),
-            None => self.submit_and_perform(Input::Restart, ctx),
+            None if self.restarts == 0 => self.submit_and_perform(Input::Restart, ctx),
+            // A supervised restart after a panic in the actor: not in a tight loop.
+            None => {
+                let delay = restart_delay(self.restart_streak);
+                ctx.run_later(delay, |act, ctx| {
+                    act.submit_and_perform(Input::Restart, ctx);
+                });
+            }
         }
     }
 }
 
 /// The mailbox capacity of a session actor (messages from `Session` handles).
 pub(crate) const MAILBOX_CAPACITY: usize = 256;
+/// The first delay before a unit refused for a full disk is tried again.
+const STORAGE_RETRY_MS_MIN: u64 = 250;
+/// The longest delay between two tries while the disk stays full.
+const STORAGE_RETRY_MS_MAX: u64 = 30_000;
+/// The first delay before a supervised restart reloads the session; it doubles per
+/// restart up to [`RESTART_DELAY_MS_MAX`].
+const RESTART_DELAY_MS_BASE: u64 = 50;
+/// The longest delay before a supervised restart.
+const RESTART_DELAY_MS_MAX: u64 = 10_000;
+/// A session that ran this long without a restart starts its restart backoff over.
+const RESTART_QUIET_MS: u64 = 60_000;
+
+/// The delay before the `restarts`-th supervised restart reloads the session.
+fn restart_delay(restarts: u32) -> Duration {
+    let doublings = restarts.saturating_sub(1).min(20);
+    Duration::from_millis(
+        RESTART_DELAY_MS_BASE
+            .saturating_mul(1 << doublings)
+            .min(RESTART_DELAY_MS_MAX),
+    )
+}
+
+/// The name a task's download file goes by: the identifier, and from its second
+/// incarnation (after a replace) a suffix, so a replaced task's file never meets its
+/// successor's.
+pub(crate) fn download_name(task: &TaskId, incarnation: u32) -> String {
+    if incarnation == 0 {
+        task.to_string()
+    } else {
+        format!("{task}~{incarnation}")
+    }
+}
 
 impl Supervised for SessionActor {
     fn restarting(&mut self, _: &mut Self::Context) {
         self.forget_in_flight();
         self.restarts += 1;
+        // The backoff grows with restarts in quick succession and starts over once the
+        // session has run quietly for a while.
+        let now_ms = self.shared.clock.now_ms();
+        if now_ms.saturating_sub(self.last_restart_ms) > RESTART_QUIET_MS {
+            self.restart_streak = 0;
+        }
+        self.restart_streak += 1;
+        self.last_restart_ms = now_ms;
         let reason = self
             .last_failure
             .clone()

@@ -4,10 +4,12 @@
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
-use session_http::{Classified, FailReason, Progress, Response, Target, TransferRequest};
+use session_http::{
+    Classified, FailReason, Progress, Response, RetryReason, Target, TransferRequest,
+};
 use session_store::{
     FAILURE_MESSAGE_BYTES_MAX, Failure, FailureReason, RESPONSE_HEADERS_MAX, ResponseSummary,
-    TaskId, TaskRecord,
+    TaskId, TaskRecord, WaitReason,
 };
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -40,7 +42,7 @@ impl SessionActor {
         };
         let target = Target {
             download_dir: self.shared.download_dir(&self.id),
-            name: task.to_string(),
+            name: super::download_name(&task, record.incarnation),
             idempotency_key: Some(format!("{}/{}", self.id, task)),
         };
         let progress = self
@@ -113,9 +115,18 @@ pub(crate) fn classify(classified: Classified, now_ms: u64) -> TransferResult {
             message,
         } => {
             let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
-            TransferResult::Retry {
-                retry_after_ms: retry_after.map(|after| unix_ms(after.not_before(now))),
-                message: truncate(format!("{reason:?}: {message}")),
+            let retry_after_ms = retry_after.map(|after| unix_ms(after.not_before(now)));
+            let message = truncate(format!("{reason:?}: {message}"));
+            match wait_reason(&reason) {
+                Some(reason) => TransferResult::Wait {
+                    reason,
+                    message,
+                    retry_after_ms,
+                },
+                None => TransferResult::Retry {
+                    retry_after_ms,
+                    message,
+                },
             }
         }
         Classified::Failed { reason, message } => {
@@ -139,6 +150,27 @@ pub(crate) fn classify(classified: Classified, now_ms: u64) -> TransferResult {
                 attempts: 0,
             })
         }
+    }
+}
+
+/// Which retries are waits that give the attempt back: no server answered at all, or
+/// the download does not fit in the free space (the store's reserve stays untouched).
+/// Exhaustive on purpose: a new reason must be placed on one side.
+fn wait_reason(reason: &RetryReason) -> Option<WaitReason> {
+    match reason {
+        RetryReason::Unreachable => Some(WaitReason::Connectivity),
+        RetryReason::InsufficientStorage { .. } | RetryReason::StorageFull => {
+            Some(WaitReason::Storage)
+        }
+        RetryReason::Connect
+        | RetryReason::Status(_)
+        | RetryReason::Reset
+        | RetryReason::IdleTimeout
+        | RetryReason::TruncatedBody
+        | RetryReason::RangeMismatch
+        | RetryReason::RangeNotSatisfiable
+        | RetryReason::Protocol
+        | RetryReason::Transport => None,
     }
 }
 

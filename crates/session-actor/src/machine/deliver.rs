@@ -29,6 +29,8 @@ pub(super) fn deliver(
     }
     let mut step = Step::new(session, context);
     step.session.delivered_seq += 1;
+    // A failure recorded for this event is over: it was delivered after all.
+    step.session.delivery_failure = None;
     if let EventBody::TaskCompleted {
         outcome: Outcome::Success(response),
         ..

@@ -15,10 +15,26 @@ pub enum MachineError {
         task: TaskId,
     },
     /// A known task identifier was issued with a different description.
-    #[error("task {task} exists with a different description")]
+    #[error("task {task} exists with a different description{}", differing(fields))]
     TaskConflict {
         /// The task.
         task: TaskId,
+        /// The fields of the description that differ (empty when unknown).
+        fields: Vec<&'static str>,
+    },
+    /// The task cannot be forgotten now.
+    #[error("task {task} cannot be forgotten: {reason}")]
+    NotForgettable {
+        /// The task.
+        task: TaskId,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A failed delivery reported for an event that was delivered meanwhile.
+    #[error("the failed delivery of event {seq} is stale")]
+    StaleDelivery {
+        /// The event.
+        seq: u64,
     },
     /// The generation already stores the most completions it may.
     #[error(
@@ -71,4 +87,12 @@ pub enum MachineError {
     /// The records contradict each other.
     #[error("invariant violation: {0}")]
     InvalidRecord(String),
+}
+
+fn differing(fields: &[&'static str]) -> String {
+    if fields.is_empty() {
+        String::new()
+    } else {
+        format!(" ({} differ)", fields.join(", "))
+    }
 }

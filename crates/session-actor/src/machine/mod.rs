@@ -7,9 +7,10 @@
 //! own; the actor runs it inside a writer unit so that a state change and the events it
 //! produces commit in one transaction. Invalid transitions are [`MachineError`]s.
 //!
-//! One file per transition: `open`, `enqueue`, `start`, `result` (transfer results and
-//! deadlines), `cancel`, `deliver`, `completion`, `restart`; `step` holds the bookkeeping
-//! they share and `backoff` the retry delay.
+//! One file per transition: `open`, `enqueue`, `start`, `result` (transfer results,
+//! waits and deadlines), `cancel`, `deliver`, `failure` (failed deliveries, dead
+//! letters), `forget`, `completion`, `restart`; `step` holds the bookkeeping they share
+//! and `backoff` the delays.
 
 mod backoff;
 mod cancel;
@@ -17,6 +18,8 @@ mod completion;
 mod deliver;
 mod enqueue;
 mod error;
+mod failure;
+mod forget;
 mod open;
 mod restart;
 mod result;
@@ -27,10 +30,10 @@ use std::collections::BTreeMap;
 
 use session_store::{
     EventRecord, Failure, ResponseSummary, SessionConfig, SessionId, SessionRecord,
-    StoredCompletion, TaskId, TaskKind, TaskRecord,
+    StoredCompletion, TaskId, TaskKind, TaskRecord, WaitReason,
 };
 
-pub use backoff::retry_delay_ms;
+pub use backoff::{delivery_delay_ms, retry_delay_ms, wait_delay_ms};
 pub use error::MachineError;
 
 /// What the machine needs to know besides the records: the time and a random number.
@@ -68,6 +71,41 @@ pub enum TransferResult {
     },
     /// Permanent failure.
     Failed(Failure),
+    /// The attempt could not start for a reason outside the server: it was unreachable
+    /// (refused, DNS, unreachable, connect timeout) or the download would not fit in the
+    /// free space. The task waits, with capped backoff, until its resource deadline,
+    /// without spending an attempt (for connectivity only while the session's
+    /// `wait_for_connectivity` is on; otherwise it is an ordinary `Retry`).
+    Wait {
+        /// What the task waits for.
+        reason: WaitReason,
+        /// What happened, for a person.
+        message: String,
+        /// Not before this time, Unix milliseconds, if the cause said so.
+        retry_after_ms: Option<u64>,
+    },
+}
+
+/// An event that left the outbox for the session's dead-letter list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The event, as it was in the outbox.
+    pub event: EventRecord,
+    /// Failed delivery attempts.
+    pub attempts: u32,
+    /// What the last one said.
+    pub last_error: String,
+    /// When it was moved, Unix milliseconds.
+    pub moved_ms: u64,
+}
+
+/// A finished task to forget once its retention ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskExpiry {
+    /// When, Unix milliseconds.
+    pub at_ms: u64,
+    /// The task.
+    pub task: TaskId,
 }
 
 /// An input to the machine.
@@ -88,6 +126,10 @@ pub enum Input {
         kind: TaskKind,
         /// The serialized transfer description.
         request: Vec<u8>,
+        /// What a known identifier with a different description (or a cancelled one)
+        /// means: `false` is a conflict error, `true` replaces the old task (cancelled if
+        /// still open) with the new description.
+        replace: bool,
     },
     /// Start a pending task's next attempt.
     Start {
@@ -120,6 +162,20 @@ pub enum Input {
         /// The event, as read from the outbox.
         event: EventRecord,
     },
+    /// Delivering the next event failed (the delegate or completion handler returned an
+    /// error, panicked or timed out): record it and when to try again, or move it to the
+    /// dead-letter list under that policy.
+    DeliveryFailed {
+        /// The event, as read from the outbox.
+        event: EventRecord,
+        /// What the failure said.
+        error: String,
+    },
+    /// The application forgets a finished task whose event was delivered.
+    Forget {
+        /// The task.
+        task: TaskId,
+    },
     /// Store the completion handler for a generation.
     SetCompletion {
         /// The generation it is for (a task handle reports its generation).
@@ -149,6 +205,8 @@ impl Input {
             Input::Cancel { .. } => "cancel",
             Input::Invalidate => "invalidate",
             Input::Deliver { .. } => "deliver",
+            Input::DeliveryFailed { .. } => "delivery-failed",
+            Input::Forget { .. } => "forget",
             Input::SetCompletion { .. } => "set-completion",
             Input::EmptyGeneration { .. } => "empty-generation",
             Input::Restart => "restart",
@@ -167,12 +225,23 @@ pub struct Transition {
     pub events: Vec<EventRecord>,
     /// What to do once the unit has committed.
     pub actions: Vec<Action>,
+    /// Events that leave the outbox for the dead-letter list, in this unit.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Finished tasks, with when to forget them.
+    pub expiries: Vec<TaskExpiry>,
+    /// Task records to delete (the application forgot them).
+    pub forgotten: Vec<TaskId>,
 }
 
 impl Transition {
     /// Whether the transition changes nothing (a reconnect or a repeated request).
     pub fn is_noop(&self, before: &SessionRecord) -> bool {
-        self.tasks.is_empty() && self.events.is_empty() && &self.session == before
+        self.tasks.is_empty()
+            && self.events.is_empty()
+            && self.dead_letters.is_empty()
+            && self.expiries.is_empty()
+            && self.forgotten.is_empty()
+            && &self.session == before
     }
 }
 
@@ -215,6 +284,19 @@ pub enum Action {
     },
     /// Events wait in the outbox: deliver the next one.
     DeliverEvents,
+    /// Remove the partial file (and its validator) of a download that ended without
+    /// success.
+    DiscardPartial {
+        /// The task.
+        task: TaskId,
+        /// Its incarnation (part of the file's name).
+        incarnation: u32,
+    },
+    /// A delivery failed: try the next one again at this time (not before).
+    ScheduleDelivery {
+        /// Unix milliseconds.
+        at_ms: u64,
+    },
     /// Remove a downloaded file whose delivery has committed.
     RemoveFile {
         /// The file's name in the session's download directory.
@@ -242,9 +324,16 @@ pub fn apply(
             task,
             kind,
             request,
+            replace,
         } => {
             let existing = tasks.get(&task).cloned();
-            enqueue::enqueue(require(session)?, existing, task, kind, request, context)
+            let new = enqueue::NewTask {
+                task,
+                kind,
+                request,
+                replace,
+            };
+            enqueue::enqueue(require(session)?, existing, new, context)
         }
         Input::Start { task } => {
             let record = require_task(&tasks, &task)?;
@@ -268,6 +357,13 @@ pub fn apply(
         }
         Input::Invalidate => cancel::invalidate(require(session)?, tasks, context),
         Input::Deliver { event } => deliver::deliver(require(session)?, event, context),
+        Input::DeliveryFailed { event, error } => {
+            failure::delivery_failed(require(session)?, event, error, context)
+        }
+        Input::Forget { task } => {
+            let record = require_task(&tasks, &task)?;
+            forget::forget(require(session)?, record, context)
+        }
         Input::SetCompletion {
             generation,
             completion,

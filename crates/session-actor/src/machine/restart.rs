@@ -60,8 +60,16 @@ pub(super) fn restart(
             not_before_ms,
         });
     }
-    if step.session.has_undelivered_events() {
-        step.actions.push(Action::DeliverEvents);
+    match &step.session.delivery_failure {
+        // A delivery that kept failing is tried again when its backoff says, not at once
+        // (a restart must not turn the backoff into a tight loop).
+        Some(failure) => step.actions.push(Action::ScheduleDelivery {
+            at_ms: failure.next_attempt_ms,
+        }),
+        None if step.session.has_undelivered_events() => {
+            step.actions.push(Action::DeliverEvents);
+        }
+        None => {}
     }
     Ok(step.finish())
 }

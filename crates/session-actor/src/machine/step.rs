@@ -2,31 +2,55 @@
 //! generation, and the session state derived from the counters.
 
 use session_store::{
-    EventBody, EventRecord, Outcome, SessionRecord, SessionState, StoredCompletion, TaskRecord,
-    TaskState,
+    EventBody, EventRecord, Outcome, SessionRecord, SessionState, StoredCompletion, TaskId,
+    TaskKind, TaskRecord, TaskState,
 };
 
-use super::{Action, Context, Transition};
+use super::{Action, Context, DeadLetter, TaskExpiry, Transition};
+
+/// Whether a task ended with its result (a download's file is in place) or without.
+enum OutcomeKind {
+    Success,
+    Other,
+}
 
 /// A transition being built.
 pub(super) struct Step {
     /// The time of the input, Unix milliseconds (a task's finish time).
     now_ms: u64,
+    jitter_permille: u16,
     pub(super) session: SessionRecord,
     pub(super) tasks: Vec<TaskRecord>,
     pub(super) events: Vec<EventRecord>,
     pub(super) actions: Vec<Action>,
+    pub(super) dead_letters: Vec<DeadLetter>,
+    pub(super) expiries: Vec<TaskExpiry>,
+    pub(super) forgotten: Vec<TaskId>,
 }
 
 impl Step {
     pub(super) fn new(session: SessionRecord, context: &Context) -> Self {
         Step {
             now_ms: context.now_ms,
+            jitter_permille: context.jitter_permille,
             session,
             tasks: Vec::new(),
             events: Vec::new(),
             actions: Vec::new(),
+            dead_letters: Vec::new(),
+            expiries: Vec::new(),
+            forgotten: Vec::new(),
         }
+    }
+
+    /// The time of the input, Unix milliseconds.
+    pub(super) fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// The input's random number in `0..1000`, for jitter.
+    pub(super) fn jitter_permille(&self) -> u16 {
+        self.jitter_permille
     }
 
     pub(super) fn append_event(&mut self, body: EventBody) -> u64 {
@@ -49,6 +73,11 @@ impl Step {
             self.session.tasks_running -= 1;
         }
         self.session.tasks_open -= 1;
+        let outcome_kind = if matches!(outcome, Outcome::Success(_)) {
+            OutcomeKind::Success
+        } else {
+            OutcomeKind::Other
+        };
         let event_seq = self.append_event(EventBody::TaskCompleted {
             task: task.id.clone(),
             kind: task.kind,
@@ -60,6 +89,21 @@ impl Step {
             finished_ms: self.now_ms,
         };
         task.wait = None;
+        // Kept for its retention period, then forgotten (once its event is delivered).
+        self.expiries.push(TaskExpiry {
+            at_ms: self
+                .now_ms
+                .saturating_add(self.session.config.retention_s.saturating_mul(1000)),
+            task: task.id.clone(),
+        });
+        if task.kind == TaskKind::Download && !matches!(outcome_kind, OutcomeKind::Success) {
+            // A download that ended without its file leaves no partial file behind (a
+            // successful one was renamed to its final name already).
+            self.actions.push(Action::DiscardPartial {
+                task: task.id.clone(),
+                incarnation: task.incarnation,
+            });
+        }
         self.actions.push(Action::TaskTerminal {
             task: task.id.clone(),
         });
@@ -111,6 +155,9 @@ impl Step {
             tasks: self.tasks,
             events: self.events,
             actions: self.actions,
+            dead_letters: self.dead_letters,
+            expiries: self.expiries,
+            forgotten: self.forgotten,
         }
     }
 }

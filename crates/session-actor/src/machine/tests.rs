@@ -78,6 +78,7 @@ impl Driver {
             task: id(task),
             kind: TaskKind::Download,
             request: task.as_bytes().to_vec(),
+            replace: false,
         })
         .expect("enqueue")
     }
@@ -161,9 +162,16 @@ fn reissue_reconnects_and_conflicts() {
     let conflict = d.apply(Input::Enqueue {
         task: id("a"),
         kind: TaskKind::Download,
+        replace: false,
         request: b"other".to_vec(),
     });
-    assert_eq!(conflict, Err(MachineError::TaskConflict { task: id("a") }));
+    assert_eq!(
+        conflict,
+        Err(MachineError::TaskConflict {
+            task: id("a"),
+            fields: vec![]
+        })
+    );
     d.start("a");
     d.result("a", 1, TransferResult::Success(response()));
     let t = d.enqueue("a");

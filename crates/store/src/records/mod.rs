@@ -93,8 +93,10 @@ pub struct SessionConfig {
     /// unreachable) waits for connectivity, with capped backoff, until its resource
     /// deadline, instead of spending `attempts_max` (Apple's `waitsForConnectivity`).
     pub wait_for_connectivity: bool,
-    /// The largest delay between two tries while waiting for connectivity.
-    pub connectivity_retry_ms_max: u64,
+    /// The largest delay between two tries of a task that waits (for connectivity, or
+    /// for free space for its download); the delay starts at `retry_delay_ms_base` and
+    /// doubles per try.
+    pub wait_retry_ms_max: u64,
     /// The first delay before a failed delivery (delegate or completion) is retried; it
     /// doubles per failure (with jitter) up to the maximum.
     pub delivery_retry_ms_base: u64,
@@ -132,7 +134,7 @@ impl SessionConfig {
         }
         for (field, value) in [
             ("retry_delay_ms_max", self.retry_delay_ms_max),
-            ("connectivity_retry_ms_max", self.connectivity_retry_ms_max),
+            ("wait_retry_ms_max", self.wait_retry_ms_max),
             ("delivery_retry_ms_max", self.delivery_retry_ms_max),
         ] {
             if value == 0 || value > Self::PERIOD_MS_LIMIT {
@@ -195,7 +197,7 @@ impl Default for SessionConfig {
             retry_delay_ms_max: 60_000,
             deadline_s: 7 * 24 * 3600,
             wait_for_connectivity: true,
-            connectivity_retry_ms_max: 60_000,
+            wait_retry_ms_max: 60_000,
             delivery_retry_ms_base: 100,
             delivery_retry_ms_max: 60_000,
             delivery_policy: DeliveryPolicy::Wait,
@@ -562,8 +564,13 @@ pub struct TaskRecord {
     pub created_ms: u64,
     /// Where the task is.
     pub state: TaskState,
-    /// Why a pending task waits, when it waits for connectivity or storage.
+    /// Why a pending task waits, when it waits for connectivity or storage (kept while
+    /// the next try runs).
     pub wait: Option<TaskWait>,
+    /// How many times the identifier was given a new description (enqueue with the
+    /// replace policy); 0 for the first. A download's file name carries it, so the file
+    /// of a replaced task never meets its successor's.
+    pub incarnation: u32,
 }
 
 impl std::fmt::Debug for TaskRecord {
@@ -577,6 +584,7 @@ impl std::fmt::Debug for TaskRecord {
             .field("created_ms", &self.created_ms)
             .field("state", &self.state)
             .field("wait", &self.wait)
+            .field("incarnation", &self.incarnation)
             .finish()
     }
 }
@@ -594,8 +602,10 @@ impl TaskRecord {
             ));
         }
         if let Some(wait) = &self.wait {
-            if !matches!(self.state, TaskState::Pending { .. }) {
-                return Err(format!("a {} task cannot wait", self.state.name()));
+            // A running task keeps the wait it comes from (its tries set the backoff if it
+            // ends in the same wait again); a completed one has none.
+            if self.state.is_terminal() {
+                return Err("a completed task cannot wait".into());
             }
             if wait.message.len() > FAILURE_MESSAGE_BYTES_MAX {
                 return Err("wait message over the limit".into());

@@ -251,6 +251,7 @@ impl From<TaskRecordV1> for TaskRecord {
             created_ms: old.created_ms,
             state,
             wait: None,
+            incarnation: 0,
         }
     }
 }

@@ -45,6 +45,7 @@ pub fn task(session: &str, id: &str, state: TaskState) -> TaskRecord {
         created_ms: 1_700_000_000_123,
         state,
         wait: None,
+        incarnation: 0,
     };
     record.validate().expect("the test task is valid");
     record
