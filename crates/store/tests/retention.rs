@@ -308,7 +308,10 @@ fn sessions_and_tasks_are_listed_in_bounded_pieces() {
         after = Some(last.id.clone());
         walked.extend(piece.into_iter().map(|s| s.id.to_string()));
     }
-    assert_eq!(walked, expected, "every session once, in order, and the walk ended");
+    assert_eq!(
+        walked, expected,
+        "every session once, in order, and the walk ended"
+    );
     let snapshot = store.snapshot().expect("snapshot");
     let from_s10: Vec<String> = snapshot
         .sessions_from(Some(&session_id("s10")), 2)
