@@ -205,7 +205,8 @@ impl Snapshot {
         read::session(self.view()?, id)
     }
 
-    /// Every session record, in identifier order.
+    /// Every session record, in identifier order (all in memory: for a large store,
+    /// [`sessions_from`](Self::sessions_from) reads them in bounded pieces).
     pub fn sessions(&self) -> Result<Vec<SessionRecord>> {
         read::sessions(self.view()?)
     }

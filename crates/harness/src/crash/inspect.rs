@@ -645,11 +645,26 @@ fn render_head(head: &Head<'_>) -> String {
 }
 
 fn render_session(session: &SessionSummary) -> String {
-    let mut out = String::new();
+    let mut out = render_session_line(session);
+    render_delivery_and_waits(session, &mut out);
+    if let Some(harness) = &session.harness {
+        for task in &harness.tasks {
+            let _ = writeln!(
+                out,
+                "  task {:<8} {:<8} generation {}  {}",
+                task.id, task.kind, task.generation, task.state
+            );
+        }
+    }
+    render_events(session, &mut out);
+    out
+}
+
+/// The session's first line: state, generation, tasks, events, dead letters.
+fn render_session_line(session: &SessionSummary) -> String {
     let tasks = &session.tasks;
     let done = &tasks.completed;
-    let _ = write!(
-        out,
+    let mut out = format!(
         "session {}: {}, generation {}, tasks {} pending, {} running, {} completed \
          ({} success, {} rejected, {} failed, {} cancelled); {} undelivered events{}; {} dead letters",
         session.id,
@@ -680,6 +695,11 @@ fn render_session(session: &SessionSummary) -> String {
         let _ = write!(out, "; completion stored: {name}");
     }
     out.push('\n');
+    out
+}
+
+/// The failing delivery and the waiting tasks.
+fn render_delivery_and_waits(session: &SessionSummary, out: &mut String) {
     if let Some(failure) = &session.delivery_failure {
         let _ = writeln!(
             out,
@@ -701,15 +721,10 @@ fn render_session(session: &SessionSummary) -> String {
     if session.waits > session.waits_listed.len() as u64 {
         let _ = writeln!(out, "  ... {} waiting tasks in all", session.waits);
     }
-    if let Some(harness) = &session.harness {
-        for task in &harness.tasks {
-            let _ = writeln!(
-                out,
-                "  task {:<8} {:<8} generation {}  {}",
-                task.id, task.kind, task.generation, task.state
-            );
-        }
-    }
+}
+
+/// The undelivered and the dead-lettered events.
+fn render_events(session: &SessionSummary, out: &mut String) {
     for event in &session.pending_events {
         let _ = writeln!(
             out,
@@ -731,7 +746,9 @@ fn render_session(session: &SessionSummary) -> String {
             dead.seq, dead.what, dead.attempts, dead.moved_ms, dead.last_error
         );
     }
-    out
+    if session.dead_letters > session.dead_letters_listed.len() as u64 {
+        let _ = writeln!(out, "  ... {} dead letters in all", session.dead_letters);
+    }
 }
 
 fn render_totals(totals: &Totals) -> String {
@@ -830,6 +847,37 @@ fn root_dir(root: &Root) -> &Path {
     }
 }
 
+/// Walks every session in bounded pieces, printing each and adding it to the totals;
+/// returns the identifiers seen (harness runs only, to find the planned sessions never
+/// created; a library root may have a million).
+fn list_sessions<W: Write>(
+    reader: &mut Reader<'_>,
+    harness: Option<&HarnessFacts>,
+    printer: &mut Printer<W>,
+    totals: &mut Totals,
+) -> anyhow::Result<BTreeSet<String>> {
+    let mut seen = BTreeSet::new();
+    let mut after: Option<SessionId> = None;
+    loop {
+        let piece = reader
+            .young()?
+            .sessions_from(after.as_ref(), SESSIONS_PER_PIECE)?;
+        let Some(last) = piece.last() else {
+            return Ok(seen);
+        };
+        after = Some(last.id.clone());
+        for record in piece {
+            if harness.is_some() {
+                seen.insert(record.id.to_string());
+            }
+            if let Some(summary) = summarize_young(reader, record, harness)? {
+                totals.add(&summary);
+                printer.session(&summary)?;
+            }
+        }
+    }
+}
+
 /// Runs `session-harness inspect`.
 ///
 /// # Errors
@@ -864,26 +912,7 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
         check: report.as_ref(),
     })?;
     let mut totals = Totals::default();
-    let mut seen = BTreeSet::new();
-    let mut after: Option<SessionId> = None;
-    loop {
-        let piece = reader
-            .young()?
-            .sessions_from(after.as_ref(), SESSIONS_PER_PIECE)?;
-        let Some(last) = piece.last() else {
-            break;
-        };
-        after = Some(last.id.clone());
-        for record in piece {
-            if harness.is_some() {
-                seen.insert(record.id.to_string());
-            }
-            if let Some(summary) = summarize_young(&mut reader, record, harness.as_ref())? {
-                totals.add(&summary);
-                printer.session(&summary)?;
-            }
-        }
-    }
+    let seen = list_sessions(&mut reader, harness.as_ref(), &mut printer, &mut totals)?;
     drop(reader);
     let (files, partial) = download_files(&store_dir.join("downloads"));
     totals.files_left = files.len() as u64;
