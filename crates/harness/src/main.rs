@@ -20,8 +20,12 @@ enum Command {
     Crash(session_harness::crash::CrashArgs),
     /// Re-checks a run directory kept with `crash --dir`.
     Verify(session_harness::crash::DirArgs),
-    /// Lists the sessions, tasks and undelivered events of a run directory.
-    Inspect(session_harness::crash::DirArgs),
+    /// Lists what a store holds: every session with its state, tasks by state, pending
+    /// and dead-lettered events, failing deliveries, waits and the store's size. Works on
+    /// a library root or a run directory, read-only, while its owner runs. Exit 0 listed,
+    /// 1 `--check` found damage, 2 usage or setup (no store, or `--check` while the owner
+    /// runs).
+    Inspect(session_harness::crash::InspectArgs),
     /// The crash run's child process (started by `crash`).
     #[command(hide = true)]
     Worker(session_harness::crash::WorkerArgs),

@@ -94,7 +94,8 @@ impl<'t> WriteScope<'t> {
         self.observe(read::session(self.view(), id))
     }
 
-    /// Every session record, in identifier order.
+    /// Every session record, in identifier order (all in memory: for a large store,
+    /// [`sessions_from`](Self::sessions_from) reads them in bounded pieces).
     pub fn sessions(&self) -> Result<Vec<SessionRecord>> {
         self.observe(read::sessions(self.view()))
     }

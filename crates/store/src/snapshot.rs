@@ -5,14 +5,13 @@ use std::time::Instant;
 
 use heed::{RoTxn, WithoutTls};
 
-use crate::check::TableReport;
+use crate::check::{DB_RECORD_BYTES, DbRecord, TableReport};
 use crate::error::{Error, Result};
 use crate::gate::Exclusive;
 use crate::ids::{SessionId, TaskId};
 use crate::read::{self, View};
 use crate::records::{DeadLetterRecord, EventRecord, SessionRecord, TaskRecord};
 use crate::store::Shared;
-use crate::tables::{APP_TABLE_PREFIX, DEAD_LETTERS, EVENTS, SESSIONS, TASK_EXPIRY, TASKS, Table};
 
 /// How many times a snapshot of a store opened read-only begins again after adopting
 /// the owner's larger map (the owner may grow it again meanwhile; each growth doubles
@@ -20,7 +19,7 @@ use crate::tables::{APP_TABLE_PREFIX, DEAD_LETTERS, EVENTS, SESSIONS, TASK_EXPIR
 const MAP_ADOPT_ATTEMPTS: u32 = 4;
 
 /// What a store occupies ([`Snapshot::size`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct StoreSize {
     /// The data file's length.
@@ -31,22 +30,11 @@ pub struct StoreSize {
     /// table holds are free for reuse or hold LMDB's list of them.
     pub last_page: u64,
     /// Pages the tables hold (branch, leaf and overflow pages of every table and of
-    /// LMDB's table of table names).
+    /// LMDB's table of table names; not LMDB's list of free pages).
     pub pages_in_use: u64,
-    /// The built-in tables this store has and its application tables (with the prefix
-    /// `app.`), with their entries and pages.
+    /// Every table (LMDB named database; application tables have the prefix `app.`),
+    /// in name order, with its entries and pages.
     pub tables: Vec<TableReport>,
-}
-
-fn table_report(name: String, table: &Table, txn: &heed::RoTxn<'_>) -> Result<TableReport> {
-    let stat = table
-        .stat(txn)
-        .map_err(|e| Error::lmdb("reading a table's size", e))?;
-    Ok(TableReport {
-        name,
-        entries: stat.entries as u64,
-        pages: (stat.branch_pages + stat.leaf_pages + stat.overflow_pages) as u64,
-    })
 }
 
 /// Adopts the larger map of the owner of a store opened read-only, once no snapshot of
@@ -147,7 +135,8 @@ impl Snapshot {
     }
 
     /// What the store occupies, as of this snapshot: the data file's length, the pages
-    /// up to the last one LMDB uses, and the entries and pages of every table.
+    /// up to the last one LMDB uses, and the entries and pages of every table (those of
+    /// the application and of newer builds included).
     pub fn size(&self) -> Result<StoreSize> {
         let view = self.view()?;
         let shared = &self.ticket.shared;
@@ -159,37 +148,39 @@ impl Snapshot {
             })?
             .len();
         let env = shared.env()?;
-        let main = env.unnamed_database_stat();
-        let tables = &view.tables;
-        let builtin = [
-            (SESSIONS, Some(tables.sessions)),
-            (TASKS, Some(tables.tasks)),
-            (EVENTS, Some(tables.events)),
-            (DEAD_LETTERS, tables.dead_letters),
-            (TASK_EXPIRY, tables.task_expiry),
-        ];
-        let mut reports = Vec::with_capacity(builtin.len() + tables.app.len());
-        for (name, table) in builtin {
-            if let Some(table) = table {
-                reports.push(table_report(name.to_owned(), &table, view.txn)?);
+        let operation = "listing the tables";
+        let main = match view.tables.names {
+            Some(names) => names
+                .stat(view.txn)
+                .map_err(|e| Error::lmdb(operation, e))?,
+            None => env.unnamed_database_stat(),
+        };
+        let mut tables = Vec::new();
+        if let Some(names) = view.tables.names {
+            for entry in names
+                .iter(view.txn)
+                .map_err(|e| Error::lmdb(operation, e))?
+            {
+                let (name, record) = entry.map_err(|e| Error::lmdb(operation, e))?;
+                // Every value of LMDB's main table is its record of a table.
+                if record.len() != DB_RECORD_BYTES {
+                    continue;
+                }
+                let record = DbRecord::parse(record);
+                tables.push(TableReport {
+                    name: String::from_utf8_lossy(name).into_owned(),
+                    entries: record.entries,
+                    pages: record.branch_pages + record.leaf_pages + record.overflow_pages,
+                });
             }
-        }
-        let mut app: Vec<_> = tables.app.iter().collect();
-        app.sort_by(|a, b| a.0.cmp(b.0));
-        for (name, table) in app {
-            reports.push(table_report(
-                format!("{APP_TABLE_PREFIX}{name}"),
-                table,
-                view.txn,
-            )?);
         }
         let main_pages = (main.branch_pages + main.leaf_pages + main.overflow_pages) as u64;
         Ok(StoreSize {
             data_bytes,
             page_bytes: u64::from(main.page_size),
             last_page: env.info().last_page_number as u64,
-            pages_in_use: main_pages + reports.iter().map(|table| table.pages).sum::<u64>(),
-            tables: reports,
+            pages_in_use: main_pages + tables.iter().map(|table| table.pages).sum::<u64>(),
+            tables,
         })
     }
 
@@ -214,7 +205,8 @@ impl Snapshot {
         read::session(self.view()?, id)
     }
 
-    /// Every session record, in identifier order.
+    /// Every session record, in identifier order (all in memory: for a large store,
+    /// [`sessions_from`](Self::sessions_from) reads them in bounded pieces).
     pub fn sessions(&self) -> Result<Vec<SessionRecord>> {
         read::sessions(self.view()?)
     }

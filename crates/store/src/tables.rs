@@ -64,6 +64,9 @@ pub(crate) struct Tables {
     pub(crate) task_expiry: Option<Table>,
     /// Application tables by name; values are `SerdeBincode<V>` bytes of the caller's `V`.
     pub(crate) app: HashMap<String, Database<'static, Bytes, Bytes>>,
+    /// LMDB's main (unnamed) table: the name of every table to LMDB's record of it
+    /// (its entries and pages), read for `Snapshot::size`. LMDB always has it.
+    pub(crate) names: Option<Table>,
 }
 
 /// The handles while the creating transaction is open.
@@ -76,6 +79,7 @@ struct OpenedTables<'e> {
     dead_letters: Database<'e, Bytes, Bytes>,
     task_expiry: Database<'e, Bytes, Bytes>,
     app: Vec<(String, Database<'e, Bytes, Bytes>)>,
+    names: Option<Database<'e, Bytes, Bytes>>,
 }
 
 impl OnCommit for OpenedTables<'_> {
@@ -93,6 +97,7 @@ impl OnCommit for OpenedTables<'_> {
                 .into_iter()
                 .map(|(name, database)| (name, database.on_commit(token)))
                 .collect(),
+            names: self.names.map(|table| table.on_commit(token)),
         }
     }
 }
@@ -160,6 +165,7 @@ fn create_all<'e>(
         dead_letters: opener.create_database(wtxn, Some(DEAD_LETTERS))?,
         task_expiry: opener.create_database(wtxn, Some(TASK_EXPIRY))?,
         app,
+        names: opener.open_database(wtxn, None)?,
     })
 }
 
@@ -265,6 +271,7 @@ struct ExistingTables<'e> {
     dead_letters: Option<Database<'e, Bytes, Bytes>>,
     task_expiry: Option<Database<'e, Bytes, Bytes>>,
     app: Vec<(String, Database<'e, Bytes, Bytes>)>,
+    names: Option<Database<'e, Bytes, Bytes>>,
 }
 
 impl OnCommit for ExistingTables<'_> {
@@ -282,6 +289,7 @@ impl OnCommit for ExistingTables<'_> {
                 .into_iter()
                 .map(|(name, database)| (name, database.on_commit(token)))
                 .collect(),
+            names: self.names.map(|table| table.on_commit(token)),
         }
     }
 }
@@ -349,6 +357,7 @@ pub(crate) fn open_existing(
             dead_letters: open(DEAD_LETTERS)?,
             task_expiry: open(TASK_EXPIRY)?,
             app,
+            names: opener.open_database(rtxn, None)?,
         }))
     });
     match opened {

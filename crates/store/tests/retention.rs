@@ -294,7 +294,8 @@ fn sessions_and_tasks_are_listed_in_bounded_pieces() {
     expected.sort();
     let mut walked = Vec::new();
     let mut after: Option<SessionId> = None;
-    loop {
+    // A walk that does not advance must fail, not spin.
+    for _ in 0..=SESSIONS / PIECE + 1 {
         let piece = store
             .snapshot()
             .expect("snapshot")
@@ -307,7 +308,10 @@ fn sessions_and_tasks_are_listed_in_bounded_pieces() {
         after = Some(last.id.clone());
         walked.extend(piece.into_iter().map(|s| s.id.to_string()));
     }
-    assert_eq!(walked, expected);
+    assert_eq!(
+        walked, expected,
+        "every session once, in order, and the walk ended"
+    );
     let snapshot = store.snapshot().expect("snapshot");
     let from_s10: Vec<String> = snapshot
         .sessions_from(Some(&session_id("s10")), 2)
@@ -321,7 +325,7 @@ fn sessions_and_tasks_are_listed_in_bounded_pieces() {
     let s1 = session_id("s1");
     let mut tasks = Vec::new();
     let mut after: Option<TaskId> = None;
-    loop {
+    for _ in 0..=300 / 41 + 1 {
         let piece = store
             .write({
                 let (s1, after) = (s1.clone(), after.clone());

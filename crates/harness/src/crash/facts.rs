@@ -137,7 +137,7 @@ impl Facts {
 }
 
 /// The files under the download directory: complete ones and partial ones.
-fn download_files(downloads: &Path) -> (Vec<String>, Vec<String>) {
+pub(crate) fn download_files(downloads: &Path) -> (Vec<String>, Vec<String>) {
     let mut complete = Vec::new();
     let mut partial = Vec::new();
     let Ok(sessions) = fs::read_dir(downloads) else {

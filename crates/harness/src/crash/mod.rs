@@ -11,7 +11,8 @@
 //! - `facts`: reading a run directory (ledger, records, files) once no worker runs.
 //! - `verifier`: the pure check of section 5 over those facts.
 //! - `report`: the table for a person and the JSON object.
-//! - `inspect`: sessions, tasks and undelivered events of a run directory, for a person.
+//! - `inspect`: what the store of a library root or a run directory holds, for a person
+//!   or as JSON, read-only while its owner may run.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +28,7 @@ pub mod verifier;
 pub mod worker;
 
 pub use facts::{Facts, OriginFacts};
+pub use inspect::InspectArgs;
 pub use ledger::{EntryKind, FileFact, LedgerEntry};
 pub use plan::{Expect, Plan, PlannedKind};
 pub use report::{Report, RunStats};
@@ -83,19 +85,15 @@ pub struct CrashArgs {
     pub final_timeout_s: u64,
 }
 
-/// Options of `session-harness verify` and `session-harness inspect`.
+/// Options of `session-harness verify`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DirArgs {
     /// A run directory kept with `crash --dir`.
     #[arg(long)]
     pub dir: PathBuf,
-    /// Write the report as one JSON object to this file (verify only).
+    /// Write the report as one JSON object to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Check the store's files first (inspect only): every page and every record, with
-    /// `session_store::check_dir`; a damaged store exits 1 without the listing.
-    #[arg(long)]
-    pub check: bool,
 }
 
 /// Runs `session-harness crash`.
@@ -136,24 +134,11 @@ pub fn verify_dir(args: &DirArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Lists the sessions, tasks and undelivered events of a run directory (or of any
-/// library root that has the `ledger` table: give the directory holding `store/`).
+/// Lists what the store of a library root or a run directory holds (see `inspect`): read
+/// only, so its owner may be running.
 ///
 /// # Errors
-/// A directory without a store, or a store in use.
-pub fn inspect_dir(args: &DirArgs) -> anyhow::Result<ExitCode> {
-    if args.check {
-        let store = args.dir.join(worker::STORE_DIR);
-        match session_store::check_dir(&store) {
-            Ok(report) => print!("{}", inspect::render_check(&report)),
-            Err(error) => {
-                println!("store check of {}: FAILED: {error}", store.display());
-                return Ok(ExitCode::from(1));
-            }
-        }
-    }
-    let plan = Plan::load(&args.dir).ok();
-    let facts = Facts::collect(&args.dir, None)?;
-    print!("{}", inspect::render(&facts, plan.as_ref()));
-    Ok(ExitCode::SUCCESS)
+/// A directory without a store, or a store that cannot be read (exit 2).
+pub fn inspect_dir(args: &InspectArgs) -> anyhow::Result<ExitCode> {
+    inspect::inspect(args)
 }

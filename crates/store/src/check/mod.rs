@@ -27,13 +27,14 @@ use crate::read::{self, View};
 use crate::store::lock_dir;
 use crate::tables::{self, EXISTING_TABLES_MAX};
 
+pub(crate) use layout::{DB_RECORD_BYTES, DbRecord};
 pub(crate) use walk::Structure;
 
 /// LMDB's data file in the store directory.
 pub(crate) const DATA_FILE_NAME: &str = "data.mdb";
 
 /// What a check found: the data file's shape and how many records it read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct CheckReport {
     /// The data file's length.
@@ -69,8 +70,8 @@ pub struct CheckReport {
     pub elapsed_ms: u64,
 }
 
-/// One table in a [`CheckReport`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One table in a [`CheckReport`] or a [`StoreSize`](crate::StoreSize).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TableReport {
     /// Its LMDB name (application tables have the prefix `app.`).
     pub name: String,

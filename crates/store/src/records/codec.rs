@@ -153,4 +153,34 @@ mod tests {
         assert!(decode::<SessionRecord>(&[MARKER]).is_err());
         assert!(decode::<SessionRecord>(&[MARKER, 1, 0]).is_err());
     }
+
+    /// The tables added after schema 1 only hold versioned values: a dead letter and an
+    /// expiry value round-trip, a value without marker (what schema 1 would have been) is
+    /// refused, and an expiry value is the marker and version alone.
+    #[test]
+    fn later_tables_are_always_versioned() {
+        use crate::{EventBody, EventRecord};
+        let record = DeadLetterRecord {
+            event: EventRecord {
+                session: SessionId::new("s").expect("valid"),
+                seq: 4,
+                generation: 1,
+                body: EventBody::DidFinishEvents,
+            },
+            attempts: 2,
+            last_error: "no".into(),
+            moved_ms: 9,
+        };
+        let bytes = encode(&record).expect("encodes");
+        assert_eq!(&bytes[..2], &[MARKER, 1]);
+        assert_eq!(decode::<DeadLetterRecord>(&bytes), Ok(record));
+        assert!(
+            decode::<DeadLetterRecord>(&bytes[2..]).is_err_and(|e| e.contains("without version"))
+        );
+        assert_eq!(encode(&TaskExpiryValue), Ok(vec![MARKER, 1]));
+        assert_eq!(decode::<TaskExpiryValue>(&[MARKER, 1]), Ok(TaskExpiryValue));
+        assert!(decode::<TaskExpiryValue>(&[MARKER, 1, 0]).is_err());
+        assert!(decode::<TaskExpiryValue>(&[MARKER, 0]).is_err());
+        assert!(decode::<TaskExpiryValue>(&[1]).is_err());
+    }
 }
