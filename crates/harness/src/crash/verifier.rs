@@ -8,8 +8,9 @@
 //!   exactly once (no duplicate, no gap) and in sequence order (2), each task's terminal
 //!   record points to the one event that reported it, with the same outcome (1);
 //! - each store generation's "did finish events" came once, after its last task event (3);
-//! - each planned generation's completion ran once, after "did finish events" of the
-//!   store generation it was stored for and after every one of its task events (4);
+//! - each planned generation's completion (the one the plan says it stores, by name)
+//!   ran once, after "did finish events" of the store generation it was stored for and
+//!   after every one of its task events (4); no other completion ran;
 //! - each delivered download's file existed when the delegate ran and had the origin's
 //!   SHA-256, and no delivered file is left behind (6);
 //! - uploads reported as successful were stored by the origin; the origin's suppressed
@@ -25,7 +26,7 @@ use session_store::{TaskRecord, TaskState};
 
 use super::facts::Facts;
 use super::ledger::{EntryKind, LedgerEntry};
-use super::plan::{COMPLETION_NAME, Plan, PlannedKind, PlannedTask};
+use super::plan::{Plan, PlannedKind, PlannedTask};
 
 /// Example sentences kept per kind of violation; the rest are counted.
 const EXAMPLES_PER_KIND: usize = 8;
@@ -135,7 +136,7 @@ pub fn verify(plan: &Plan, facts: &Facts) -> Findings {
     let mut findings = Findings {
         sessions: plan.sessions.len(),
         tasks: plan.task_count(),
-        completions_expected: plan.generation_count() as u64,
+        completions_expected: plan.completion_count() as u64,
         ..Findings::default()
     };
     let mut violations = Violations::default();
@@ -543,8 +544,10 @@ fn check_session(
         match Plan::parse_completion_payload(payload) {
             Some((session_named, generation))
                 if session_named == id
-                    && name == COMPLETION_NAME
-                    && session.generations.iter().any(|g| g.number == generation) =>
+                    && session.generations.iter().any(|g| g.number == generation)
+                    && plan
+                        .completion_for(id, generation)
+                        .is_some_and(|(stored, _)| stored == name) =>
             {
                 completions.entry(generation).or_default().push(entry);
             }
@@ -559,6 +562,11 @@ fn check_session(
     }
     for generation in &session.generations {
         let runs = completions.remove(&generation.number).unwrap_or_default();
+        if plan.completion_for(id, generation.number).is_none() {
+            // A test kit batch without a completion: nothing may run (a run would have
+            // been reported as unplanned above).
+            continue;
+        }
         let Some(first) = runs.first() else {
             violations.add(
                 "completion missing",
@@ -626,7 +634,6 @@ fn check_session(
             );
         }
     }
-    let _ = plan;
 }
 
 /// Item 6 for one delivered task event: the file existed at delivery with the right bytes.
