@@ -5,7 +5,7 @@
 //! - [`testkit`]: crash-test your own delegate: the same crash loop and verifier over
 //!   your delegate, completion handlers and application tables, in your `cargo test`.
 //! - [`origin`]: the origin server: deterministic content and fault programs.
-//! - [`bench`]: benchmarks that print figures.
+//! - [`mod@bench`]: benchmarks that print figures.
 //! - [`postgres`]: throwaway PostgreSQL clusters.
 
 #![warn(missing_docs)]

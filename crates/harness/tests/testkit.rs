@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 use session_actor::{
@@ -206,7 +207,8 @@ fn order_desk_survives_crashes() {
 /// The planted bug (an order also appended to a side file outside the transaction) is
 /// caught: an abort between the delegate and the commit repeats the delivery, the
 /// table has the order once, the side file twice; the failure names the duplicate,
-/// the seed and a command that repeats the case, and keeps the run directory.
+/// the seed and a command that repeats the case, and keeps the run directory, which
+/// `session-harness verify --dir` and `inspect --dir` read.
 #[test]
 fn planted_side_effect_is_caught() {
     let after_delegate = |at| Fault {
@@ -257,7 +259,24 @@ fn planted_side_effect_is_caught() {
         "{message}"
     );
     assert!(failure.dir.join("case.json").is_file(), "{message}");
-    assert!(failure.dir.join("plan.json").is_file(), "{message}");
+    // The kept directory is a run directory: the harness re-checks the guarantees
+    // (they hold: only the check failed) and lists it.
+    for command in ["verify", "inspect"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_session-harness"))
+            .arg(command)
+            .arg("--dir")
+            .arg(&failure.dir)
+            .output()
+            .expect("session-harness runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{command}: {stdout}\n{message}");
+        let expected = if command == "verify" {
+            "verdict: PASS"
+        } else {
+            "session desk:"
+        };
+        assert!(stdout.contains(expected), "{command}: {stdout}");
+    }
     let _ = std::fs::remove_dir_all(&failure.dir);
 }
 

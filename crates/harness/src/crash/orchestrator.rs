@@ -5,7 +5,7 @@
 //!
 //! The loop is shared by the main job (`session-harness crash`, whose worker is the
 //! `worker` subcommand of the same binary) and the test kit (whose worker is the test
-//! binary re-executed): a [`Launch`] says how a worker process is started.
+//! binary re-executed): a `Launch` says how a worker process is started.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufRead as _, BufReader, IsTerminal as _, Write as _};
@@ -26,8 +26,8 @@ use super::inspect;
 use super::plan::{self, Plan, PlanShape};
 use super::report::{RUN_FILE_NAME, Report, RunStats, events_under_faults};
 use super::schedule::{
-    self, FAILPOINT_WAIT_MIN, FailPoint, FailPointChooser, Fault, FaultKind, FaultSchedule, Pacer,
-    random_fail_point,
+    self, FAILPOINT_WAIT_MIN, FailPoint, FailPointChooser, Fault, FaultKind, FaultSchedule,
+    MeasuredRun, Pacer, random_fail_point,
 };
 use super::verifier;
 use super::worker::{DelegateMode, PROTOCOL_MARKER, WorkerRun};
@@ -95,9 +95,9 @@ pub(crate) struct LoopConfig<'a> {
     pub mode: DelegateMode,
     /// A fixed expected run, instead of the estimate.
     pub expected_run_s: Option<f64>,
-    /// How long one fault-free worker took to finish the plan (see [`measure_run`]):
-    /// the plan's estimates are scaled to it.
-    pub measured_run_s: Option<f64>,
+    /// One fault-free worker run of the plan (see [`measure_run`]): the plan's
+    /// estimates are scaled to it.
+    pub measured: Option<MeasuredRun>,
     /// How long the last clean worker may take.
     pub final_timeout: Duration,
     /// Whether to show the progress line on stderr.
@@ -129,57 +129,14 @@ pub(crate) fn crash_loop(
     let mut state = LoopState {
         config,
         launcher,
-        pacer: Pacer::new(config.plan, config.expected_run_s, config.measured_run_s),
+        pacer: Pacer::new(config.plan, config.expected_run_s, config.measured),
         chooser: FailPointChooser::default(),
         rng: StdRng::seed_from_u64(config.seed ^ 0x0FA1_1B01_7000_0002),
         faulted_runs: BTreeSet::new(),
     };
-    let (kills, aborts) = config.schedule.counts();
-    let progress = Progress::new(
-        config.show_progress,
-        kills,
-        aborts.max(config.aborts_wanted as usize),
-    );
-    let mut faults: VecDeque<Fault> = config.schedule.faults.iter().copied().collect();
-    let mut extra_runs = 0;
-    let aim_at_delegate = config.mode == DelegateMode::AtLeastOnce;
-    while let Some(fault) = faults.pop_front() {
-        let ended = state.faulted_run(fault, &mut stats)?;
-        progress.show(&stats, &state.pacer, started);
-        if ended == RunEnd::Finished {
-            // Every later worker would find nothing left to do.
-            stats.finished_early += 1;
-            stats.faults_unused = faults.len() as u64;
-            if config.show_progress {
-                eprintln!(
-                    "\ncrash: the plan finished after {} kills and {} aborts, {} faults of the \
-                     schedule unused; a larger plan (--sessions, --tasks) leaves room for more",
-                    stats.kills,
-                    stats.failpoint_aborts,
-                    faults.len()
-                );
-            }
-            break;
-        }
-        // An armed point that did not fire (the run was killed instead) is tried again
-        // at once, where the run is now, until the aborts asked for are reached.
-        let missed = matches!(fault.kind, FaultKind::FailPoint { .. }) && ended == RunEnd::Killed;
-        let aborts_left = config.aborts_wanted.saturating_sub(stats.failpoint_aborts);
-        let scheduled_aborts = faults
-            .iter()
-            .filter(|fault| matches!(fault.kind, FaultKind::FailPoint { .. }))
-            .count() as u64;
-        if missed && aborts_left > scheduled_aborts && extra_runs < EXTRA_RUNS_MAX {
-            extra_runs += 1;
-            faults.push_front(Fault {
-                at: fault.at,
-                kind: random_fail_point(&mut state.rng, aim_at_delegate),
-            });
-        }
-    }
-    progress.finish();
+    state.faulted_runs_through_schedule(&mut stats, started)?;
     stats.expected_run_s = state.pacer.expected_s();
-    stats.measured_run_s = config.measured_run_s;
+    stats.measured_run_s = config.measured.map(|run| run.work_s);
     stats.fault_work_s = state.pacer.work_s();
     state.clean_run(&mut stats)?;
     Ok(LoopOutcome {
@@ -199,6 +156,61 @@ struct LoopState<'a> {
 }
 
 impl LoopState<'_> {
+    /// One run per fault of the schedule, until the schedule ends or a worker finishes
+    /// the plan.
+    fn faulted_runs_through_schedule(
+        &mut self,
+        stats: &mut RunStats,
+        started: Instant,
+    ) -> anyhow::Result<()> {
+        let config = self.config;
+        let (kills, aborts) = config.schedule.counts();
+        let progress = Progress::new(
+            config.show_progress,
+            kills,
+            aborts.max(config.aborts_wanted as usize),
+        );
+        let mut faults: VecDeque<Fault> = config.schedule.faults.iter().copied().collect();
+        let mut extra_runs = 0;
+        while let Some(fault) = faults.pop_front() {
+            let ended = self.faulted_run(fault, stats)?;
+            progress.show(stats, &self.pacer, started);
+            if ended == RunEnd::Finished {
+                // Every later worker would find nothing left to do.
+                stats.finished_early += 1;
+                stats.faults_unused = faults.len() as u64;
+                progress.finished_early(stats);
+                break;
+            }
+            let missed =
+                matches!(fault.kind, FaultKind::FailPoint { .. }) && ended == RunEnd::Killed;
+            if missed && extra_runs < EXTRA_RUNS_MAX && self.aborts_short(stats, &faults) {
+                // Tried again at once, where the run is now.
+                extra_runs += 1;
+                let aim_at_delegate = config.mode == DelegateMode::AtLeastOnce;
+                faults.push_front(Fault {
+                    at: fault.at,
+                    kind: random_fail_point(&mut self.rng, aim_at_delegate),
+                });
+            }
+        }
+        progress.finish();
+        Ok(())
+    }
+
+    /// Whether the fail points left in the schedule cannot reach the aborts asked for.
+    fn aborts_short(&self, stats: &RunStats, faults: &VecDeque<Fault>) -> bool {
+        let aborts_left = self
+            .config
+            .aborts_wanted
+            .saturating_sub(stats.failpoint_aborts);
+        let scheduled = faults
+            .iter()
+            .filter(|fault| matches!(fault.kind, FaultKind::FailPoint { .. }))
+            .count() as u64;
+        aborts_left > scheduled
+    }
+
     /// One run with a fault; returns how it ended.
     fn faulted_run(&mut self, fault: Fault, stats: &mut RunStats) -> anyhow::Result<RunEnd> {
         let until_instant = self.pacer.limit(fault.at);
@@ -297,8 +309,8 @@ impl LoopState<'_> {
 }
 
 /// Runs one worker without faults in `dir` (which holds its own `plan.json`) to the end,
-/// and returns the seconds it worked (from "ready" to the end), or `None` if it did not
-/// finish within `timeout`. A first measured run, for plans whose estimate from the plan
+/// and returns how long it took to start and to work (from "ready" to the end), or
+/// `None` if it did not finish within `timeout`. A first measured run, for plans whose estimate from the plan
 /// alone is poor (small ones, where start-up and commits dominate).
 ///
 /// # Errors
@@ -307,7 +319,7 @@ pub(crate) fn measure_run(
     launcher: &dyn Launch,
     dir: &Path,
     timeout: Duration,
-) -> anyhow::Result<Option<f64>> {
+) -> anyhow::Result<Option<MeasuredRun>> {
     std::fs::create_dir_all(dir.join("logs"))?;
     let run = WorkerRun {
         dir: dir.to_path_buf(),
@@ -321,7 +333,14 @@ pub(crate) fn measure_run(
         failpoints: None,
     };
     let ended = process.run(timeout)?;
-    Ok((ended.end == RunEnd::Finished).then(|| ended.work().as_secs_f64()))
+    let finished = ended.end == RunEnd::Finished;
+    Ok(ended
+        .startup()
+        .filter(|_| finished)
+        .map(|startup| MeasuredRun {
+            startup_s: startup.as_secs_f64(),
+            work_s: ended.work().as_secs_f64(),
+        }))
 }
 
 /// Runs `session-harness crash`.
@@ -356,7 +375,7 @@ pub fn run(args: &CrashArgs) -> anyhow::Result<ExitCode> {
         aborts_wanted: aborts_wanted as u64,
         mode: args.delegate,
         expected_run_s: args.expected_run_s,
-        measured_run_s: None,
+        measured: None,
         final_timeout: Duration::from_secs(args.final_timeout_s),
         show_progress: true,
         seed,
@@ -714,6 +733,16 @@ impl Progress {
             let _ = std::io::stderr().flush();
         } else if stats.runs.is_multiple_of(10) {
             eprintln!("{line}");
+        }
+    }
+
+    fn finished_early(&self, stats: &RunStats) {
+        if self.shown {
+            eprintln!(
+                "\ncrash: the plan finished after {} kills and {} aborts, {} faults of the \
+                 schedule unused; a larger plan (--sessions, --tasks) leaves room for more",
+                stats.kills, stats.failpoint_aborts, stats.faults_unused
+            );
         }
     }
 

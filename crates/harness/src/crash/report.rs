@@ -260,3 +260,37 @@ pub fn events_under_faults(ledger: &[LedgerEntry], faulted_runs: &BTreeSet<u32>)
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crash::ledger::EntryKind;
+
+    fn entry(session: &str, seq: u64, run: u32) -> LedgerEntry {
+        LedgerEntry {
+            index: 0,
+            run,
+            session: session.to_owned(),
+            generation: 1,
+            seq,
+            kind: EntryKind::DidFinish,
+        }
+    }
+
+    /// Each distinct event counts once, for the run that first delivered it: under
+    /// faults when that run was killed or aborted.
+    #[test]
+    fn events_under_faults_count_first_deliveries() {
+        let ledger = [
+            entry("s", 0, 1),
+            entry("s", 1, 2),
+            // Delivered again by the clean run: still run 1's.
+            entry("s", 0, 3),
+            entry("t", 0, 3),
+        ];
+        let faulted: BTreeSet<u32> = [1, 2].into_iter().collect();
+        assert_eq!(events_under_faults(&ledger, &faulted), (2, 3));
+        assert_eq!(events_under_faults(&ledger, &BTreeSet::new()), (0, 3));
+        assert_eq!(events_under_faults(&[], &faulted), (0, 0));
+    }
+}

@@ -279,13 +279,14 @@ pub struct Pacer {
 
 impl Pacer {
     /// A pacer for `plan`, or for a fixed expected run; with a measured fault-free run,
-    /// the plan's estimates are scaled to it.
-    pub fn new(plan: &Plan, fixed_s: Option<f64>, measured_s: Option<f64>) -> Pacer {
+    /// the plan's estimates are scaled to it and its start-up is known from the start.
+    pub fn new(plan: &Plan, fixed_s: Option<f64>, measured: Option<MeasuredRun>) -> Pacer {
         let estimated_s = plan.expected_run_s();
-        let scale = match measured_s {
-            Some(measured) if measured > 0.0 && estimated_s > 0.0 => measured / estimated_s,
+        let scale = match measured {
+            Some(run) if run.work_s > 0.0 && estimated_s > 0.0 => run.work_s / estimated_s,
             _ => 1.0,
         };
+        let startup_s = measured.map_or((0.0, 0), |run| (run.startup_s, 1));
         Pacer {
             plan_s: estimated_s * scale,
             scale,
@@ -294,7 +295,7 @@ impl Pacer {
             delivered: 0,
             remaining_s: None,
             expected_events: plan.expected_events(),
-            startup_s: (0.0, 0),
+            startup_s,
         }
     }
 
@@ -361,6 +362,15 @@ impl Pacer {
     }
 }
 
+/// A fault-free worker run that finished the plan.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MeasuredRun {
+    /// Seconds from its start to "ready".
+    pub startup_s: f64,
+    /// Seconds from "ready" to its end.
+    pub work_s: f64,
+}
+
 /// What a worker last reported of its progress.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
@@ -407,6 +417,58 @@ mod tests {
             FailPoint::StoreBeforeCommit.spec(3),
             "store-before-commit=3*off->return(abort)"
         );
+    }
+
+    /// A plan of one download paced over 10 s: its expected run.
+    fn paced_plan() -> Plan {
+        use crate::testkit::{BatchWork, SessionWork, TaskWork, Workload};
+        Workload::new(vec![SessionWork::new(
+            "s",
+            vec![BatchWork::new(vec![
+                TaskWork::download("a", 100_000).with_fault("drip:100:10", 1000),
+            ])],
+        )])
+        .plan(1, "http://127.0.0.1:1", 1, std::path::Path::new("/run"))
+    }
+
+    /// Kill instants are fractions of the whole expected run: at first the plan's
+    /// estimate (a fault at 0.5 of a 10 s plan kills 5 s in), then the work done plus
+    /// the run the worker reports left, plus the start-up measured; a measured
+    /// fault-free run rescales the plan's estimates.
+    #[test]
+    fn the_pacer_spreads_kills_over_the_expected_run() {
+        let plan = paced_plan();
+        let estimated = plan.expected_run_s();
+        assert!((10.0..10.2).contains(&estimated), "{estimated}");
+        let mut pacer = Pacer::new(&plan, None, None);
+        let first = pacer.limit(0.5).as_secs_f64();
+        assert!((first - estimated / 2.0).abs() < 1e-6, "{first}");
+        pacer.record(
+            Some(Duration::from_millis(100)),
+            Duration::from_secs(4),
+            Some(Progress {
+                delivered: 0,
+                remaining_s: 8.0,
+            }),
+        );
+        // Expected run 4 + 8 = 12 s: 0.5 of it is 6 s, 2 s after the 4 s done, plus
+        // the 0.1 s start-up.
+        assert!((pacer.expected_s() - 12.0).abs() < 1e-6);
+        assert!((pacer.limit(0.5).as_secs_f64() - 2.1).abs() < 1e-6);
+        // An instant already passed kills right after start-up.
+        assert!((pacer.limit(0.2).as_secs_f64() - 0.1).abs() < 1e-6);
+        let measured = Pacer::new(
+            &plan,
+            None,
+            Some(MeasuredRun {
+                startup_s: 0.2,
+                work_s: estimated / 4.0,
+            }),
+        );
+        assert!((measured.expected_s() - estimated / 4.0).abs() < 1e-6);
+        assert!((measured.limit(0.0).as_secs_f64() - 0.2).abs() < 1e-6);
+        let fixed = Pacer::new(&plan, Some(3.0), None);
+        assert!((fixed.limit(1.0).as_secs_f64() - 3.0).abs() < 1e-6);
     }
 
     /// A point that missed twice in a row is replaced, and comes back once it fires.

@@ -706,3 +706,153 @@ fn describe(kind: &EntryKind) -> String {
         EntryKind::Completion { name, .. } => format!("completion {name}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use session_store::{
+        Outcome, ResponseSummary, SessionConfig, SessionId, SessionRecord, SessionState, TaskId,
+        TaskKind,
+    };
+
+    use super::*;
+    use crate::testkit::{BatchWork, SessionWork, TaskWork, Workload};
+
+    /// A test kit plan: session `s`, batch 1 (task `a`) stores completion `done` with an
+    /// application payload, batch 2 (task `b`) stores none.
+    fn plan() -> Plan {
+        Workload::new(vec![SessionWork::new(
+            "s",
+            vec![
+                BatchWork::new(vec![TaskWork::data("a", 10)])
+                    .with_completion("done", b"first".to_vec()),
+                BatchWork::new(vec![TaskWork::data("b", 10)]),
+            ],
+        )])
+        .plan(1, "http://127.0.0.1:1", 1, Path::new("/run"))
+    }
+
+    fn entry(index: u64, generation: u64, seq: u64, kind: EntryKind) -> LedgerEntry {
+        LedgerEntry {
+            index,
+            run: 1,
+            session: "s".to_owned(),
+            generation,
+            seq,
+            kind,
+        }
+    }
+
+    fn task_entry(index: u64, generation: u64, seq: u64, task: &str) -> LedgerEntry {
+        let kind = EntryKind::Task {
+            task: task.to_owned(),
+            outcome: "success".to_owned(),
+            file: None,
+        };
+        entry(index, generation, seq, kind)
+    }
+
+    fn completion(name: &str, generation: u64) -> EntryKind {
+        EntryKind::Completion {
+            name: name.to_owned(),
+            payload: Plan::stored_completion_payload("s", generation, b"first"),
+        }
+    }
+
+    /// Events 0..5: a, did finish, the completion (generation 1); b, did finish (2).
+    fn clean() -> Facts {
+        let id = SessionId::new("s").expect("a valid id");
+        let session = SessionRecord {
+            state: SessionState::Finished,
+            generation: 2,
+            next_event_seq: 5,
+            delivered_seq: 5,
+            completion_generation: 1,
+            ..SessionRecord::new(id.clone(), SessionConfig::default(), 0)
+        };
+        let task = |name: &str, generation: u64, event_seq: u64| TaskRecord {
+            session: id.clone(),
+            id: TaskId::new(name).expect("a valid id"),
+            generation,
+            kind: TaskKind::Data,
+            request: Vec::new(),
+            created_ms: 0,
+            state: TaskState::Completed {
+                outcome: Outcome::Success(ResponseSummary {
+                    status: 200,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                    file: None,
+                    bytes: 10,
+                }),
+                event_seq,
+                finished_ms: 0,
+            },
+            wait: None,
+        };
+        Facts {
+            ledger: vec![
+                task_entry(0, 1, 0, "a"),
+                entry(1, 1, 1, EntryKind::DidFinish),
+                entry(2, 1, 2, completion("done", 1)),
+                task_entry(3, 2, 3, "b"),
+                entry(4, 2, 4, EntryKind::DidFinish),
+            ],
+            sessions: vec![session],
+            tasks: vec![task("a", 1, 0), task("b", 2, 3)],
+            ..Facts::default()
+        }
+    }
+
+    /// The completions a test kit plan stores are checked by their own names: the
+    /// clean run passes with one completion expected, and no completion is expected of
+    /// the batch that stores none.
+    #[test]
+    fn workload_completions_pass_by_their_names() {
+        let findings = verify(&plan(), &clean());
+        assert!(findings.passed(), "{:#?}", findings.violations);
+        assert_eq!(findings.completions_expected, 1);
+        assert_eq!(findings.completions_run, 1);
+        assert_eq!(findings.events_delivered, 5);
+    }
+
+    /// A completion that ran under another name than the batch stored, or for a batch
+    /// that stores none, is caught.
+    #[test]
+    fn wrong_or_unstored_completions_are_caught() {
+        let mut renamed = clean();
+        renamed.ledger[2] = entry(2, 1, 2, completion("other", 1));
+        let findings = verify(&plan(), &renamed);
+        assert!(
+            findings
+                .violations
+                .iter()
+                .any(|v| v.contains("\"other\" ran")),
+            "{:#?}",
+            findings.violations
+        );
+        assert!(
+            findings
+                .violations
+                .iter()
+                .any(|v| v.contains("generation 1 never ran")),
+            "{:#?}",
+            findings.violations
+        );
+
+        let mut unstored = clean();
+        unstored.sessions[0].next_event_seq = 6;
+        unstored.sessions[0].delivered_seq = 6;
+        unstored.ledger.push(entry(5, 2, 5, completion("done", 2)));
+        let findings = verify(&plan(), &unstored);
+        assert!(
+            findings
+                .violations
+                .iter()
+                .any(|v| v.contains("which the plan never stored here")),
+            "{:#?}",
+            findings.violations
+        );
+    }
+}

@@ -3,7 +3,7 @@
 //!
 //! The core is shared by the main job (`session-harness worker`, the ledger alone) and
 //! the test kit (the test binary re-executed, with the application's tables, delegate
-//! and completion handlers): an [`App`] is what varies. The ledger entry of every
+//! and completion handlers): an `App` is what varies. The ledger entry of every
 //! delivery and completion is appended in the same transaction as the application's
 //! own writes, so the verifier checks the application's delegate unchanged.
 //!
@@ -209,7 +209,7 @@ pub(crate) fn run_plan(run: WorkerRun, app: App) -> anyhow::Result<()> {
 
 /// What every protocol line starts with: a test harness may print on the same line
 /// before it (libtest's `test name ... `), so the reader looks for it anywhere.
-pub(crate) const PROTOCOL_MARKER: &str = "@bgsession-worker ";
+pub const PROTOCOL_MARKER: &str = "@bgsession-worker ";
 
 /// Writes one protocol line to the process's standard output.
 fn say(line: &str) {

@@ -20,6 +20,7 @@ use crate::crash::facts::{Facts, OriginFacts, open_run_store};
 use crate::crash::orchestrator::{LoopConfig, conclude, crash_loop, measure_run};
 use crate::crash::plan::write_upload_sources;
 use crate::crash::report::{Report, RunStats};
+use crate::crash::schedule::MeasuredRun;
 use crate::crash::worker::DelegateMode;
 use crate::origin::{Origin, OriginConfig};
 
@@ -300,7 +301,7 @@ impl Runner<'_> {
             .workload
             .plan(case.seed, &origin.url(""), content_seed, dir.path());
         prepare_dir(dir.path(), &case, &plan).map_err(setup("preparing the run directory"))?;
-        let measured_run_s = self
+        let measured = self
             .measure(dir.path(), &case, content_seed)
             .map_err(setup("the measured run"))?;
         let config = LoopConfig {
@@ -310,7 +311,7 @@ impl Runner<'_> {
             aborts_wanted: 0,
             mode: DelegateMode::Transactional,
             expected_run_s: None,
-            measured_run_s,
+            measured,
             final_timeout: self.test.final_timeout,
             show_progress: false,
             seed: case.seed,
@@ -339,7 +340,12 @@ impl Runner<'_> {
     /// The measured run: the workload once without faults, in a directory of its own
     /// (`calibration/` in the run directory) against an origin of its own, so that
     /// nothing it does counts in the case.
-    fn measure(&self, dir: &Path, case: &Case, content_seed: u64) -> anyhow::Result<Option<f64>> {
+    fn measure(
+        &self,
+        dir: &Path,
+        case: &Case,
+        content_seed: u64,
+    ) -> anyhow::Result<Option<MeasuredRun>> {
         let scratch = dir.join(CALIBRATION_DIR);
         let origin = Origin::start_in_thread(OriginConfig {
             seed: content_seed,
