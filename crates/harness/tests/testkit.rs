@@ -352,3 +352,73 @@ fn failing_cases_shrink() {
     assert!(failure.original.is_some(), "{failure}");
     let _ = std::fs::remove_dir_all(&failure.dir);
 }
+
+/// A workload against a server of your own (here the harness origin, started by the
+/// test, reached by URL): downloads with your checksums and data tasks run through the
+/// same crash loop and checks; a checksum that is not the server's bytes is caught by
+/// the verifier as a bad file.
+#[test]
+fn workloads_against_your_own_urls() {
+    use session_harness::origin::{Origin, OriginConfig, sha256};
+    use session_harness::testkit::Transfer;
+
+    let server = Origin::start_in_thread(OriginConfig { seed: 42, port: 0 })
+        .expect("the origin starts on 127.0.0.1");
+    let workload = |checksum: String| {
+        Workload::new(vec![SessionWork::new(
+            "yours",
+            vec![
+                BatchWork::new(vec![
+                    TaskWork::new(
+                        "file",
+                        Transfer::DownloadUrl {
+                            url: server.url("/objects/file?size=60000&fault=reset%3A9000&times=1"),
+                            sha256: Some(checksum),
+                        },
+                        Expect::Success,
+                    ),
+                    TaskWork::new(
+                        "ping",
+                        Transfer::DataUrl {
+                            url: server.url("/objects/ping?size=16"),
+                        },
+                        Expect::Success,
+                    ),
+                ])
+                .with_completion(BATCH_DONE, b"yours 1".to_vec()),
+            ],
+        )])
+    };
+    let one_kill = FaultSchedule {
+        faults: vec![Fault {
+            at: 0.5,
+            kind: FaultKind::Kill,
+        }],
+        panic_rate: 0.0,
+    };
+    order_desk(false)
+        .workload(workload(sha256(42, "file", 60_000)))
+        .faults(one_kill.clone())
+        .cases(1)
+        .try_run()
+        .unwrap_or_else(|error| panic!("{error}"));
+
+    let error = order_desk(false)
+        .workload(workload("0".repeat(64)))
+        .faults(one_kill)
+        .cases(1)
+        .shrink_runs_max(0)
+        .try_run()
+        .expect_err("a checksum that is not the server's bytes is caught");
+    let Error::Failed(failure) = error else {
+        panic!("expected a failed case, got {error}");
+    };
+    assert!(
+        failure
+            .guarantee_violations
+            .iter()
+            .any(|violation| violation.contains("the file of task file")),
+        "{failure}"
+    );
+    let _ = std::fs::remove_dir_all(&failure.dir);
+}

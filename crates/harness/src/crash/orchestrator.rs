@@ -176,9 +176,10 @@ impl LoopState<'_> {
             let ended = self.faulted_run(fault, stats)?;
             progress.show(stats, &self.pacer, started);
             if ended == RunEnd::Finished {
-                // Every later worker would find nothing left to do.
+                // Every later worker would find nothing left to do; this run's own
+                // fault never came either.
                 stats.finished_early += 1;
-                stats.faults_unused = faults.len() as u64;
+                stats.faults_unused = faults.len() as u64 + 1;
                 progress.finished_early(stats);
                 break;
             }

@@ -37,7 +37,8 @@ pub struct RunStats {
     pub supervisor_restarts: u64,
     /// Workers that finished the whole plan before the last run.
     pub finished_early: u64,
-    /// Faults of the schedule left unused because a worker finished the plan first.
+    /// Faults of the schedule left unused because a worker finished the plan before its
+    /// fault came (that one included).
     pub faults_unused: u64,
     /// Body bytes the origin served.
     pub bytes_downloaded: u64,

@@ -10,9 +10,12 @@
 //!    [`FaultSchedule`] (kill instants as fractions of the expected run, fail points,
 //!    a delegate panic rate);
 //! 2. re-executes the test binary as a worker child (only this test, `--exact`), which
-//!    runs the workload through the real library with your delegate and handlers, and
-//!    SIGKILLs it at each fault's instant, or arms one of the library's fail points so
-//!    that it aborts there, and starts it again, through the whole schedule;
+//!    runs the workload through the real library with your delegate and handlers: once
+//!    without faults in a scratch directory, to measure the expected run; then, in the
+//!    case's directory, SIGKILLs it at each fault's instant (a fraction of that run),
+//!    or arms one of the library's fail points so that it aborts there, or lets a
+//!    delivery panic right after your delegate ran, and starts it again, through the
+//!    whole schedule;
 //! 3. runs one last worker without faults to the end;
 //! 4. runs the project's verifier (every event delivered exactly once and in order,
 //!    "did finish events" and each completion once and after their events, every task
@@ -76,18 +79,24 @@
 //! # How it runs
 //!
 //! The worker child is this same executable, started again with environment variables
-//! (`BGSESSION_TESTKIT_WORKER` and others): under libtest with `<test name> --exact`
-//! (libtest names a test's thread after the test; give it with
-//! [`CrashTest::test_name`] when you call `run` from another thread), in a plain `main`
-//! with the same arguments. [`CrashTest::run`] returns at once in the parent's sense
-//! only after the whole case; in the child it runs the worker and exits the process. So
-//! keep code before the crash test in the same test function free of side effects: it
-//! runs in every worker too.
+//! ([`WORKER_ENV`] and others): under libtest with `<test name> --exact` (libtest
+//! names a test's thread after the test; give the name with [`CrashTest::test_name`]
+//! when you call `run` from another thread), in a plain `main` with the same
+//! arguments. In the parent, [`CrashTest::run`] returns when every case is done; in the
+//! child it runs the worker and exits the process. So the code before the crash test in
+//! the same function runs in every worker too: keep it free of side effects, or skip it
+//! when [`WORKER_ENV`] is set.
 //!
 //! Fail points are compiled into the library only with its `failpoints` feature, which
 //! `session-harness` turns on: depend on `session-harness` as a dev-dependency and your
 //! test build of `session-actor` has them (cargo unifies the features), while your
 //! release build does not.
+//!
+//! A download keeps its progress across a kill in steps: the transfer engine writes
+//! what it received at least every 250 ms (or every 1 MiB), so a worker killed sooner
+//! than that after it resumed a slow (paced) download has not advanced it. With faults
+//! denser than that, the expected run grows until runs are long enough; a workload
+//! that finishes before the last faults of its schedule reports them as unused.
 //!
 //! Environment: `BGSESSION_TESTKIT_SEED=S` runs only the case of seed `S` (no
 //! shrinking); `BGSESSION_TESTKIT_CASE=path/case.json` runs exactly a kept case (a
@@ -248,7 +257,11 @@ impl fmt::Display for Failure {
             self.dir.display()
         )?;
         writeln!(f, "  repeat this case: {}", self.repeat_case)?;
-        write!(f, "  repeat the seed:  {}", self.repeat_seed)
+        write!(f, "  repeat the seed:  {}", self.repeat_seed)?;
+        if self.original.is_some() {
+            write!(f, " (the case before shrinking)")?;
+        }
+        Ok(())
     }
 }
 
