@@ -1,7 +1,12 @@
 //! The bgsession harness library: what the `session-harness` binary is made of.
 //!
-//! Modules are added as the pieces land: the origin server, the benchmarks, the crash
-//! orchestrator, its worker and its verifier.
+//! - [`crash`]: the crash harness (`session-harness crash`): the fault schedule, the
+//!   crash loop, its worker, the verifier and the report.
+//! - [`testkit`]: crash-test your own delegate: the same crash loop and verifier over
+//!   your delegate, completion handlers and application tables, in your `cargo test`.
+//! - [`origin`]: the origin server: deterministic content and fault programs.
+//! - [`mod@bench`]: benchmarks that print figures.
+//! - [`postgres`]: throwaway PostgreSQL clusters.
 
 #![warn(missing_docs)]
 
@@ -13,3 +18,4 @@ pub mod crash;
 pub mod origin;
 /// Throwaway PostgreSQL clusters for tests, the crash harness and benchmarks.
 pub mod postgres;
+pub mod testkit;

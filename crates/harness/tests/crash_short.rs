@@ -5,7 +5,8 @@ use std::process::Command;
 
 /// A small seeded `session-harness crash` run passes: the binary kills its worker twenty
 /// times and aborts it at fail points, and the verifier finds every event delivered once,
-/// every completion run once and every file intact (exit 0, verdict "pass").
+/// every completion run once and every file intact (exit 0, verdict "pass"); the report
+/// carries the share of events delivered under faults.
 #[test]
 fn short_crash_run_passes() {
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -49,6 +50,17 @@ fn short_crash_run_passes() {
     assert_eq!(report["lost_events"], 0, "{report:#}");
     assert_eq!(
         report["completions_run"], report["completions_expected"],
+        "{report:#}"
+    );
+    // The share of events delivered by runs later killed or aborted is reported (its
+    // value depends on the machine's speed, so only its range is checked here).
+    let share = report["events_under_faults_share"].as_f64();
+    assert!(
+        share.is_some_and(|share| (0.0..=1.0).contains(&share)),
+        "{report:#}"
+    );
+    assert!(
+        report["expected_run_s"].as_f64().is_some_and(|s| s > 0.0),
         "{report:#}"
     );
 

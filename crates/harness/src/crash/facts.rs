@@ -100,13 +100,19 @@ impl Facts {
     /// # Errors
     /// The store cannot be opened (missing, locked by a running worker, corrupt).
     pub fn collect(dir: &Path, origin: Option<OriginFacts>) -> anyhow::Result<Facts> {
-        let root = dir.join(STORE_DIR);
-        if !root.is_dir() {
-            anyhow::bail!("{} has no store (no worker ever ran there)", root.display());
-        }
-        let store = Store::open(&root, StoreOptions::default().with_app_table(LEDGER_TABLE))
-            .with_context(|| format!("opening the store in {}", root.display()))?;
-        let ledger = Ledger::new(&store)?;
+        let store = open_run_store(dir, &[])?;
+        let facts = Facts::read(&store, dir, origin)?;
+        drop(store);
+        Ok(facts)
+    }
+
+    /// Reads the facts of a run directory through a store opened on it (see
+    /// [`open_run_store`]), in one snapshot.
+    ///
+    /// # Errors
+    /// Store errors (a record or ledger entry that does not decode).
+    pub fn read(store: &Store, dir: &Path, origin: Option<OriginFacts>) -> anyhow::Result<Facts> {
+        let ledger = Ledger::new(store)?;
         let snapshot = store.snapshot()?;
         let sessions = snapshot.sessions()?;
         let mut tasks = Vec::new();
@@ -122,8 +128,8 @@ impl Facts {
         }
         let entries = ledger.entries(&snapshot)?;
         drop(snapshot);
-        drop(store);
-        let (leftover_files, partial_files) = download_files(&root.join("downloads"));
+        let (leftover_files, partial_files) =
+            download_files(&dir.join(STORE_DIR).join("downloads"));
         Ok(Facts {
             ledger: entries,
             sessions,
@@ -134,6 +140,26 @@ impl Facts {
             origin,
         })
     }
+}
+
+/// Opens the store of a run directory with the ledger and the given application tables
+/// declared. No worker may be running.
+///
+/// # Errors
+/// No store in the directory, or one that cannot be opened (locked by a running worker,
+/// corrupt).
+pub fn open_run_store(dir: &Path, app_tables: &[String]) -> anyhow::Result<Store> {
+    let root = dir.join(STORE_DIR);
+    if !root.is_dir() {
+        anyhow::bail!("{} has no store (no worker ever ran there)", root.display());
+    }
+    let mut options = StoreOptions::default().with_app_table(LEDGER_TABLE);
+    for table in app_tables {
+        if table != LEDGER_TABLE {
+            options = options.with_app_table(table.clone());
+        }
+    }
+    Store::open(&root, options).with_context(|| format!("opening the store in {}", root.display()))
 }
 
 /// The files under the download directory: complete ones and partial ones.

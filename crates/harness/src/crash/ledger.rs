@@ -96,7 +96,7 @@ pub enum EntryKind {
     Completion {
         /// The handler's name.
         name: String,
-        /// Its payload (see [`crate::crash::plan::Plan::completion_payload`]).
+        /// Its stored payload (see [`crate::crash::plan::Plan::stored_completion_payload`]).
         payload: Vec<u8>,
     },
 }
@@ -217,6 +217,14 @@ impl Ledger {
             .counter
             .get(reader, marker_key(session, generation))?
             .is_some())
+    }
+
+    /// How many entries were appended (committed, as `reader` sees it).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn count(&self, reader: &impl ReadScope) -> session_store::Result<u64> {
+        Ok(self.counter.get(reader, NEXT_KEY)?.unwrap_or(0))
     }
 
     /// Every entry, in append order.

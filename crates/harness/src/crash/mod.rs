@@ -6,8 +6,12 @@
 //! - `plan`: the plan generated from a seed (`plan.json`), what each task must end as.
 //! - `manifest`: a plan read from a manifest, against someone else's server.
 //! - `ledger`: what the delegate and the completion handler saw, in an application table.
-//! - `worker`: the child process that runs the plan through the real library.
-//! - `orchestrator`: the crash loop: runs, kills, fail points, the last clean run.
+//! - `worker`: the child process that runs the plan through the real library (its core
+//!   shared with [`crate::testkit`]).
+//! - `schedule`: the fault schedule over the expected run, and the pacer that places
+//!   each kill.
+//! - `orchestrator`: the crash loop: runs, kills, fail points, the last clean run
+//!   (shared with [`crate::testkit`]).
 //! - `facts`: reading a run directory (ledger, records, files) once no worker runs.
 //! - `verifier`: the pure check of section 5 over those facts.
 //! - `report`: the table for a person and the JSON object.
@@ -24,6 +28,7 @@ pub mod manifest;
 pub mod orchestrator;
 pub mod plan;
 pub mod report;
+pub mod schedule;
 pub mod verifier;
 pub mod worker;
 
@@ -32,6 +37,7 @@ pub use inspect::InspectArgs;
 pub use ledger::{EntryKind, FileFact, LedgerEntry};
 pub use plan::{Expect, Plan, PlannedKind};
 pub use report::{Report, RunStats};
+pub use schedule::{FailPoint, Fault, FaultKind, FaultSchedule};
 pub use verifier::{Findings, verify};
 pub use worker::{DelegateMode, WorkerArgs};
 
@@ -47,7 +53,7 @@ pub struct CrashArgs {
     /// Tasks per session, over its generations.
     #[arg(long, default_value_t = 12)]
     pub tasks: usize,
-    /// SIGKILLs at random instants.
+    /// SIGKILLs, at random instants over the whole expected run.
     #[arg(long, default_value_t = 40)]
     pub kills: usize,
     /// Aborts at armed fail points.
@@ -74,12 +80,11 @@ pub struct CrashArgs {
     /// The sessions and tasks to run against --origin.
     #[arg(long, requires = "origin")]
     pub manifest: Option<PathBuf>,
-    /// The earliest kill after a worker starts, in milliseconds.
-    #[arg(long, default_value_t = 20)]
-    pub kill_ms_min: u64,
-    /// The latest kill after a worker starts, in milliseconds.
-    #[arg(long, default_value_t = 250)]
-    pub kill_ms_max: u64,
+    /// The expected run the faults are placed over, in seconds: how long one worker
+    /// would take to finish the plan without faults. By default estimated from the
+    /// plan's paced transfers and retry waits, and from the progress measured on the way.
+    #[arg(long)]
+    pub expected_run_s: Option<f64>,
     /// How long the last worker, without faults, may take to finish the plan.
     #[arg(long, default_value_t = 60)]
     pub final_timeout_s: u64,

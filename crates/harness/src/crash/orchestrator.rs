@@ -1,26 +1,36 @@
-//! The crash loop: start the worker, kill it with SIGKILL at a random instant or let it
-//! abort at an armed fail point, start it again, and so on; then one last worker without
-//! faults runs to the end, and the verifier reads what is left.
+//! The crash loop: start the worker, kill it with SIGKILL at its fault's instant or let
+//! it abort at an armed fail point, start it again, and so on through the fault
+//! schedule; then one last worker without faults runs to the end, and the verifier
+//! reads what is left.
+//!
+//! The loop is shared by the main job (`session-harness crash`, whose worker is the
+//! `worker` subcommand of the same binary) and the test kit (whose worker is the test
+//! binary re-executed): a `Launch` says how a worker process is started.
 
+use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufRead as _, BufReader, IsTerminal as _, Write as _};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 use super::facts::{Facts, OriginFacts};
 use super::inspect;
-use super::plan::{self, PlanShape};
-use super::report::{RUN_FILE_NAME, Report, RunStats};
+use super::plan::{self, Plan, PlanShape};
+use super::report::{RUN_FILE_NAME, Report, RunStats, events_under_faults};
+use super::schedule::{
+    self, FAILPOINT_WAIT_MIN, FailPoint, FailPointChooser, Fault, FaultKind, FaultSchedule,
+    MeasuredRun, Pacer, random_fail_point,
+};
 use super::verifier;
-use super::worker::DelegateMode;
+use super::worker::{DelegateMode, PROTOCOL_MARKER, WorkerRun};
 use super::{CrashArgs, manifest};
 use crate::origin::{Origin, OriginConfig, OriginHandle};
 
@@ -30,34 +40,476 @@ const SIGKILL: i32 = 9;
 const SIGABRT: i32 = 6;
 /// How often a running worker is looked at.
 const POLL: Duration = Duration::from_millis(2);
-/// How long a run with an armed fail point may take before it is killed instead.
-const FAILPOINT_RUN_MAX: Duration = Duration::from_millis(1000);
-/// A fail point that did not fire in this many runs in a row is armed no more (its
-/// code path has no work left: every completion ran, every download finished).
-const FAILPOINT_MISSES_MAX: u32 = 2;
-/// Runs beyond the asked-for kills and aborts before the loop gives up on reaching them.
+/// Runs beyond the schedule, to reach the fail-point aborts asked for when armed
+/// points did not fire, before the loop gives up on reaching them.
 const EXTRA_RUNS_MAX: u64 = 60;
 /// The most stderr bytes of a failed worker quoted in a violation.
 const STDERR_QUOTE_BYTES_MAX: usize = 600;
 
-/// The fail points the orchestrator arms, with the most hits it lets pass before the
-/// abort (the abort comes at a uniformly random hit up to it). Commits are batched, so
-/// even the store's points are hit only some tens of times a second.
-const FAIL_POINTS: [(&str, u32); 6] = [
-    ("store-before-commit", 12),
-    ("store-after-commit", 12),
-    ("actor-after-delegate-before-commit", 8),
-    ("actor-inside-completion", 1),
-    ("actor-between-transfer-and-result", 6),
-    (session_http::FAIL_POINT_DOWNLOAD_AFTER_FSYNC, 3),
-];
-/// The index of `actor-after-delegate-before-commit` in [`FAIL_POINTS`].
-const DELEGATE_BEFORE_COMMIT: usize = 2;
+/// How a worker process is started: the part of the crash loop that differs between
+/// the main job and the test kit.
+pub(crate) trait Launch {
+    /// The command of one worker run. The loop sets `FAILPOINTS` and the standard
+    /// streams.
+    ///
+    /// # Errors
+    /// The executable cannot be located.
+    fn command(&self, run: &WorkerRun) -> anyhow::Result<Command>;
+}
 
-/// Where the plan's server is.
-enum Server {
-    BuiltIn(OriginHandle),
-    External,
+/// The main job's worker: `session-harness worker --dir .. --run ..`.
+struct SubcommandLauncher {
+    exe: PathBuf,
+}
+
+impl Launch for SubcommandLauncher {
+    fn command(&self, run: &WorkerRun) -> anyhow::Result<Command> {
+        let mut command = Command::new(&self.exe);
+        command
+            .arg("worker")
+            .arg("--dir")
+            .arg(&run.dir)
+            .arg("--run")
+            .arg(run.run.to_string())
+            .arg("--panic-rate")
+            .arg(run.panic_rate.to_string())
+            .arg("--delegate")
+            .arg(run.mode.name());
+        Ok(command)
+    }
+}
+
+/// What the crash loop is asked for.
+#[derive(Debug)]
+pub(crate) struct LoopConfig<'a> {
+    /// The run directory (holds `plan.json`; gets `store/` and `logs/`).
+    pub dir: &'a Path,
+    /// The plan the workers run.
+    pub plan: &'a Plan,
+    /// The faults, one worker run each.
+    pub schedule: &'a FaultSchedule,
+    /// Fail-point aborts to reach with extra runs when armed points did not fire (the
+    /// main job promises a number; the test kit runs its schedule as it is: 0).
+    pub aborts_wanted: u64,
+    /// Which delegate writes the ledger.
+    pub mode: DelegateMode,
+    /// A fixed expected run, instead of the estimate.
+    pub expected_run_s: Option<f64>,
+    /// One fault-free worker run of the plan (see [`measure_run`]): the plan's
+    /// estimates are scaled to it.
+    pub measured: Option<MeasuredRun>,
+    /// How long the last clean worker may take.
+    pub final_timeout: Duration,
+    /// Whether to show the progress line on stderr.
+    pub show_progress: bool,
+    /// The seed of the loop's own random choices (replacement fail points).
+    pub seed: u64,
+}
+
+/// What the crash loop did.
+#[derive(Debug)]
+pub(crate) struct LoopOutcome {
+    /// The statistics so far (the verdict adds the rest).
+    pub stats: RunStats,
+    /// The runs that were killed or aborted.
+    pub faulted_runs: BTreeSet<u32>,
+}
+
+/// Runs the fault schedule, then the last clean worker.
+///
+/// # Errors
+/// A worker that cannot be started or waited for, a log file that cannot be written.
+pub(crate) fn crash_loop(
+    config: &LoopConfig<'_>,
+    launcher: &dyn Launch,
+    mut stats: RunStats,
+) -> anyhow::Result<LoopOutcome> {
+    let started = Instant::now();
+    std::fs::create_dir_all(config.dir.join("logs"))?;
+    let mut state = LoopState {
+        config,
+        launcher,
+        pacer: Pacer::new(config.plan, config.expected_run_s, config.measured),
+        chooser: FailPointChooser::default(),
+        rng: StdRng::seed_from_u64(config.seed ^ 0x0FA1_1B01_7000_0002),
+        faulted_runs: BTreeSet::new(),
+    };
+    state.faulted_runs_through_schedule(&mut stats, started)?;
+    stats.expected_run_s = state.pacer.expected_s();
+    stats.measured_run_s = config.measured.map(|run| run.work_s);
+    stats.fault_work_s = state.pacer.work_s();
+    state.clean_run(&mut stats)?;
+    Ok(LoopOutcome {
+        stats,
+        faulted_runs: state.faulted_runs,
+    })
+}
+
+/// The loop's state between runs.
+struct LoopState<'a> {
+    config: &'a LoopConfig<'a>,
+    launcher: &'a dyn Launch,
+    pacer: Pacer,
+    chooser: FailPointChooser,
+    rng: StdRng,
+    faulted_runs: BTreeSet<u32>,
+}
+
+impl LoopState<'_> {
+    /// One run per fault of the schedule, until the schedule ends or a worker finishes
+    /// the plan.
+    fn faulted_runs_through_schedule(
+        &mut self,
+        stats: &mut RunStats,
+        started: Instant,
+    ) -> anyhow::Result<()> {
+        let config = self.config;
+        let (kills, aborts) = config.schedule.counts();
+        let progress = Progress::new(
+            config.show_progress,
+            kills,
+            aborts.max(config.aborts_wanted as usize),
+        );
+        let mut faults: VecDeque<Fault> = config.schedule.faults.iter().copied().collect();
+        let mut extra_runs = 0;
+        while let Some(fault) = faults.pop_front() {
+            let ended = self.faulted_run(fault, stats)?;
+            progress.show(stats, &self.pacer, started);
+            if ended == RunEnd::Finished {
+                // Every later worker would find nothing left to do; this run's own
+                // fault never came either.
+                stats.finished_early += 1;
+                stats.faults_unused = faults.len() as u64 + 1;
+                progress.finished_early(stats);
+                break;
+            }
+            let missed =
+                matches!(fault.kind, FaultKind::FailPoint { .. }) && ended == RunEnd::Killed;
+            if missed && extra_runs < EXTRA_RUNS_MAX && self.aborts_short(stats, &faults) {
+                // Tried again at once, where the run is now.
+                extra_runs += 1;
+                let aim_at_delegate = config.mode == DelegateMode::AtLeastOnce;
+                faults.push_front(Fault {
+                    at: fault.at,
+                    kind: random_fail_point(&mut self.rng, aim_at_delegate),
+                });
+            }
+        }
+        progress.finish();
+        Ok(())
+    }
+
+    /// Whether the fail points left in the schedule cannot reach the aborts asked for.
+    fn aborts_short(&self, stats: &RunStats, faults: &VecDeque<Fault>) -> bool {
+        let aborts_left = self
+            .config
+            .aborts_wanted
+            .saturating_sub(stats.failpoint_aborts);
+        let scheduled = faults
+            .iter()
+            .filter(|fault| matches!(fault.kind, FaultKind::FailPoint { .. }))
+            .count() as u64;
+        aborts_left > scheduled
+    }
+
+    /// One run with a fault; returns how it ended.
+    fn faulted_run(&mut self, fault: Fault, stats: &mut RunStats) -> anyhow::Result<RunEnd> {
+        let until_instant = self.pacer.limit(fault.at);
+        let armed = match fault.kind {
+            FaultKind::Kill => None,
+            FaultKind::FailPoint { point, hits } => {
+                let point = self.chooser.choose(&mut self.rng, point);
+                Some((point, hits.min(point.hits_max())))
+            }
+        };
+        // An armed point gets some time after start-up to fire, even when its instant
+        // comes sooner; it may fire before the instant.
+        let limit = match armed {
+            Some(_) => until_instant.max(self.pacer.limit(0.0) + FAILPOINT_WAIT_MIN),
+            None => until_instant,
+        };
+        stats.runs += 1;
+        let run = self.worker_run(stats.runs, self.config.schedule.panic_rate)?;
+        let process = WorkerProcess {
+            launcher: self.launcher,
+            run: &run,
+            failpoints: armed.map(|(point, hits)| point.spec(hits)),
+        };
+        let ended = process.run(limit)?;
+        stats.delegate_panics += ended.output.panics.load(Ordering::Relaxed);
+        stats.supervisor_restarts += ended.output.restarts.load(Ordering::Relaxed);
+        self.pacer
+            .record(ended.startup(), ended.work(), ended.output.progress());
+        if let Some((point, _)) = armed {
+            self.chooser.record(point, ended.end == RunEnd::Aborted);
+        }
+        match ended.end {
+            RunEnd::Killed => {
+                stats.kills += 1;
+                self.faulted_runs.insert(run.run);
+            }
+            RunEnd::Aborted => {
+                stats.failpoint_aborts += 1;
+                self.faulted_runs.insert(run.run);
+                let name = armed.map_or("unarmed", |(point, _)| FailPoint::name(point));
+                *stats
+                    .aborts_by_failpoint
+                    .entry(name.to_owned())
+                    .or_default() += 1;
+            }
+            RunEnd::Finished => {}
+            RunEnd::Failed(ref why) => stats
+                .run_violations
+                .push(format!("worker run {} failed: {why}", stats.runs)),
+        }
+        Ok(ended.end)
+    }
+
+    /// The last run: no kills, no fail points, no panics; it must finish the plan.
+    fn clean_run(&mut self, stats: &mut RunStats) -> anyhow::Result<()> {
+        stats.runs += 1;
+        let run = self.worker_run(stats.runs, 0.0)?;
+        let process = WorkerProcess {
+            launcher: self.launcher,
+            run: &run,
+            failpoints: None,
+        };
+        let ended = process.run(self.config.final_timeout)?;
+        stats.final_run_s = ended.elapsed.as_secs_f64();
+        stats.supervisor_restarts += ended.output.restarts.load(Ordering::Relaxed);
+        match ended.end {
+            RunEnd::Finished => {}
+            RunEnd::Killed => {
+                let stuck = inspect::unfinished(self.config.dir, self.config.plan).unwrap_or_else(
+                    |error| vec![format!("(the store could not be read: {error:#})")],
+                );
+                stats.run_violations.push(format!(
+                    "did not finish: the last worker, without faults, was still running after {} s; unfinished: {}",
+                    self.config.final_timeout.as_secs(),
+                    stuck.join("; ")
+                ));
+            }
+            RunEnd::Aborted => stats
+                .run_violations
+                .push("the last worker aborted without an armed fail point".to_owned()),
+            RunEnd::Failed(why) => stats
+                .run_violations
+                .push(format!("the last worker failed: {why}")),
+        }
+        Ok(())
+    }
+
+    fn worker_run(&self, run: u64, panic_rate: f64) -> anyhow::Result<WorkerRun> {
+        Ok(WorkerRun {
+            dir: self.config.dir.to_path_buf(),
+            run: u32::try_from(run).context("too many runs")?,
+            panic_rate,
+            mode: self.config.mode,
+        })
+    }
+}
+
+/// Runs one worker without faults in `dir` (which holds its own `plan.json`) to the end,
+/// and returns how long it took to start and to work (from "ready" to the end), or
+/// `None` if it did not finish within `timeout`. A first measured run, for plans whose estimate from the plan
+/// alone is poor (small ones, where start-up and commits dominate).
+///
+/// # Errors
+/// The worker cannot be started or waited for.
+pub(crate) fn measure_run(
+    launcher: &dyn Launch,
+    dir: &Path,
+    timeout: Duration,
+) -> anyhow::Result<Option<MeasuredRun>> {
+    std::fs::create_dir_all(dir.join("logs"))?;
+    let run = WorkerRun {
+        dir: dir.to_path_buf(),
+        run: 1,
+        panic_rate: 0.0,
+        mode: DelegateMode::Transactional,
+    };
+    let process = WorkerProcess {
+        launcher,
+        run: &run,
+        failpoints: None,
+    };
+    let ended = process.run(timeout)?;
+    let finished = ended.end == RunEnd::Finished;
+    Ok(ended
+        .startup()
+        .filter(|_| finished)
+        .map(|startup| MeasuredRun {
+            startup_s: startup.as_secs_f64(),
+            work_s: ended.work().as_secs_f64(),
+        }))
+}
+
+/// Runs `session-harness crash`.
+///
+/// # Errors
+/// Setup failures (exit 2); a failed verification is `Ok(ExitCode::from(1))`.
+pub fn run(args: &CrashArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    check_args(args)?;
+    let seed = args.seed.unwrap_or_else(rand::random);
+    eprintln!("crash: seed {seed} (repeat with --seed {seed})");
+    let (_temp, dir) = run_dir(args.dir.as_deref())?;
+    let (plan, server) = prepare_plan(args, seed, &dir)?;
+    let aborts_wanted = if args.no_failpoints { 0 } else { args.aborts };
+    let schedule = FaultSchedule::generate(
+        seed,
+        args.kills,
+        aborts_wanted,
+        args.panic_rate,
+        args.delegate == DelegateMode::AtLeastOnce,
+    );
+    let stats = RunStats {
+        seed,
+        delegate: args.delegate.name().to_owned(),
+        dir: args.dir.as_ref().map(|dir| dir.display().to_string()),
+        ..RunStats::default()
+    };
+    let config = LoopConfig {
+        dir: &dir,
+        plan: &plan,
+        schedule: &schedule,
+        aborts_wanted: aborts_wanted as u64,
+        mode: args.delegate,
+        expected_run_s: args.expected_run_s,
+        measured: None,
+        final_timeout: Duration::from_secs(args.final_timeout_s),
+        show_progress: true,
+        seed,
+    };
+    let launcher = SubcommandLauncher {
+        exe: std::env::current_exe().context("locating the session-harness binary")?,
+    };
+    let outcome = crash_loop(&config, &launcher, stats)?;
+    let origin_facts = match &server {
+        Some(origin) => {
+            let facts = OriginFacts::from(&origin.counters());
+            facts.save(&dir)?;
+            Some(facts)
+        }
+        None => None,
+    };
+    let mut stats = outcome.stats;
+    stats.bytes_downloaded = origin_facts.as_ref().map_or(0, |facts| facts.body_bytes);
+    let facts = Facts::collect(&dir, origin_facts)?;
+    stats.wall_s = started.elapsed().as_secs_f64();
+    let report = conclude(&dir, &plan, &facts, stats, &outcome.faulted_runs)?;
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        report.write_json(path)?;
+    }
+    if let Some(kept) = &args.dir {
+        eprintln!("crash: run directory kept in {}", kept.display());
+    }
+    drop(server);
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn check_args(args: &CrashArgs) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&args.panic_rate) {
+        bail!("--panic-rate must be between 0 and 1");
+    }
+    if args
+        .expected_run_s
+        .is_some_and(|seconds| !(seconds.is_finite() && seconds > 0.0))
+    {
+        bail!("--expected-run-s must be a positive number of seconds");
+    }
+    Ok(())
+}
+
+/// The run directory: the one given (new or empty), else a temporary one (removed when
+/// the returned guard drops).
+fn run_dir(kept: Option<&Path>) -> anyhow::Result<(Option<tempfile::TempDir>, PathBuf)> {
+    match kept {
+        Some(dir) => {
+            if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+                bail!("{} is not empty; give a new directory", dir.display());
+            }
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            Ok((None, dir.to_path_buf()))
+        }
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("bgsession-crash-")
+                .tempdir()
+                .context("creating a temporary directory")?;
+            let path = temp.path().to_path_buf();
+            Ok((Some(temp), path))
+        }
+    }
+}
+
+/// The plan (generated against a built-in origin, or from a manifest against someone
+/// else's server), saved in the run directory with its upload sources.
+fn prepare_plan(
+    args: &CrashArgs,
+    seed: u64,
+    dir: &Path,
+) -> anyhow::Result<(Plan, Option<OriginHandle>)> {
+    let (plan, server) = match (&args.origin, &args.manifest) {
+        (Some(origin), Some(manifest_path)) => {
+            let plan = manifest::load(manifest_path, origin.trim_end_matches('/'), seed)?;
+            (plan, None)
+        }
+        (None, None) => {
+            let content_seed = seed.rotate_left(17) ^ 0x0005_EED0_FC04_7E47;
+            let origin = Origin::start_in_thread(OriginConfig {
+                seed: content_seed,
+                port: 0,
+            })
+            .context("starting the origin on 127.0.0.1")?;
+            let plan = plan::generate(&PlanShape {
+                seed,
+                sessions: args.sessions,
+                tasks: args.tasks,
+                origin: origin.url(""),
+                content_seed,
+                dir: dir.to_path_buf(),
+            });
+            (plan, Some(origin))
+        }
+        _ => bail!("--origin and --manifest go together"),
+    };
+    plan.save(dir)?;
+    plan::write_upload_sources(&plan)?;
+    Ok((plan, server))
+}
+
+/// The verdict of a finished loop: the verifier over the facts, and the share of events
+/// delivered by runs that were later killed or aborted; writes `run.json`.
+///
+/// # Errors
+/// `run.json` cannot be written.
+pub(crate) fn conclude(
+    dir: &Path,
+    plan: &Plan,
+    facts: &Facts,
+    mut stats: RunStats,
+    faulted_runs: &BTreeSet<u32>,
+) -> anyhow::Result<Report> {
+    let (under_faults, delivered) = events_under_faults(&facts.ledger, faulted_runs);
+    stats.events_under_faults = under_faults;
+    stats.events_under_faults_share = if delivered == 0 {
+        0.0
+    } else {
+        under_faults as f64 / delivered as f64
+    };
+    let findings = verifier::verify(plan, facts);
+    let report = Report::new(stats, findings);
+    std::fs::write(
+        dir.join(RUN_FILE_NAME),
+        serde_json::to_string_pretty(&report.run)?,
+    )?;
+    Ok(report)
 }
 
 /// How one worker run ended.
@@ -74,288 +526,66 @@ enum RunEnd {
 struct WorkerOutput {
     panics: AtomicU64,
     restarts: AtomicU64,
+    /// The last `progress` line.
+    progress: Mutex<Option<schedule::Progress>>,
     done: AtomicBool,
+    ready_at: Mutex<Option<Instant>>,
 }
 
-/// Runs `session-harness crash`.
-///
-/// # Errors
-/// Setup failures (exit 2); a failed verification is `Ok(ExitCode::from(1))`.
-pub fn run(args: &CrashArgs) -> anyhow::Result<ExitCode> {
-    let started = Instant::now();
-    if !(0.0..=1.0).contains(&args.panic_rate) {
-        bail!("--panic-rate must be between 0 and 1");
-    }
-    if args.kill_ms_min > args.kill_ms_max || args.kill_ms_max == 0 {
-        bail!("--kill-ms-min must not exceed --kill-ms-max, which must be positive");
-    }
-    let seed = args.seed.unwrap_or_else(rand::random);
-    eprintln!("crash: seed {seed} (repeat with --seed {seed})");
-
-    let temp;
-    let dir: PathBuf = match &args.dir {
-        Some(dir) => {
-            if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-                bail!("{} is not empty; give a new directory", dir.display());
-            }
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            dir.clone()
-        }
-        None => {
-            temp = tempfile::Builder::new()
-                .prefix("bgsession-crash-")
-                .tempdir()
-                .context("creating a temporary directory")?;
-            temp.path().to_path_buf()
-        }
-    };
-    std::fs::create_dir_all(dir.join("logs"))?;
-
-    let (plan, server) = match (&args.origin, &args.manifest) {
-        (Some(origin), Some(manifest_path)) => {
-            let plan = manifest::load(manifest_path, origin.trim_end_matches('/'), seed)?;
-            (plan, Server::External)
-        }
-        (None, None) => {
-            let content_seed = seed.rotate_left(17) ^ 0x0005_EED0_FC04_7E47;
-            let origin = Origin::start_in_thread(OriginConfig {
-                seed: content_seed,
-                port: 0,
-            })
-            .context("starting the origin on 127.0.0.1")?;
-            let plan = plan::generate(&PlanShape {
-                seed,
-                sessions: args.sessions,
-                tasks: args.tasks,
-                origin: origin.url(""),
-                content_seed,
-                dir: dir.clone(),
-            });
-            (plan, Server::BuiltIn(origin))
-        }
-        _ => bail!("--origin and --manifest go together"),
-    };
-    plan.save(&dir)?;
-    plan::write_upload_sources(&plan)?;
-
-    let mut stats = RunStats {
-        seed,
-        delegate: match args.delegate {
-            DelegateMode::Transactional => "transactional".into(),
-            DelegateMode::AtLeastOnce => "at-least-once".into(),
-        },
-        dir: args.dir.as_ref().map(|dir| dir.display().to_string()),
-        ..RunStats::default()
-    };
-    let exe = std::env::current_exe().context("locating the session-harness binary")?;
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x0C4A_5800_0000_0001);
-    let progress = Progress::new(args);
-    let aborts_wanted = if args.no_failpoints { 0 } else { args.aborts };
-    let runs_max = (args.kills + aborts_wanted) as u64 + EXTRA_RUNS_MAX;
-    let mut chooser = FailPointChooser::default();
-
-    while (stats.kills < args.kills as u64 || stats.failpoint_aborts < aborts_wanted as u64)
-        && stats.runs < runs_max
-    {
-        let abort_run = stats.failpoint_aborts < aborts_wanted as u64
-            && (stats.kills >= args.kills as u64 || rng.gen_bool(abort_share(args)));
-        let failpoint = abort_run.then(|| chooser.choose(&mut rng, args.delegate));
-        let limit = match &failpoint {
-            Some(_) => FAILPOINT_RUN_MAX,
-            None => Duration::from_millis(rng.gen_range(args.kill_ms_min..=args.kill_ms_max)),
-        };
-        stats.runs += 1;
-        let worker = Worker {
-            exe: &exe,
-            dir: &dir,
-            run: stats.runs,
-            delegate: args.delegate,
-            panic_rate: args.panic_rate,
-            failpoints: failpoint.as_ref().map(|(spec, _)| spec.clone()),
-        };
-        let (end, output) = worker.run(limit)?;
-        stats.delegate_panics += output.panics.load(Ordering::Relaxed);
-        stats.supervisor_restarts += output.restarts.load(Ordering::Relaxed);
-        if let Some((_, index)) = &failpoint {
-            chooser.record(*index, end == RunEnd::Aborted);
-        }
-        match end {
-            RunEnd::Killed => stats.kills += 1,
-            RunEnd::Aborted => {
-                stats.failpoint_aborts += 1;
-                let name = failpoint.map_or("unarmed", |(_, index)| FAIL_POINTS[index].0);
-                *stats
-                    .aborts_by_failpoint
-                    .entry(name.to_owned())
-                    .or_default() += 1;
-            }
-            RunEnd::Finished => {
-                // Every later worker would find nothing left to do.
-                stats.finished_early += 1;
-                progress.show(&stats, started);
-                eprintln!(
-                    "\ncrash: the plan finished after {} kills and {} aborts; a larger plan \
-                     (--sessions, --tasks) leaves room for more",
-                    stats.kills, stats.failpoint_aborts
-                );
-                break;
-            }
-            RunEnd::Failed(why) => stats
-                .run_violations
-                .push(format!("worker run {} failed: {why}", stats.runs)),
-        }
-        progress.show(&stats, started);
-    }
-    progress.finish();
-
-    // The last run: no kills, no fail points, no panics; it must finish the plan.
-    stats.runs += 1;
-    let final_started = Instant::now();
-    let worker = Worker {
-        exe: &exe,
-        dir: &dir,
-        run: stats.runs,
-        delegate: args.delegate,
-        panic_rate: 0.0,
-        failpoints: None,
-    };
-    let (end, output) = worker.run(Duration::from_secs(args.final_timeout_s))?;
-    stats.final_run_s = final_started.elapsed().as_secs_f64();
-    stats.supervisor_restarts += output.restarts.load(Ordering::Relaxed);
-    match end {
-        RunEnd::Finished => {}
-        RunEnd::Killed => {
-            let stuck = inspect::unfinished(&dir, &plan)
-                .unwrap_or_else(|error| vec![format!("(the store could not be read: {error:#})")]);
-            stats.run_violations.push(format!(
-                "did not finish: the last worker, without faults, was still running after {} s; unfinished: {}",
-                args.final_timeout_s,
-                stuck.join("; ")
-            ));
-        }
-        RunEnd::Aborted => stats
-            .run_violations
-            .push("the last worker aborted without an armed fail point".to_owned()),
-        RunEnd::Failed(why) => stats
-            .run_violations
-            .push(format!("the last worker failed: {why}")),
+impl WorkerOutput {
+    fn progress(&self) -> Option<schedule::Progress> {
+        *self.progress.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    let origin_facts = match &server {
-        Server::BuiltIn(origin) => {
-            let facts = OriginFacts::from(&origin.counters());
-            facts.save(&dir)?;
-            Some(facts)
-        }
-        Server::External => None,
-    };
-    stats.bytes_downloaded = origin_facts.as_ref().map_or(0, |facts| facts.body_bytes);
-    let facts = Facts::collect(&dir, origin_facts)?;
-    let findings = verifier::verify(&plan, &facts);
-    stats.wall_s = started.elapsed().as_secs_f64();
-    let report = Report::new(stats, findings);
-    std::fs::write(
-        dir.join(RUN_FILE_NAME),
-        serde_json::to_string_pretty(&report.run)?,
-    )?;
-    print!("{}", report.table());
-    if let Some(path) = &args.json {
-        report.write_json(path)?;
-    }
-    if let Some(kept) = &args.dir {
-        eprintln!("crash: run directory kept in {}", kept.display());
-    }
-    drop(server);
-    Ok(if report.passed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
-}
-
-/// The share of runs that arm a fail point, so that aborts and kills are spread over
-/// the whole loop.
-fn abort_share(args: &CrashArgs) -> f64 {
-    let total = (args.kills + args.aborts).max(1) as f64;
-    (args.aborts as f64 / total).clamp(0.05, 0.95)
-}
-
-/// Chooses the fail points to arm, skipping those that stopped firing.
-#[derive(Debug, Default)]
-struct FailPointChooser {
-    /// Runs in a row each fail point was armed and did not fire.
-    misses: [u32; FAIL_POINTS.len()],
-}
-
-impl FailPointChooser {
-    /// A `FAILPOINTS` value that aborts at a random hit of one fail point, and the
-    /// point's index. With the at-least-once delegate, most runs aim between the
-    /// delegate and the commit of the cursor, where that delegate duplicates.
-    fn choose(&self, rng: &mut StdRng, delegate: DelegateMode) -> (String, usize) {
-        let live: Vec<usize> = (0..FAIL_POINTS.len())
-            .filter(|&index| self.misses[index] < FAILPOINT_MISSES_MAX)
-            .collect();
-        let index = match delegate {
-            DelegateMode::AtLeastOnce
-                if live.contains(&DELEGATE_BEFORE_COMMIT) && rng.gen_bool(0.8) =>
-            {
-                DELEGATE_BEFORE_COMMIT
-            }
-            DelegateMode::Transactional | DelegateMode::AtLeastOnce => {
-                // The store's points always have work (every run commits); when nothing
-                // else fires any more, they remain.
-                let pool = if live.is_empty() { vec![0, 1] } else { live };
-                pool[rng.gen_range(0..pool.len())]
-            }
-        };
-        let (name, hits_max) = FAIL_POINTS[index];
-        let hits = rng.gen_range(0..=hits_max);
-        let spec = if hits == 0 {
-            format!("{name}=return(abort)")
-        } else {
-            format!("{name}={hits}*off->return(abort)")
-        };
-        (spec, index)
-    }
-
-    fn record(&mut self, index: usize, fired: bool) {
-        self.misses[index] = if fired { 0 } else { self.misses[index] + 1 };
+    fn ready_at(&self) -> Option<Instant> {
+        *self.ready_at.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// One worker process to start.
-struct Worker<'a> {
-    exe: &'a Path,
-    dir: &'a Path,
-    run: u64,
-    delegate: DelegateMode,
-    panic_rate: f64,
+struct WorkerProcess<'a> {
+    launcher: &'a dyn Launch,
+    run: &'a WorkerRun,
     failpoints: Option<String>,
 }
 
-impl Worker<'_> {
+/// A worker run that ended.
+struct Ended {
+    end: RunEnd,
+    output: Arc<WorkerOutput>,
+    started: Instant,
+    stopped: Instant,
+    elapsed: Duration,
+}
+
+impl Ended {
+    /// From start to "ready", if the worker got there.
+    fn startup(&self) -> Option<Duration> {
+        self.output
+            .ready_at()
+            .map(|ready| ready.saturating_duration_since(self.started))
+    }
+
+    /// From "ready" to the end (zero if it never got ready).
+    fn work(&self) -> Duration {
+        self.output.ready_at().map_or(Duration::ZERO, |ready| {
+            self.stopped.saturating_duration_since(ready)
+        })
+    }
+}
+
+impl WorkerProcess<'_> {
     /// Starts the worker and waits until it ends or `limit` passes (then SIGKILL).
-    fn run(&self, limit: Duration) -> anyhow::Result<(RunEnd, Arc<WorkerOutput>)> {
+    fn run(&self, limit: Duration) -> anyhow::Result<Ended> {
         let log_path = self
+            .run
             .dir
             .join("logs")
-            .join(format!("run-{:04}.stderr", self.run));
+            .join(format!("run-{:04}.stderr", self.run.run));
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
-        let mut command = Command::new(self.exe);
+        let mut command = self.launcher.command(self.run)?;
         command
-            .arg("worker")
-            .arg("--dir")
-            .arg(self.dir)
-            .arg("--run")
-            .arg(self.run.to_string())
-            .arg("--panic-rate")
-            .arg(self.panic_rate.to_string())
-            .arg("--delegate")
-            .arg(match self.delegate {
-                DelegateMode::Transactional => "transactional",
-                DelegateMode::AtLeastOnce => "at-least-once",
-            })
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
@@ -364,15 +594,14 @@ impl Worker<'_> {
             None => command.env_remove("FAILPOINTS"),
         };
         let started = Instant::now();
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("starting {} worker", self.exe.display()))?;
+        let mut child = command.spawn().context("starting a worker process")?;
         let output = Arc::new(WorkerOutput::default());
         let reader = child.stdout.take().map(|stdout| {
             let output = Arc::clone(&output);
             thread::spawn(move || read_output(stdout, &output))
         });
         let status = wait_or_kill(&mut child, started + limit)?;
+        let stopped = Instant::now();
         if let Some(reader) = reader {
             // The pipe closes when the child is gone, so this ends.
             let _ = reader.join();
@@ -392,7 +621,13 @@ impl Worker<'_> {
                 stderr_tail(&log_path)
             )),
         };
-        Ok((end, output))
+        Ok(Ended {
+            end,
+            output,
+            started,
+            stopped,
+            elapsed: stopped.saturating_duration_since(started),
+        })
     }
 }
 
@@ -414,15 +649,34 @@ fn wait_or_kill(child: &mut Child, deadline: Instant) -> anyhow::Result<ExitStat
 fn read_output(stdout: std::process::ChildStdout, output: &WorkerOutput) {
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
+        let Some((_, line)) = line.rsplit_once(PROTOCOL_MARKER) else {
+            continue;
+        };
         let line = line.trim();
         if line == "event panic" {
             output.panics.fetch_add(1, Ordering::Relaxed);
         } else if line == "done" {
             output.done.store(true, Ordering::Relaxed);
+        } else if line == "ready" {
+            *output
+                .ready_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         } else if let Some(count) = line.strip_prefix("restarts ")
             && let Ok(count) = count.parse::<u64>()
         {
             output.restarts.fetch_max(count, Ordering::Relaxed);
+        } else if let Some(progress) = line.strip_prefix("progress ")
+            && let Some((delivered, remaining_s)) = progress.split_once(' ')
+            && let (Ok(delivered), Ok(remaining_s)) = (delivered.parse(), remaining_s.parse())
+        {
+            *output
+                .progress
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(schedule::Progress {
+                delivered,
+                remaining_s,
+            });
         }
     }
 }
@@ -441,31 +695,38 @@ fn stderr_tail(path: &Path) -> String {
 }
 
 /// The progress line on stderr: rewritten in place on a terminal, a line every ten runs
-/// otherwise.
+/// otherwise; nothing when not shown.
 struct Progress {
+    shown: bool,
     terminal: bool,
     kills: usize,
     aborts: usize,
 }
 
 impl Progress {
-    fn new(args: &CrashArgs) -> Progress {
+    fn new(shown: bool, kills: usize, aborts: usize) -> Progress {
         Progress {
+            shown,
             terminal: std::io::stderr().is_terminal(),
-            kills: args.kills,
-            aborts: if args.no_failpoints { 0 } else { args.aborts },
+            kills,
+            aborts,
         }
     }
 
-    fn show(&self, stats: &RunStats, started: Instant) {
+    fn show(&self, stats: &RunStats, pacer: &Pacer, started: Instant) {
+        if !self.shown {
+            return;
+        }
         let line = format!(
-            "crash: run {:>3}  kills {:>3}/{}  aborts {:>2}/{}  panics {:>3}  {:>5.1} s",
+            "crash: run {:>3}  kills {:>3}/{}  aborts {:>2}/{}  panics {:>3}  work {:>5.1} of ~{:.1} s  {:>5.1} s",
             stats.runs,
             stats.kills,
             self.kills,
             stats.failpoint_aborts,
             self.aborts,
             stats.delegate_panics,
+            pacer.work_s(),
+            pacer.expected_s(),
             started.elapsed().as_secs_f64()
         );
         if self.terminal {
@@ -476,7 +737,20 @@ impl Progress {
         }
     }
 
+    fn finished_early(&self, stats: &RunStats) {
+        if self.shown {
+            eprintln!(
+                "\ncrash: the plan finished after {} kills and {} aborts, {} faults of the \
+                 schedule unused; a larger plan (--sessions, --tasks) leaves room for more",
+                stats.kills, stats.failpoint_aborts, stats.faults_unused
+            );
+        }
+    }
+
     fn finish(&self) {
+        if !self.shown {
+            return;
+        }
         if self.terminal {
             eprintln!();
         }

@@ -196,14 +196,52 @@ pub enum PlanSource {
         /// The manifest file.
         path: PathBuf,
     },
+    /// A test kit workload ([`crate::testkit::Workload`]), against the built-in origin
+    /// (and any URL its tasks name), with the completions its batches store.
+    Workload {
+        /// The origin's content seed.
+        content_seed: u64,
+        /// The completion each generation stores; a generation not listed stores none.
+        completions: Vec<PlannedCompletion>,
+    },
 }
+
+/// The completion one generation of a test kit workload stores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedCompletion {
+    /// The session.
+    pub session: String,
+    /// The plan generation.
+    pub generation: u64,
+    /// The registered handler's name.
+    pub name: String,
+    /// The payload the handler receives.
+    pub payload: Vec<u8>,
+}
+
+/// The separator between the harness's tag (`session/generation`) and the application's
+/// payload in a stored completion payload. Identifiers cannot contain it.
+const PAYLOAD_SEPARATOR: u8 = 0;
+/// Start-up and delivery time a task costs beyond its transfer, in seconds.
+const TASK_BASE_S: f64 = 0.01;
+/// What a generation's "did finish events" and completion cost, in seconds.
+const GENERATION_BASE_S: f64 = 0.05;
+/// What one retry without Retry-After costs (the plans' first backoff), in seconds.
+const RETRY_BASE_S: f64 = 0.05;
+/// Half a second of rounding of Retry-After dates to whole seconds.
+const DATE_ROUNDING_S: f64 = 0.5;
+/// Transfers at once that the expected-run estimate assumes (the worker's per-host
+/// connection limit).
+const CONNECTIONS_ASSUMED: f64 = 32.0;
+/// A fault program with at least this many `times` applies to every request.
+const TIMES_FOREVER: u32 = 1000;
 
 /// The whole plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     /// The run's seed.
     pub seed: u64,
-    /// Generated or from a manifest.
+    /// Generated, from a manifest, or from a test kit workload.
     pub source: PlanSource,
     /// The base URL of the server (`http://127.0.0.1:PORT`).
     pub origin: String,
@@ -234,9 +272,90 @@ impl Plan {
         self.tasks().count()
     }
 
-    /// How many generations (and so completions) the plan has.
+    /// How many generations the plan has.
     pub fn generation_count(&self) -> usize {
         self.sessions.iter().map(|s| s.generations.len()).sum()
+    }
+
+    /// How many completions the plan stores: one per generation, except the
+    /// generations of a test kit workload whose batch stores none.
+    pub fn completion_count(&self) -> usize {
+        self.sessions
+            .iter()
+            .flat_map(|session| {
+                session.generations.iter().filter(|generation| {
+                    self.completion_for(&session.id, generation.number)
+                        .is_some()
+                })
+            })
+            .count()
+    }
+
+    /// The events (and so ledger entries) a finished plan has delivered: one per task,
+    /// one "did finish events" per generation, one per completion.
+    pub fn expected_events(&self) -> u64 {
+        (self.task_count() + self.generation_count() + self.completion_count()) as u64
+    }
+
+    /// The completion a generation stores, as `(name, application payload)`: the
+    /// harness's own for generated and manifest plans, the batch's for a test kit
+    /// workload.
+    pub fn completion_for(&self, session: &str, generation: u64) -> Option<(&str, &[u8])> {
+        match &self.source {
+            PlanSource::Generated { .. } | PlanSource::Manifest { .. } => {
+                Some((COMPLETION_NAME, &[]))
+            }
+            PlanSource::Workload { completions, .. } => completions
+                .iter()
+                .find(|c| c.session == session && c.generation == generation)
+                .map(|c| (c.name.as_str(), c.payload.as_slice())),
+        }
+    }
+
+    /// The built-in origin's content seed, when the plan runs against it.
+    pub fn content_seed(&self) -> Option<u64> {
+        match self.source {
+            PlanSource::Generated { content_seed } | PlanSource::Workload { content_seed, .. } => {
+                Some(content_seed)
+            }
+            PlanSource::Manifest { .. } => None,
+        }
+    }
+
+    /// The expected run: about how long one worker takes to finish the plan without
+    /// faults, in seconds, from what the plan knows (see [`Plan::remaining_run_s`]).
+    pub fn expected_run_s(&self) -> f64 {
+        self.remaining_run_s(|_, _| TaskProgress::Open { bytes_done: 0 })
+    }
+
+    /// The expected run left, in seconds, given how far each task has come. Each
+    /// session runs its generations one after the other, each as long as its slowest
+    /// open task: a paced (dripped) download for the bytes it still lacks, Retry-After
+    /// waits, retries after resets. Transfers to someone else's server count only their
+    /// base cost. A lower bound: start-up, connection set-up and the writer's commits
+    /// come on top.
+    pub fn remaining_run_s(&self, progress: impl Fn(&str, &PlannedTask) -> TaskProgress) -> f64 {
+        let mut longest_session_s: f64 = 0.0;
+        let mut all_tasks_s = 0.0;
+        for session in &self.sessions {
+            let mut session_s = 0.0;
+            for generation in &session.generations {
+                let mut slowest_s: Option<f64> = None;
+                for task in &generation.tasks {
+                    let TaskProgress::Open { bytes_done } = progress(&session.id, task) else {
+                        continue;
+                    };
+                    let task_s = TASK_BASE_S + fault_cost_s(task, bytes_done);
+                    all_tasks_s += task_s;
+                    slowest_s = Some(slowest_s.map_or(task_s, |slowest| slowest.max(task_s)));
+                }
+                if let Some(slowest_s) = slowest_s {
+                    session_s += slowest_s + GENERATION_BASE_S;
+                }
+            }
+            longest_session_s = longest_session_s.max(session_s);
+        }
+        longest_session_s.max(all_tasks_s / CONNECTIONS_ASSUMED)
     }
 
     /// Writes `plan.json` into `dir`.
@@ -280,12 +399,108 @@ impl Plan {
         format!("{session}/{generation}").into_bytes()
     }
 
-    /// The inverse of [`Plan::completion_payload`].
+    /// The payload the worker stores for a generation's completion: the tag of
+    /// [`Plan::completion_payload`] and, when the application has one, a separator and
+    /// the application's payload (which its handler receives alone).
+    pub fn stored_completion_payload(session: &str, generation: u64, payload: &[u8]) -> Vec<u8> {
+        let mut stored = Plan::completion_payload(session, generation);
+        if !payload.is_empty() {
+            stored.push(PAYLOAD_SEPARATOR);
+            stored.extend_from_slice(payload);
+        }
+        stored
+    }
+
+    /// The application's part of a stored completion payload (empty if it has none).
+    pub fn application_payload(stored: &[u8]) -> &[u8] {
+        match stored.iter().position(|byte| *byte == PAYLOAD_SEPARATOR) {
+            Some(at) => &stored[at + 1..],
+            None => &[],
+        }
+    }
+
+    /// The session and plan generation a stored completion payload names (the inverse
+    /// of [`Plan::completion_payload`], ignoring an application payload).
     pub fn parse_completion_payload(payload: &[u8]) -> Option<(String, u64)> {
-        let text = std::str::from_utf8(payload).ok()?;
+        let tag = match payload.iter().position(|byte| *byte == PAYLOAD_SEPARATOR) {
+            Some(at) => &payload[..at],
+            None => payload,
+        };
+        let text = std::str::from_utf8(tag).ok()?;
         let (session, generation) = text.rsplit_once('/')?;
         Some((session.to_owned(), generation.parse().ok()?))
     }
+}
+
+/// How far a task has come, for [`Plan::remaining_run_s`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskProgress {
+    /// Not terminal yet; a download has this many bytes in its `.part` file.
+    Open {
+        /// Bytes downloaded and kept so far.
+        bytes_done: u64,
+    },
+    /// Terminal.
+    Done,
+}
+
+/// What a task's fault program costs an uninterrupted run from `bytes_done` on, in
+/// seconds (see `origin/fault_table.md`; the program's `times` is read from the URL).
+fn fault_cost_s(task: &PlannedTask, bytes_done: u64) -> f64 {
+    let Some(program) = &task.fault else {
+        return 0.0;
+    };
+    let times = url_query(&task.url, "times")
+        .and_then(|value| value.parse::<u32>().ok())
+        .unwrap_or(1);
+    let mut parts = program.split(':');
+    let kind = parts.next().unwrap_or_default();
+    let first = parts.next().and_then(|value| value.parse::<u64>().ok());
+    let second = parts.next();
+    match kind {
+        "drip" => {
+            let piece = first.unwrap_or(1).max(1);
+            let interval_s = second
+                .and_then(|value| value.parse::<u64>().ok())
+                .unwrap_or(0) as f64
+                / 1000.0;
+            let bytes_left = task.bytes.unwrap_or(0).saturating_sub(bytes_done);
+            let pieces = bytes_left.div_ceil(piece) as f64;
+            // A drip of every request paces the whole body; one of the first requests
+            // only, about that many bodies (a resumed request is shorter).
+            let bodies = if times >= TIMES_FOREVER {
+                1.0
+            } else {
+                f64::from(times.min(3))
+            };
+            pieces * interval_s * bodies
+        }
+        "status" => {
+            let retryable = matches!(first, Some(408 | 429 | 500 | 502 | 503 | 504));
+            if !retryable || times >= TIMES_FOREVER {
+                return 0.0;
+            }
+            let wait_s = match second {
+                Some(value) => match value.strip_prefix("date+") {
+                    Some(seconds) => seconds.parse::<f64>().unwrap_or(0.0) + DATE_ROUNDING_S,
+                    None => value.parse::<f64>().unwrap_or(RETRY_BASE_S),
+                },
+                None => RETRY_BASE_S,
+            };
+            f64::from(times) * wait_s
+        }
+        "reset" => f64::from(times.min(TIMES_FOREVER)) * RETRY_BASE_S,
+        _ => 0.0,
+    }
+}
+
+/// The value of a query parameter of a URL, undecoded.
+fn url_query<'a>(url: &'a str, name: &str) -> Option<&'a str> {
+    let (_, query) = url.split_once('?')?;
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then_some(value)
+    })
 }
 
 /// What [`generate`] is asked for.
@@ -515,7 +730,7 @@ pub fn upload_url(origin: &str, object: &str, bytes: u64, fault: Option<&(String
 /// # Errors
 /// I/O errors.
 pub fn write_upload_sources(plan: &Plan) -> anyhow::Result<()> {
-    let PlanSource::Generated { content_seed } = plan.source else {
+    let Some(content_seed) = plan.content_seed() else {
         return Ok(());
     };
     for (file, object, bytes) in plan.upload_sources() {
@@ -567,5 +782,38 @@ mod tests {
             Some(("s001".to_owned(), 2))
         );
         assert_eq!(Plan::parse_completion_payload(b"garbage"), None);
+        let stored = Plan::stored_completion_payload("s001", 2, b"batch 7");
+        assert_eq!(
+            Plan::parse_completion_payload(&stored),
+            Some(("s001".to_owned(), 2))
+        );
+        assert_eq!(Plan::application_payload(&stored), b"batch 7");
+        assert_eq!(Plan::application_payload(&payload), b"");
+    }
+
+    /// The expected run follows the paced downloads: a plan's estimate is at least its
+    /// slowest drip, and grows with the drips.
+    #[test]
+    fn expected_run_follows_the_drips() {
+        let plan = generate(&shape(3));
+        let slowest_drip_s = plan
+            .tasks()
+            .map(|(_, _, task)| fault_cost_s(task, 0))
+            .fold(0.0, f64::max);
+        assert!(slowest_drip_s >= PACED_MS_MIN as f64 / 1000.0 * 0.5);
+        assert!(plan.expected_run_s() >= slowest_drip_s);
+        let task = PlannedTask {
+            id: "t".into(),
+            url: "http://h/objects/x?size=1000&fault=drip%3A100%3A10&times=1000".into(),
+            kind: PlannedKind::Data,
+            expect: Expect::Success,
+            object: None,
+            bytes: Some(1000),
+            fault: Some("drip:100:10".into()),
+        };
+        assert!((fault_cost_s(&task, 0) - 0.1).abs() < 1e-9);
+        assert!((fault_cost_s(&task, 600) - 0.04).abs() < 1e-9);
+        let done = plan.remaining_run_s(|_, _| TaskProgress::Done);
+        assert!(done.abs() < 1e-9);
     }
 }

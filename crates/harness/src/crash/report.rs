@@ -1,13 +1,14 @@
 //! The result of a crash run: one JSON object (`--json PATH`, and `run.json` in the run
 //! directory) and a table a person reads at a glance.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
+use super::ledger::LedgerEntry;
 use super::verifier::Findings;
 
 /// The run's statistics file in a run directory (read back by `verify --dir`).
@@ -15,6 +16,8 @@ pub const RUN_FILE_NAME: &str = "run.json";
 
 /// What the orchestrator did, apart from what the verifier found.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+// Fields added later read as their defaults from an older `run.json`.
+#[serde(default)]
 pub struct RunStats {
     /// The seed (repeat the plan and the kill schedule with `--seed`).
     pub seed: u64,
@@ -34,12 +37,29 @@ pub struct RunStats {
     pub supervisor_restarts: u64,
     /// Workers that finished the whole plan before the last run.
     pub finished_early: u64,
+    /// Faults of the schedule left unused because a worker finished the plan before its
+    /// fault came (that one included).
+    pub faults_unused: u64,
     /// Body bytes the origin served.
     pub bytes_downloaded: u64,
     /// Seconds from start to verdict.
     pub wall_s: f64,
     /// Seconds the last clean worker took.
     pub final_run_s: f64,
+    /// The expected run the faults were placed over, in seconds (see
+    /// [`crate::crash::schedule::Pacer`]).
+    pub expected_run_s: f64,
+    /// Seconds one fault-free worker took to finish the plan, when a run was measured
+    /// first (the test kit does).
+    pub measured_run_s: Option<f64>,
+    /// Seconds the faulted workers ran after they were ready, all runs.
+    pub fault_work_s: f64,
+    /// Distinct events (task events, "did finish events", completions) first delivered
+    /// by a run that was later killed or aborted.
+    pub events_under_faults: u64,
+    /// Their share of the distinct events delivered: how much of the work the faults
+    /// covered (the rest was done by the last clean run, or by a run that finished).
+    pub events_under_faults_share: f64,
     /// The run directory, when it was kept.
     pub dir: Option<String>,
     /// Problems the orchestrator saw (a worker error, a last run that did not finish).
@@ -111,8 +131,31 @@ impl Report {
             (
                 "faults",
                 format!(
-                    "{} kills, {} fail-point aborts, {} delegate panics, {} supervisor restarts, {} runs",
-                    r.kills, r.failpoint_aborts, r.delegate_panics, r.supervisor_restarts, r.runs
+                    "{} kills, {} fail-point aborts, {} delegate panics, {} supervisor restarts, {} runs{}",
+                    r.kills,
+                    r.failpoint_aborts,
+                    r.delegate_panics,
+                    r.supervisor_restarts,
+                    r.runs,
+                    if r.faults_unused > 0 {
+                        format!(
+                            " ({} faults unused: the plan finished first)",
+                            r.faults_unused
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
+                true,
+            ),
+            (
+                "coverage",
+                format!(
+                    "{:.0}% of events delivered by runs later killed or aborted ({}); faults over {:.1} s of work, expected run ~{:.1} s",
+                    r.events_under_faults_share * 100.0,
+                    r.events_under_faults,
+                    r.fault_work_s,
+                    r.expected_run_s
                 ),
                 true,
             ),
@@ -199,6 +242,56 @@ impl Report {
     }
 }
 
+/// How many distinct events (by session and seq) were first delivered by one of
+/// `faulted_runs`, and how many distinct events were delivered at all.
+pub fn events_under_faults(ledger: &[LedgerEntry], faulted_runs: &BTreeSet<u32>) -> (u64, u64) {
+    let mut first_run: BTreeMap<(&str, u64), u32> = BTreeMap::new();
+    for entry in ledger {
+        first_run
+            .entry((entry.session.as_str(), entry.seq))
+            .or_insert(entry.run);
+    }
+    let under = first_run
+        .values()
+        .filter(|run| faulted_runs.contains(run))
+        .count();
+    (under as u64, first_run.len() as u64)
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crash::ledger::EntryKind;
+
+    fn entry(session: &str, seq: u64, run: u32) -> LedgerEntry {
+        LedgerEntry {
+            index: 0,
+            run,
+            session: session.to_owned(),
+            generation: 1,
+            seq,
+            kind: EntryKind::DidFinish,
+        }
+    }
+
+    /// Each distinct event counts once, for the run that first delivered it: under
+    /// faults when that run was killed or aborted.
+    #[test]
+    fn events_under_faults_count_first_deliveries() {
+        let ledger = [
+            entry("s", 0, 1),
+            entry("s", 1, 2),
+            // Delivered again by the clean run: still run 1's.
+            entry("s", 0, 3),
+            entry("t", 0, 3),
+        ];
+        let faulted: BTreeSet<u32> = [1, 2].into_iter().collect();
+        assert_eq!(events_under_faults(&ledger, &faulted), (2, 3));
+        assert_eq!(events_under_faults(&ledger, &BTreeSet::new()), (0, 3));
+        assert_eq!(events_under_faults(&[], &faulted), (0, 0));
+    }
 }

@@ -8,8 +8,9 @@
 //!   exactly once (no duplicate, no gap) and in sequence order (2), each task's terminal
 //!   record points to the one event that reported it, with the same outcome (1);
 //! - each store generation's "did finish events" came once, after its last task event (3);
-//! - each planned generation's completion ran once, after "did finish events" of the
-//!   store generation it was stored for and after every one of its task events (4);
+//! - each planned generation's completion (the one the plan says it stores, by name)
+//!   ran once, after "did finish events" of the store generation it was stored for and
+//!   after every one of its task events (4); no other completion ran;
 //! - each delivered download's file existed when the delegate ran and had the origin's
 //!   SHA-256, and no delivered file is left behind (6);
 //! - uploads reported as successful were stored by the origin; the origin's suppressed
@@ -25,7 +26,7 @@ use session_store::{TaskRecord, TaskState};
 
 use super::facts::Facts;
 use super::ledger::{EntryKind, LedgerEntry};
-use super::plan::{COMPLETION_NAME, Plan, PlannedKind, PlannedTask};
+use super::plan::{Plan, PlannedKind, PlannedTask};
 
 /// Example sentences kept per kind of violation; the rest are counted.
 const EXAMPLES_PER_KIND: usize = 8;
@@ -135,7 +136,7 @@ pub fn verify(plan: &Plan, facts: &Facts) -> Findings {
     let mut findings = Findings {
         sessions: plan.sessions.len(),
         tasks: plan.task_count(),
-        completions_expected: plan.generation_count() as u64,
+        completions_expected: plan.completion_count() as u64,
         ..Findings::default()
     };
     let mut violations = Violations::default();
@@ -543,8 +544,10 @@ fn check_session(
         match Plan::parse_completion_payload(payload) {
             Some((session_named, generation))
                 if session_named == id
-                    && name == COMPLETION_NAME
-                    && session.generations.iter().any(|g| g.number == generation) =>
+                    && session.generations.iter().any(|g| g.number == generation)
+                    && plan
+                        .completion_for(id, generation)
+                        .is_some_and(|(stored, _)| stored == name) =>
             {
                 completions.entry(generation).or_default().push(entry);
             }
@@ -559,6 +562,11 @@ fn check_session(
     }
     for generation in &session.generations {
         let runs = completions.remove(&generation.number).unwrap_or_default();
+        if plan.completion_for(id, generation.number).is_none() {
+            // A test kit batch without a completion: nothing may run (a run would have
+            // been reported as unplanned above).
+            continue;
+        }
         let Some(first) = runs.first() else {
             violations.add(
                 "completion missing",
@@ -626,7 +634,6 @@ fn check_session(
             );
         }
     }
-    let _ = plan;
 }
 
 /// Item 6 for one delivered task event: the file existed at delivery with the right bytes.
@@ -697,5 +704,155 @@ fn describe(kind: &EntryKind) -> String {
         EntryKind::Task { task, outcome, .. } => format!("task {task} {outcome}"),
         EntryKind::DidFinish => "\"did finish events\"".to_owned(),
         EntryKind::Completion { name, .. } => format!("completion {name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use session_store::{
+        Outcome, ResponseSummary, SessionConfig, SessionId, SessionRecord, SessionState, TaskId,
+        TaskKind,
+    };
+
+    use super::*;
+    use crate::testkit::{BatchWork, SessionWork, TaskWork, Workload};
+
+    /// A test kit plan: session `s`, batch 1 (task `a`) stores completion `done` with an
+    /// application payload, batch 2 (task `b`) stores none.
+    fn plan() -> Plan {
+        Workload::new(vec![SessionWork::new(
+            "s",
+            vec![
+                BatchWork::new(vec![TaskWork::data("a", 10)])
+                    .with_completion("done", b"first".to_vec()),
+                BatchWork::new(vec![TaskWork::data("b", 10)]),
+            ],
+        )])
+        .plan(1, "http://127.0.0.1:1", 1, Path::new("/run"))
+    }
+
+    fn entry(index: u64, generation: u64, seq: u64, kind: EntryKind) -> LedgerEntry {
+        LedgerEntry {
+            index,
+            run: 1,
+            session: "s".to_owned(),
+            generation,
+            seq,
+            kind,
+        }
+    }
+
+    fn task_entry(index: u64, generation: u64, seq: u64, task: &str) -> LedgerEntry {
+        let kind = EntryKind::Task {
+            task: task.to_owned(),
+            outcome: "success".to_owned(),
+            file: None,
+        };
+        entry(index, generation, seq, kind)
+    }
+
+    fn completion(name: &str, generation: u64) -> EntryKind {
+        EntryKind::Completion {
+            name: name.to_owned(),
+            payload: Plan::stored_completion_payload("s", generation, b"first"),
+        }
+    }
+
+    /// Events 0..5: a, did finish, the completion (generation 1); b, did finish (2).
+    fn clean() -> Facts {
+        let id = SessionId::new("s").expect("a valid id");
+        let session = SessionRecord {
+            state: SessionState::Finished,
+            generation: 2,
+            next_event_seq: 5,
+            delivered_seq: 5,
+            completion_generation: 1,
+            ..SessionRecord::new(id.clone(), SessionConfig::default(), 0)
+        };
+        let task = |name: &str, generation: u64, event_seq: u64| TaskRecord {
+            session: id.clone(),
+            id: TaskId::new(name).expect("a valid id"),
+            generation,
+            kind: TaskKind::Data,
+            request: Vec::new(),
+            created_ms: 0,
+            state: TaskState::Completed {
+                outcome: Outcome::Success(ResponseSummary {
+                    status: 200,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                    file: None,
+                    bytes: 10,
+                }),
+                event_seq,
+                finished_ms: 0,
+            },
+            wait: None,
+        };
+        Facts {
+            ledger: vec![
+                task_entry(0, 1, 0, "a"),
+                entry(1, 1, 1, EntryKind::DidFinish),
+                entry(2, 1, 2, completion("done", 1)),
+                task_entry(3, 2, 3, "b"),
+                entry(4, 2, 4, EntryKind::DidFinish),
+            ],
+            sessions: vec![session],
+            tasks: vec![task("a", 1, 0), task("b", 2, 3)],
+            ..Facts::default()
+        }
+    }
+
+    /// The completions a test kit plan stores are checked by their own names: the
+    /// clean run passes with one completion expected, and no completion is expected of
+    /// the batch that stores none.
+    #[test]
+    fn workload_completions_pass_by_their_names() {
+        let findings = verify(&plan(), &clean());
+        assert!(findings.passed(), "{:#?}", findings.violations);
+        assert_eq!(findings.completions_expected, 1);
+        assert_eq!(findings.completions_run, 1);
+        assert_eq!(findings.events_delivered, 5);
+    }
+
+    /// A completion that ran under another name than the batch stored, or for a batch
+    /// that stores none, is caught.
+    #[test]
+    fn wrong_or_unstored_completions_are_caught() {
+        let mut renamed = clean();
+        renamed.ledger[2] = entry(2, 1, 2, completion("other", 1));
+        let findings = verify(&plan(), &renamed);
+        assert!(
+            findings
+                .violations
+                .iter()
+                .any(|v| v.contains("\"other\" ran")),
+            "{:#?}",
+            findings.violations
+        );
+        assert!(
+            findings
+                .violations
+                .iter()
+                .any(|v| v.contains("generation 1 never ran")),
+            "{:#?}",
+            findings.violations
+        );
+
+        let mut unstored = clean();
+        unstored.sessions[0].next_event_seq = 6;
+        unstored.sessions[0].delivered_seq = 6;
+        unstored.ledger.push(entry(5, 2, 5, completion("done", 2)));
+        let findings = verify(&plan(), &unstored);
+        assert!(
+            findings
+                .violations
+                .iter()
+                .any(|v| v.contains("which the plan never stored here")),
+            "{:#?}",
+            findings.violations
+        );
     }
 }

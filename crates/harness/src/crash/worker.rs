@@ -1,31 +1,46 @@
 //! The worker: a child process that runs the plan through the real library, as an
-//! application would, until the orchestrator kills it or every generation's completion
-//! has run.
+//! application would, until the orchestrator kills it or every generation has ended.
+//!
+//! The core is shared by the main job (`session-harness worker`, the ledger alone) and
+//! the test kit (the test binary re-executed, with the application's tables, delegate
+//! and completion handlers): an `App` is what varies. The ledger entry of every
+//! delivery and completion is appended in the same transaction as the application's
+//! own writes, so the verifier checks the application's delegate unchanged.
 //!
 //! On every start it re-issues the whole plan: for each session, each generation whose
 //! completion the ledger does not show yet is enqueued again (known task identifiers
 //! reconnect; nothing is transferred twice), its completion is stored, and the worker
-//! waits until the ledger shows that completion ran before it enqueues the next one.
+//! waits until the generation ended (and its completion ran) before it enqueues the
+//! next one.
 //!
-//! Standard output carries one line per event the orchestrator counts: `event panic`
-//! (a delegate panic injected on purpose), `restarts N` (supervised restarts so far in
-//! this process) and `done`. Standard error stays quiet unless `RUST_LOG` is set.
+//! Standard output carries one line per event the orchestrator counts, each after
+//! [`PROTOCOL_MARKER`]: `ready` (the
+//! library is open), `progress N S` (ledger entries committed so far, and the expected
+//! run left in seconds), `event panic` (a
+//! delegate panic injected on purpose), `restarts N` (supervised restarts so far in this
+//! process) and `done`. They are written to the process's standard output directly, not
+//! through `println!`, so a test harness's output capture cannot swallow them.
+//! Standard error stays quiet unless `RUST_LOG` is set.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use futures_util::future::{BoxFuture, join_all};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use session_actor::{
-    AsyncDelegate, CompletionCall, Delegate, DelegateError, Delivery, Event, Sessions,
-    TransactionalDelegate, TransferRequest,
+    AsyncDelegate, CompletionCall, CompletionHandler, Delegate, DelegateError, Delivery, Event,
+    Sessions, TransactionalDelegate, TransferRequest,
 };
 use session_http::Method;
 use session_store::{Store, WriteScope};
 
 use super::ledger::{EntryKind, FileFact, LEDGER_TABLE, Ledger, LedgerEntry};
-use super::plan::{COMPLETION_NAME, Plan, PlannedKind, PlannedSession, PlannedTask};
+use super::plan::{COMPLETION_NAME, Plan, PlannedKind, PlannedSession, PlannedTask, TaskProgress};
 
 /// The directory, inside a run directory, that is the library's root.
 pub const STORE_DIR: &str = "store";
@@ -33,6 +48,13 @@ pub const STORE_DIR: &str = "store";
 pub const INJECTED_PANIC: &str = "harness: delegate panic injected on purpose";
 /// How often a waiting session looks at the ledger.
 const LEDGER_POLL: Duration = Duration::from_millis(25);
+/// How often the worker reports its progress and restarts, at least and at most: a
+/// small plan often (a run may last only some tens of milliseconds, and the pacer
+/// needs a report from it), a large one less (each report reads every task record).
+const REPORT_INTERVAL_MIN: Duration = Duration::from_millis(10);
+const REPORT_INTERVAL_MAX: Duration = Duration::from_millis(100);
+/// Tasks per millisecond of report interval.
+const REPORT_TASKS_PER_MS: usize = 16;
 /// How long the worker waits, at the end, for delivered files to be removed.
 const CLEANUP_WAIT: Duration = Duration::from_secs(5);
 /// Supervised restarts a session gets per process: panics are injected on purpose, and a
@@ -49,6 +71,16 @@ pub enum DelegateMode {
     Transactional,
     /// At least once: the ledger entry is its own write, before the cursor's commit.
     AtLeastOnce,
+}
+
+impl DelegateMode {
+    /// `transactional` or `at-least-once`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DelegateMode::Transactional => "transactional",
+            DelegateMode::AtLeastOnce => "at-least-once",
+        }
+    }
 }
 
 /// Options of the hidden `worker` subcommand.
@@ -68,24 +100,122 @@ pub struct WorkerArgs {
     pub run: u32,
 }
 
+/// What the application brings to a worker: its tables, its named completion handlers
+/// and its transactional delegate. The main job brings none (the ledger alone).
+#[derive(Clone, Default)]
+pub(crate) struct App {
+    /// Application tables, beside the ledger.
+    pub tables: Vec<String>,
+    /// Named completion handlers.
+    pub completions: Vec<(String, Arc<dyn CompletionHandler>)>,
+    /// The delegate the ledger's delegate calls first, in the same transaction.
+    pub delegate: Option<Arc<dyn TransactionalDelegate>>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("tables", &self.tables)
+            .field(
+                "completions",
+                &self
+                    .completions
+                    .iter()
+                    .map(|(name, _)| name)
+                    .collect::<Vec<_>>(),
+            )
+            .field("delegate", &self.delegate.is_some())
+            .finish()
+    }
+}
+
+impl App {
+    /// The main job's application: the harness's completion handler, no delegate of
+    /// its own.
+    fn harness() -> App {
+        App {
+            tables: Vec::new(),
+            completions: vec![(COMPLETION_NAME.to_owned(), Arc::new(NoCompletion))],
+            delegate: None,
+        }
+    }
+}
+
+/// The main job's completion handler: the ledger entry is all it writes.
+struct NoCompletion;
+
+impl CompletionHandler for NoCompletion {
+    fn run(&self, _: &CompletionCall, _: &mut WriteScope<'_>) -> Result<(), DelegateError> {
+        Ok(())
+    }
+}
+
+/// One worker run: where, which run, and what is injected.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerRun {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// The run's number.
+    pub run: u32,
+    /// The probability that a delivery panics after the delegate ran.
+    pub panic_rate: f64,
+    /// Which delegate the ledger is written by.
+    pub mode: DelegateMode,
+}
+
 /// Runs the worker; exit 0 once every generation's completion has run.
 ///
 /// # Errors
 /// Setup failures and library errors (the orchestrator reports them).
 pub fn run(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
+    let run = WorkerRun {
+        dir: args.dir.clone(),
+        run: args.run,
+        panic_rate: args.panic_rate,
+        mode: args.delegate,
+    };
+    run_plan(run, App::harness())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the plan of `run.dir` to its end with the application's parts, then says `done`.
+/// The library runs on a thread of its own with its own runtime, so the caller may be
+/// anything (a plain `main`, a `#[test]`, a `#[tokio::test]`).
+///
+/// # Errors
+/// Setup failures and library errors.
+pub(crate) fn run_plan(run: WorkerRun, app: App) -> anyhow::Result<()> {
     // Reads FAILPOINTS (armed by the orchestrator) for the whole life of the process.
     let _scenario = fail::FailScenario::setup();
     install_tracing();
     silence_injected_panics();
-    let plan = Plan::load(&args.dir)?;
-    let root = args.dir.join(STORE_DIR);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("building the worker's runtime")?;
-    runtime.block_on(work(plan, root, args.clone()))?;
-    println!("done");
-    Ok(ExitCode::SUCCESS)
+    let plan = Plan::load(&run.dir)?;
+    let worker = std::thread::Builder::new()
+        .name("bgsession-worker".to_owned())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("building the worker's runtime")?;
+            runtime.block_on(work(plan, run, app))
+        })
+        .context("starting the worker thread")?;
+    worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the worker thread panicked"))??;
+    say("done");
+    Ok(())
+}
+
+/// What every protocol line starts with: a test harness may print on the same line
+/// before it (libtest's `test name ... `), so the reader looks for it anywhere.
+pub const PROTOCOL_MARKER: &str = "@bgsession-worker ";
+
+/// Writes one protocol line to the process's standard output.
+fn say(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{PROTOCOL_MARKER}{line}");
+    let _ = stdout.flush();
 }
 
 fn install_tracing() {
@@ -95,6 +225,15 @@ fn install_tracing() {
             .with_writer(std::io::stderr)
             .try_init();
     }
+}
+
+/// The message of a panic payload (`&str` or `String`), or a placeholder.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|message| (*message).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a panic without a message)".to_owned())
 }
 
 /// Keeps the default panic message for every panic but the injected ones
@@ -115,33 +254,50 @@ pub fn silence_injected_panics() {
     });
 }
 
-async fn work(plan: Plan, root: PathBuf, args: WorkerArgs) -> anyhow::Result<()> {
+async fn work(plan: Plan, run: WorkerRun, app: App) -> anyhow::Result<()> {
+    let root = run.dir.join(STORE_DIR);
     let mut engine = session_actor::EngineConfig::default();
     engine.connections_per_host_max = CONNECTIONS_PER_HOST_MAX;
     engine.connections_max = engine.connections_max.max(CONNECTIONS_PER_HOST_MAX);
-    let sessions = Sessions::builder(&root)
+    let ledger = Ledger::named()?;
+    let mut builder = Sessions::builder(&root)
         .app_table(LEDGER_TABLE)
-        .completion(COMPLETION_NAME, completion_recorder(args.run))
         .engine_config(engine)
-        .restart_limit(RESTART_LIMIT)
-        .open()
-        .context("opening the sessions")?;
-    let ledger = Ledger::new(sessions.store())?;
-
-    let delegate = match args.delegate {
+        .restart_limit(RESTART_LIMIT);
+    for table in app.tables.iter().filter(|table| *table != LEDGER_TABLE) {
+        builder = builder.app_table(table.clone());
+    }
+    for (name, handler) in &app.completions {
+        builder = builder.completion(
+            name.clone(),
+            LedgerCompletion {
+                ledger: ledger.clone(),
+                run: run.run,
+                inner: Arc::clone(handler),
+            },
+        );
+    }
+    let sessions = builder.open().context("opening the sessions")?;
+    say("ready");
+    let delegate = match run.mode {
         DelegateMode::Transactional => Delegate::transactional(LedgerDelegate {
             ledger: ledger.clone(),
-            run: args.run,
-            panic_rate: args.panic_rate,
+            run: run.run,
+            panics: PanicDraw::new(run.panic_rate, plan.seed, run.run),
+            inner: app.delegate.clone(),
         }),
         DelegateMode::AtLeastOnce => Delegate::at_least_once(AsyncLedgerDelegate {
             store: sessions.store().clone(),
             ledger: ledger.clone(),
-            run: args.run,
+            run: run.run,
         }),
     };
 
-    let reporter = tokio::spawn(report_restarts(sessions.clone()));
+    let reporter = tokio::spawn(report(
+        sessions.clone(),
+        ledger.clone(),
+        Arc::new(plan.clone()),
+    ));
     let drives = plan
         .sessions
         .iter()
@@ -158,22 +314,61 @@ async fn work(plan: Plan, root: PathBuf, args: WorkerArgs) -> anyhow::Result<()>
         anyhow::bail!("{}", failures.join("; "));
     }
     wait_for_cleanup(&root).await;
-    println!("restarts {}", sessions.restarts());
+    say(&format!("restarts {}", sessions.restarts()));
     sessions.shutdown().await.context("shutting down")?;
     Ok(())
 }
 
-/// Prints the supervisor's restart count whenever it changes.
-async fn report_restarts(sessions: Sessions) {
-    let mut last = 0;
+/// Reports the ledger entries committed with the expected run left, and the
+/// supervisor's restart count, whenever they change.
+async fn report(sessions: Sessions, ledger: Ledger, plan: Arc<Plan>) {
+    let mut restarts = 0;
+    let mut last = String::new();
+    let interval = Duration::from_millis((plan.task_count() / REPORT_TASKS_PER_MS) as u64)
+        .clamp(REPORT_INTERVAL_MIN, REPORT_INTERVAL_MAX);
     loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
         let now = sessions.restarts();
-        if now != last {
-            println!("restarts {now}");
-            last = now;
+        if now != restarts {
+            say(&format!("restarts {now}"));
+            restarts = now;
         }
+        let Some((count, remaining_s)) = progress(&sessions, &ledger, &plan) else {
+            continue;
+        };
+        let line = format!("progress {count} {remaining_s:.3}");
+        if line != last {
+            say(&line);
+            last = line;
+        }
+        tokio::time::sleep(interval).await;
     }
+}
+
+/// Ledger entries committed, and the expected run left (see [`Plan::remaining_run_s`]):
+/// terminal tasks from the store, downloaded bytes from the `.part` files.
+fn progress(sessions: &Sessions, ledger: &Ledger, plan: &Plan) -> Option<(u64, f64)> {
+    let snapshot = sessions.store().snapshot().ok()?;
+    let count = ledger.count(&snapshot).ok()?;
+    let mut terminal = std::collections::BTreeSet::new();
+    snapshot
+        .for_each_task(|task| {
+            if task.state.is_terminal() {
+                terminal.insert((task.session.to_string(), task.id.to_string()));
+            }
+            Ok(())
+        })
+        .ok()?;
+    drop(snapshot);
+    let downloads = sessions.root().join("downloads");
+    let remaining_s = plan.remaining_run_s(|session, task| {
+        if terminal.contains(&(session.to_owned(), task.id.clone())) {
+            return TaskProgress::Done;
+        }
+        let (part, _) = session_http::download_paths(&downloads.join(session), &task.id);
+        let bytes_done = std::fs::metadata(part).map_or(0, |meta| meta.len());
+        TaskProgress::Open { bytes_done }
+    });
+    Some((count, remaining_s))
 }
 
 /// Delivered files are removed after their delivery commits (or at the session's next
@@ -221,26 +416,35 @@ async fn drive_session(
         .session(&planned.id, plan.config.session_config(), delegate)
         .await?;
     for generation in &planned.generations {
-        if completion_ran(sessions.store(), ledger, &planned.id, generation.number)? {
+        let completion = plan.completion_for(&planned.id, generation.number);
+        if completion.is_some()
+            && completion_ran(sessions.store(), ledger, &planned.id, generation.number)?
+        {
             continue;
         }
         // The generation's tasks and its completion go in one unit, so they share one
-        // generation of the store; re-issuing them after a relaunch reconnects.
+        // generation of the store; re-issuing them after a relaunch reconnects (and a
+        // generation without a completion is simply re-issued every time).
         let batch = generation
             .tasks
             .iter()
             .map(|task| (task.id.clone(), request(task)))
             .collect();
-        let payload = Plan::completion_payload(&planned.id, generation.number);
+        let stored = completion.map(|(name, payload)| {
+            let payload = Plan::stored_completion_payload(&planned.id, generation.number, payload);
+            (name, payload)
+        });
         let batch = session
-            .enqueue_batch(batch, Some((COMPLETION_NAME, payload)))
+            .enqueue_batch(batch, stored)
             .await
             .with_context(|| format!("enqueueing generation {}", generation.number))?;
         batch
             .finished()
             .await
             .with_context(|| format!("awaiting generation {}", generation.number))?;
-        if !completion_ran(sessions.store(), ledger, &planned.id, generation.number)? {
+        if completion.is_some()
+            && !completion_ran(sessions.store(), ledger, &planned.id, generation.number)?
+        {
             anyhow::bail!(
                 "generation {} finished before its completion ran",
                 generation.number
@@ -301,11 +505,40 @@ pub fn entry_for(delivery: &Delivery, run: u32) -> LedgerEntry {
     }
 }
 
-/// The exactly-once delegate: the ledger entry is written in the delivery's transaction.
+/// Whether a delivery panics on purpose: a fixed sequence of draws per run (from the
+/// plan's seed and the run's number).
+struct PanicDraw {
+    rate: f64,
+    rng: Mutex<StdRng>,
+}
+
+impl PanicDraw {
+    fn new(rate: f64, seed: u64, run: u32) -> PanicDraw {
+        let stream = seed ^ 0x9A41_C000_0000_0000 ^ u64::from(run).rotate_left(24);
+        PanicDraw {
+            rate,
+            rng: Mutex::new(StdRng::seed_from_u64(stream)),
+        }
+    }
+
+    fn draw(&self) -> bool {
+        if self.rate <= 0.0 {
+            return false;
+        }
+        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+        rng.gen_bool(self.rate.min(1.0))
+    }
+}
+
+/// The exactly-once delegate: the application's delegate (if any), then the ledger
+/// entry, in the delivery's transaction. An injected panic comes after the
+/// application's delegate ran and before the commit, the place where effects outside
+/// the transaction show up twice.
 struct LedgerDelegate {
     ledger: Ledger,
     run: u32,
-    panic_rate: f64,
+    panics: PanicDraw,
+    inner: Option<Arc<dyn TransactionalDelegate>>,
 }
 
 impl TransactionalDelegate for LedgerDelegate {
@@ -314,12 +547,17 @@ impl TransactionalDelegate for LedgerDelegate {
         delivery: &Delivery,
         scope: &mut WriteScope<'_>,
     ) -> Result<(), DelegateError> {
-        if self.panic_rate > 0.0 && rand::random::<f64>() < self.panic_rate {
-            println!("event panic");
+        // The file as the library hands it over, before the application moves it.
+        let entry = entry_for(delivery, self.run);
+        if let Some(inner) = &self.inner {
+            inner.deliver(delivery, scope)?;
+        }
+        if self.panics.draw() {
+            say("event panic");
             std::panic::panic_any(INJECTED_PANIC);
         }
         self.ledger
-            .append(scope, entry_for(delivery, self.run))
+            .append(scope, entry)
             .map(|_| ())
             .map_err(|error| DelegateError::new(format!("writing the ledger: {error}")))
     }
@@ -349,22 +587,23 @@ impl AsyncDelegate for AsyncLedgerDelegate {
     }
 }
 
-/// The named completion handler: records its run (entry and marker) in its transaction.
-struct CompletionRecorder {
+/// A named completion handler of the application, wrapped: it runs with the
+/// application's payload, then its run is recorded (entry and marker) in the same
+/// transaction.
+struct LedgerCompletion {
     ledger: Ledger,
     run: u32,
+    inner: Arc<dyn CompletionHandler>,
 }
 
-fn completion_recorder(run: u32) -> CompletionRecorder {
-    CompletionRecorder {
-        // A handle by name: handlers are registered before the store is open.
-        ledger: Ledger::named().expect("the ledger's table name is valid"),
-        run,
-    }
-}
-
-impl session_actor::CompletionHandler for CompletionRecorder {
+impl CompletionHandler for LedgerCompletion {
     fn run(&self, call: &CompletionCall, scope: &mut WriteScope<'_>) -> Result<(), DelegateError> {
+        let application_call = CompletionCall {
+            key: call.key.clone(),
+            name: call.name.clone(),
+            payload: Plan::application_payload(&call.payload).to_vec(),
+        };
+        self.inner.run(&application_call, scope)?;
         let entry = LedgerEntry {
             index: 0,
             run: self.run,
