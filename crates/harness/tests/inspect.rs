@@ -53,6 +53,7 @@ fn task(session: &str, id: &str, state: TaskState, wait: Option<TaskWait>) -> Ta
         created_ms: 1_700_000_000_000,
         state,
         wait,
+        incarnation: 0,
     }
 }
 

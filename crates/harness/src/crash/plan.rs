@@ -177,6 +177,11 @@ impl PlannedConfig {
             retry_delay_ms_base: self.retry_delay_ms_base,
             retry_delay_ms_max: self.retry_delay_ms_max,
             deadline_s: self.deadline_s,
+            // Injected delegate panics are failed deliveries now: retry them quickly, as
+            // the plan's transfers are.
+            wait_retry_ms_max: self.retry_delay_ms_max,
+            delivery_retry_ms_base: 5,
+            delivery_retry_ms_max: 200,
             ..SessionConfig::default()
         }
     }

@@ -168,6 +168,29 @@ impl FaultSchedule {
         FaultSchedule { faults, panic_rate }
     }
 
+    /// The same faults, struck earlier: attempt 0 is the schedule itself; each later
+    /// attempt halves every instant, and the last makes the first fault a kill right at
+    /// the start, so a workload faster than its estimate still meets a fault.
+    pub fn earlier(&self, attempt: u32, attempts_max: u32) -> FaultSchedule {
+        let mut earlier = self.clone();
+        let factor = 0.5_f64.powi(i32::try_from(attempt).unwrap_or(i32::MAX));
+        for fault in &mut earlier.faults {
+            fault.at *= factor;
+        }
+        if attempt > 0
+            && attempt + 1 >= attempts_max
+            && let Some(first) = earlier.faults.first_mut()
+        {
+            // A kill lands whatever the workload does; an armed fail point may never be
+            // reached by a small one.
+            *first = Fault {
+                at: 0.0,
+                kind: FaultKind::Kill,
+            };
+        }
+        earlier
+    }
+
     /// How many faults are kills, and how many arm fail points.
     pub fn counts(&self) -> (usize, usize) {
         let aborts = self

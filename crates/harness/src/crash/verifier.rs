@@ -790,6 +790,7 @@ mod tests {
                 finished_ms: 0,
             },
             wait: None,
+            incarnation: 0,
         };
         Facts {
             ledger: vec![
