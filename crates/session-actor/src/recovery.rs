@@ -26,7 +26,11 @@ pub(crate) struct Recovered {
 }
 
 /// Restarts every session that has work or events waiting.
-pub(crate) fn recover(store: &Store, context: &Context) -> Result<Vec<Recovered>, Error> {
+pub(crate) fn recover(
+    store: &Store,
+    context: &Context,
+    storage_full: &dyn Fn(),
+) -> Result<Vec<Recovered>, Error> {
     let mut recovered = Vec::new();
     let mut after: Option<SessionId> = None;
     loop {
@@ -81,6 +85,7 @@ pub(crate) fn recover(store: &Store, context: &Context) -> Result<Vec<Recovered>
                     // The store's disk is full: open anyway; each actor restarts its
                     // session itself, and tries again until there is room.
                     tracing::warn!(%error, "recovery could not commit: the disk is full");
+                    storage_full();
                     for session in &mut piece {
                         session.actions = None;
                     }

@@ -200,7 +200,9 @@ impl SessionsBuilder {
             waiting: Mutex::new(BTreeSet::new()),
             open: AtomicBool::new(true),
         };
-        let recovered = match recover(&shared.store, &shared.machine_context()) {
+        let recovered = match recover(&shared.store, &shared.machine_context(), &|| {
+            shared.note_storage_full();
+        }) {
             Ok(recovered) => recovered,
             Err(error) => {
                 // Nothing was started: release the runtime and the store at once.
@@ -519,6 +521,14 @@ impl Sessions {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
         Ok(())
+    }
+
+    /// Since when (Unix milliseconds) the store's writes are refused because its disk is
+    /// full, if they are: sessions go on by themselves once there is room again (their
+    /// refused writes are tried again with backoff), and `None` comes back with the
+    /// first write that commits.
+    pub fn storage_full_since_ms(&self) -> Option<u64> {
+        self.shared().storage_full_since_ms()
     }
 
     /// Sessions parked as faulted in this process, with the last failure.

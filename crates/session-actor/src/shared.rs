@@ -24,6 +24,8 @@ pub(crate) struct Shared {
     faulted: Mutex<HashMap<SessionId, String>>,
     restarts: AtomicU64,
     actors_started: AtomicU64,
+    /// Since when (Unix milliseconds) writes are refused for a full disk; 0 when not.
+    storage_full_since_ms: AtomicU64,
 }
 
 impl Shared {
@@ -50,6 +52,7 @@ impl Shared {
             faulted: Mutex::new(HashMap::new()),
             restarts: AtomicU64::new(0),
             actors_started: AtomicU64::new(0),
+            storage_full_since_ms: AtomicU64::new(0),
         }
     }
 
@@ -129,6 +132,29 @@ impl Shared {
 
     pub(crate) fn actors_started(&self) -> u64 {
         self.actors_started.load(Ordering::Relaxed)
+    }
+
+    /// A write was refused because the store's disk is full (kept from the first).
+    pub(crate) fn note_storage_full(&self) {
+        let now_ms = self.clock.now_ms().max(1);
+        let _ = self.storage_full_since_ms.compare_exchange(
+            0,
+            now_ms,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A write committed: the disk has room again.
+    pub(crate) fn note_storage_ok(&self) {
+        self.storage_full_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    pub(crate) fn storage_full_since_ms(&self) -> Option<u64> {
+        match self.storage_full_since_ms.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(since),
+        }
     }
 
     pub(crate) fn restarts(&self) -> u64 {

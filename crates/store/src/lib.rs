@@ -1,4 +1,4 @@
-//! LMDB persistence for bgsession (DESIGN section 3): records, snapshots and the
+//! LMDB persistence for bgsession: records, snapshots and the
 //! group-commit writer.
 //!
 //! A [`Store`] is one LMDB environment in one directory, owned by one process at a time.

@@ -103,7 +103,7 @@ impl SessionActor {
         match result {
             Ok(delivered) => {
                 tracing::debug!(parent: &self.span, events = delivered.count, "delivered");
-                self.storage_full_since_ms = None;
+                self.storage_committed();
                 if delivered.count > 0 {
                     self.delivery_events_per_unit = (self.delivery_events_per_unit * 2)
                         .min(crate::units::DELIVERY_EVENTS_PER_UNIT_MAX);
@@ -134,6 +134,7 @@ impl SessionActor {
             Err(UnitError::Store(error)) if error.kind() == session_store::ErrorKind::Full => {
                 let now_ms = self.shared.clock.now_ms();
                 let since = *self.storage_full_since_ms.get_or_insert(now_ms);
+                self.shared.note_storage_full();
                 let delay_ms = (250 + now_ms.saturating_sub(since) / 2).min(30_000);
                 tracing::warn!(parent: &self.span, delay_ms,
                     "the store's disk is full; delivery tries again later");

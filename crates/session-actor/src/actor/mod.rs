@@ -141,7 +141,7 @@ impl SessionActor {
         let again = input.clone();
         ctx.spawn(self.submit(input).map(move |result, act, ctx| match result {
             Ok(transition) => {
-                act.storage_full_since_ms = None;
+                act.storage_committed();
                 act.perform(&transition, ctx);
             }
             Err(Error::Store(error)) if error.kind() == session_store::ErrorKind::Full => {
@@ -339,11 +339,21 @@ impl SessionActor {
         }))
     }
 
+    /// A unit of this session committed: whatever refused writes for a full disk before
+    /// (here or elsewhere), there is room now.
+    pub(super) fn storage_committed(&mut self) {
+        self.storage_full_since_ms = None;
+        if self.shared.storage_full_since_ms().is_some() {
+            self.shared.note_storage_ok();
+        }
+    }
+
     /// A unit could not commit because the store's disk is full: try the same input
     /// again later (capped backoff), visibly, instead of restarting the session.
     fn storage_full(&mut self, input: Input, ctx: &mut Context<Self>) {
         let now_ms = self.shared.clock.now_ms();
         let since = *self.storage_full_since_ms.get_or_insert(now_ms);
+        self.shared.note_storage_full();
         let waited_ms = now_ms.saturating_sub(since);
         let delay_ms = (STORAGE_RETRY_MS_MIN + waited_ms / 2).min(STORAGE_RETRY_MS_MAX);
         tracing::warn!(parent: &self.span, input = input.name(), delay_ms,
