@@ -53,8 +53,10 @@ fn fill(path: &Path, bytes: u64) {
 /// filler file is removed it completes, byte-exact in length.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_that_does_not_fit_waits_and_others_go_on() {
-    let Some(disk) = mount_tmpfs("a_download_that_does_not_fit_waits_and_others_go_on", 32 * MIB)
-    else {
+    let Some(disk) = mount_tmpfs(
+        "a_download_that_does_not_fit_waits_and_others_go_on",
+        32 * MIB,
+    ) else {
         return;
     };
     let origin = origin();
@@ -133,7 +135,10 @@ async fn open_on_a_full_file_system_succeeds_and_goes_on_when_space_returns() {
     // The first request stalls, so the task is running when the first launch ends.
     let url = origin.url("/objects/later?size=1000&fault=stall&times=1");
     {
-        let sessions = builder(&root).engine_config(engine(0)).open().expect("open");
+        let sessions = builder(&root)
+            .engine_config(engine(0))
+            .open()
+            .expect("open");
         let session = sessions
             .session("full", config(), Delegate::transactional(ledger::record))
             .await
@@ -185,7 +190,14 @@ async fn open_on_a_full_file_system_succeeds_and_goes_on_when_space_returns() {
         Outcome::Success(_)
     ));
     session.finished(1).await.expect("delivered");
-    assert_eq!(sessions.storage_full_since_ms(), None, "the disk has room again");
-    assert_eq!(ledger::texts(&sessions, "full"), ["task t success", "did finish"]);
+    assert_eq!(
+        sessions.storage_full_since_ms(),
+        None,
+        "the disk has room again"
+    );
+    assert_eq!(
+        ledger::texts(&sessions, "full"),
+        ["task t success", "did finish"]
+    );
     sessions.shutdown().await.expect("shutdown");
 }
