@@ -137,6 +137,7 @@ mod error;
 mod janitor;
 pub mod machine;
 mod recovery;
+mod registry;
 mod requests;
 mod runtime;
 mod session;

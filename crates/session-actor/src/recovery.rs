@@ -1,9 +1,11 @@
 //! Recovery at open: every session with open tasks or undelivered events is restarted
 //! in bulk, before any actor runs and so before any new event can be delivered.
 //!
-//! Sessions are read in pieces, each through its own short snapshot (snapshots have a
-//! maximum age, and a million sessions take longer than that to read), and only the
-//! actions and the few changed records of each piece are kept.
+//! Only the active sessions are read (the store's index lists the sessions with open
+//! tasks or undelivered events), so a store of a million idle sessions costs nothing
+//! here; they are read in pieces, each through its own short snapshot (snapshots have a
+//! maximum age), and only the actions and the few changed records of each piece are
+//! kept.
 
 use std::collections::BTreeMap;
 
@@ -35,15 +37,18 @@ pub(crate) fn recover(
     let mut after: Option<SessionId> = None;
     loop {
         let snapshot = store.snapshot()?;
-        let sessions = snapshot.sessions_from(after.as_ref(), RECOVERY_SESSIONS_PER_PIECE)?;
-        let Some(last) = sessions.last() else {
+        let ids = snapshot.active_sessions_from(after.as_ref(), RECOVERY_SESSIONS_PER_PIECE)?;
+        let Some(last) = ids.last() else {
             break;
         };
-        after = Some(last.id.clone());
+        after = Some(last.clone());
         let mut changed: Vec<(SessionRecord, Transition)> = Vec::new();
         let mut piece = Vec::new();
-        for session in sessions {
-            if session.tasks_open == 0 && !session.has_undelivered_events() {
+        for id in ids {
+            let Some(session) = snapshot.session(&id)? else {
+                continue;
+            };
+            if !session.is_active() {
                 continue;
             }
             let id = session.id.clone();

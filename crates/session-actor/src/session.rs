@@ -27,7 +27,6 @@ const REQUEST_ATTEMPTS_MAX: usize = 64;
 #[derive(Clone)]
 pub struct Session {
     id: SessionId,
-    addr: Addr<SessionActor>,
     sessions: Sessions,
 }
 
@@ -40,8 +39,14 @@ impl fmt::Debug for Session {
 }
 
 impl Session {
-    pub(crate) fn new(id: SessionId, addr: Addr<SessionActor>, sessions: Sessions) -> Self {
-        Session { id, addr, sessions }
+    pub(crate) fn new(id: SessionId, sessions: Sessions) -> Self {
+        Session { id, sessions }
+    }
+
+    /// The session's actor, started if it has none (an idle session's actor retires).
+    fn addr(&self) -> Addr<SessionActor> {
+        let shared = self.sessions.shared();
+        shared.registry.actor(shared, &self.id, None)
     }
 
     /// The session's identifier.
@@ -60,22 +65,26 @@ impl Session {
     }
 
     /// Sends a request to the session's actor. A supervised restart drops the replies
-    /// in flight (actix clears the actor's futures) while the actor lives on, so the
-    /// request is sent again: every request is idempotent (a repeated enqueue
-    /// reconnects, a repeated completion or cancel changes nothing).
-    async fn ask<M>(&self, message: M) -> Result<M::Result>
+    /// in flight (actix clears the actor's futures) while the actor lives on, and an
+    /// actor that retired (its session went idle) refuses what still reaches it, so the
+    /// request is sent again, to the session's actor of the moment: every request is
+    /// idempotent (a repeated enqueue reconnects, a repeated completion or cancel changes
+    /// nothing).
+    async fn ask<T, M>(&self, message: M) -> Result<T>
     where
-        M: actix::Message + Clone + Send + 'static,
-        M::Result: Send,
+        M: actix::Message<Result = Result<T, Error>> + Clone + Send + 'static,
+        T: Send + 'static,
         SessionActor: actix::Handler<M>,
     {
         self.sessions.check_open()?;
         for _ in 0..REQUEST_ATTEMPTS_MAX {
-            match self.addr.send(message.clone()).await {
-                Ok(reply) => return Ok(reply),
-                Err(_) if self.addr.connected() && self.sessions.is_open() => {
-                    tracing::debug!(session = %self.id, "reply lost to a restart; asking again");
+            let request = self.addr().send(message.clone());
+            match request.await {
+                Ok(Err(Error::SessionGone { .. })) | Err(_) if self.sessions.is_open() => {
+                    tracing::debug!(session = %self.id, "the actor restarted or retired; asking again");
+                    yield_once().await;
                 }
+                Ok(reply) => return reply,
                 Err(_) => break,
             }
         }
@@ -182,7 +191,7 @@ impl Session {
                 completion,
                 replace,
             })
-            .await??;
+            .await?;
         Ok(Batch {
             generation,
             tasks: records
@@ -227,7 +236,7 @@ impl Session {
                 request,
                 replace: policy == EnqueuePolicy::Replace,
             })
-            .await??;
+            .await?;
         Ok(TaskHandle {
             session: self.clone(),
             task,
@@ -254,7 +263,7 @@ impl Session {
             generation,
             completion,
         })
-        .await?
+        .await
     }
 
     /// Cancels a task; its event reports `Cancelled`. A finished task is left as it is.
@@ -263,7 +272,7 @@ impl Session {
     /// An unknown task, a store error.
     pub async fn cancel(&self, task: &str) -> Result<()> {
         let task = TaskId::new(task)?;
-        self.ask(Cancel { task }).await?
+        self.ask(Cancel { task }).await
     }
 
     /// Cancels every task that is not finished.
@@ -271,7 +280,7 @@ impl Session {
     /// # Errors
     /// A store error.
     pub async fn invalidate(&self) -> Result<()> {
-        self.ask(Invalidate).await?
+        self.ask(Invalidate).await
     }
 
     /// The session's tasks as committed, with their transfer descriptions decoded, in
@@ -299,7 +308,7 @@ impl Session {
     /// # Errors
     /// A store error, or the actor is gone.
     pub async fn status(&self) -> Result<SessionStatus> {
-        self.ask(Status).await?
+        self.ask(Status).await
     }
 
     /// Tries a failed delivery again at once, whatever its backoff said (and a delivery
@@ -328,7 +337,7 @@ impl Session {
     /// a task that is open or whose event is undelivered; an unknown task; a store error.
     pub async fn forget(&self, task: &str) -> Result<()> {
         let task = TaskId::new(task)?;
-        self.ask(Forget { task }).await?
+        self.ask(Forget { task }).await
     }
 
     /// The session's dead-lettered events (moved there under a dead-letter
@@ -354,7 +363,7 @@ impl Session {
     /// [`Error::NoDeadLetter`], the delegate's refusal ([`Error::Delegate`]; the event
     /// stays a dead letter), no delegate attached, a store error.
     pub async fn redeliver(&self, seq: u64) -> Result<()> {
-        self.ask(Redeliver { seq }).await?
+        self.ask(Redeliver { seq }).await
     }
 
     /// Resolves once `generation` has ended: every task of it is terminal and every
@@ -365,7 +374,7 @@ impl Session {
     /// A generation that has not been opened yet, a store error, the session's actor
     /// gone, [`Error::ShutDown`].
     pub async fn finished(&self, generation: u64) -> Result<()> {
-        let receiver = self.ask(WaitGeneration { generation }).await??;
+        let receiver = self.ask(WaitGeneration { generation }).await?;
         receiver.await.map_err(|_| self.gone())
     }
 
@@ -477,7 +486,7 @@ impl TaskHandle {
             .ask(Wait {
                 task: self.task.clone(),
             })
-            .await??;
+            .await?;
         receiver.await.map_err(|_| self.session.gone())
     }
 
@@ -597,4 +606,20 @@ fn futures_are_send(
     send(task.cancel());
     send(task.progress());
     send(batch.finished());
+}
+
+/// Lets other work run once before asking again (no runtime needed: pending once, woken
+/// at once).
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await;
 }

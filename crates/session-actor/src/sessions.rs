@@ -7,14 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use actix::{Addr, Supervisor};
+use actix::Addr;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use session_http::EngineConfig;
 use session_store::{AppTable, SessionConfig, SessionId, Snapshot, Store, StoreOptions};
 use tokio::sync::oneshot;
 
-use crate::actor::{Poke, SessionActor, SetDelegate};
+use crate::actor::{Poke, SetDelegate};
 use crate::clock::{Clock, SystemClock};
 use crate::delegate::{CompletionHandler, Delegate, DeliveryOptions};
 use crate::error::{Error, Result};
@@ -192,11 +192,11 @@ impl SessionsBuilder {
             self.restart_limit,
             self.delivery,
             self.completions,
+            runtime.arbiter().clone(),
         ));
         let owner = Owner {
             shared: Arc::clone(&shared),
             runtime: Arc::new(runtime),
-            actors: Mutex::new(HashMap::new()),
             waiting: Mutex::new(BTreeSet::new()),
             open: AtomicBool::new(true),
         };
@@ -211,18 +211,12 @@ impl SessionsBuilder {
                 return Err(error);
             }
         };
+        let recovered_count = recovered.len();
         {
-            let mut actors = owner.actors.lock().unwrap_or_else(PoisonError::into_inner);
             let mut waiting = owner.waiting.lock().unwrap_or_else(PoisonError::into_inner);
             for session in recovered {
-                let shared = Arc::clone(&shared);
-                let id = session.id.clone();
-                let actions = session.actions;
-                let addr = Supervisor::start_in_arbiter(owner.runtime.arbiter(), move |_| {
-                    SessionActor::new(id, shared, None, actions)
-                });
-                waiting.insert(session.id.clone());
-                actors.insert(session.id, addr);
+                shared.registry.actor(&shared, &session.id, session.actions);
+                waiting.insert(session.id);
             }
         }
         let janitor = crate::janitor::run(
@@ -235,7 +229,7 @@ impl SessionsBuilder {
         owner.runtime.arbiter().spawn(janitor);
         tracing::info!(
             root = %self.root.display(),
-            recovered = owner.actors.lock().unwrap_or_else(PoisonError::into_inner).len(),
+            recovered = recovered_count,
             "sessions open"
         );
         Ok(Sessions {
@@ -248,7 +242,6 @@ impl SessionsBuilder {
 struct Owner {
     shared: Arc<Shared>,
     runtime: Arc<ActorRuntime>,
-    actors: Mutex<HashMap<SessionId, Addr<SessionActor>>>,
     waiting: Mutex<BTreeSet<SessionId>>,
     /// False once a shutdown began: no more work is taken.
     open: AtomicBool,
@@ -259,10 +252,7 @@ impl Owner {
     fn close(&self) -> Result<()> {
         self.runtime.stop();
         let joined = self.runtime.join();
-        self.actors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.shared.registry.clear();
         // The queue drains first: units submitted before the stop still commit.
         let closed = self.shared.store.close().map_err(Error::Store);
         joined.and(closed)
@@ -379,30 +369,21 @@ impl Sessions {
             .await
             .map_err(|error| error.into_error(&id))?;
         self.check_open()?;
-        let addr = {
-            let mut actors = self
-                .owner
-                .actors
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            actors
-                .entry(id.clone())
-                .or_insert_with(|| {
-                    let shared = Arc::clone(self.shared());
-                    let id = id.clone();
-                    Supervisor::start_in_arbiter(self.owner.runtime.arbiter(), move |_| {
-                        SessionActor::new(id, shared, None, None)
-                    })
-                })
-                .clone()
-        };
+        let shared = self.shared();
+        // The delegate goes to every actor the session has from now on; a live one gets
+        // it at once (a new one takes it when it starts).
+        shared.registry.set_delegate(&id, delegate.clone());
+        if let Some(addr) = shared.registry.live(&id) {
+            addr.do_send(SetDelegate(delegate));
+        } else {
+            shared.registry.actor(shared, &id, None);
+        }
         self.owner
             .waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
-        addr.do_send(SetDelegate(delegate));
-        Ok(Session::new(id, addr, self.clone()))
+        Ok(Session::new(id, self.clone()))
     }
 
     /// The persisted sessions with work or events waiting that match, each returned
@@ -452,13 +433,7 @@ impl Sessions {
             }
         })?;
         self.shared().register_completion(name, Arc::new(handler));
-        for addr in self
-            .owner
-            .actors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-        {
+        for addr in self.shared().registry.all() {
             addr.do_send(Poke);
         }
         Ok(())
@@ -483,12 +458,7 @@ impl Sessions {
                 reason,
             });
         }
-        let actor = self
-            .owner
-            .actors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
+        let actor = self.shared().registry.remove(&id);
         if let Some(actor) = actor {
             // Awaited, so no unit of the actor starts after the removal began.
             let _ = actor.send(crate::actor::Retire).await;
@@ -571,13 +541,11 @@ impl Sessions {
         &self.shared().root
     }
 
-    /// How many session actors run in this process.
+    /// How many session actors run in this process: one per session with work in
+    /// flight, a timer armed, an event waiting or someone waiting on it (an idle session
+    /// has none; its actor starts again when it is needed).
     pub fn running(&self) -> usize {
-        self.owner
-            .actors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.shared().registry.len()
     }
 
     /// How many session actors have started at least once (recovery is complete when
@@ -588,12 +556,7 @@ impl Sessions {
 
     /// Whether every actor of this `Sessions` is alive (not stopped for good).
     pub fn all_connected(&self) -> bool {
-        self.owner
-            .actors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .all(Addr::connected)
+        self.shared().registry.all().iter().all(Addr::connected)
     }
 
     /// Stops taking work, lets the units already submitted commit, stops the actors

@@ -20,6 +20,8 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) restart_limit: u32,
     pub(crate) delivery: DeliveryOptions,
+    /// The live session actors and the attached delegates.
+    pub(crate) registry: crate::registry::Registry,
     units: UnitContext,
     faulted: Mutex<HashMap<SessionId, String>>,
     restarts: AtomicU64,
@@ -29,6 +31,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Everything one `Sessions` shares with its actors, from the parts `open` made.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site, in open; each part is distinct"
+    )]
     pub(crate) fn new(
         store: Store,
         engine: Engine,
@@ -37,6 +44,7 @@ impl Shared {
         restart_limit: u32,
         delivery: DeliveryOptions,
         completions: Completions,
+        arbiter: actix_rt::ArbiterHandle,
     ) -> Self {
         Shared {
             store,
@@ -49,6 +57,7 @@ impl Shared {
             clock,
             restart_limit,
             delivery,
+            registry: crate::registry::Registry::new(arbiter),
             faulted: Mutex::new(HashMap::new()),
             restarts: AtomicU64::new(0),
             actors_started: AtomicU64::new(0),

@@ -168,6 +168,9 @@ pub(crate) struct Delivered {
     pub(crate) slowest_call_ms: u64,
     /// How long the unit held the writer, milliseconds.
     pub(crate) held_ms: u64,
+    /// Whether the session still has work or events waiting, as committed (`None` when
+    /// the unit did not read it).
+    pub(crate) active: Option<bool>,
 }
 
 impl Delivered {
@@ -337,6 +340,7 @@ pub(crate) fn deliver_transactional(
     };
     delivered.finished_through = finished_through(&record, next.as_ref());
     delivered.held_ms = elapsed_ms(started);
+    delivered.active = Some(record.is_active());
     Ok(delivered)
 }
 
@@ -361,6 +365,7 @@ pub(crate) fn advance_cursor(
     let transition = commit_delivery(scope, record, event, context)?;
     Ok(Delivered {
         count: 1,
+        active: Some(transition.session.is_active()),
         actions: transition.actions,
         finished_through: read_finished_through(scope, session)?.unwrap_or(0),
         ..Delivered::default()

@@ -12,8 +12,12 @@ use crate::error::{Error, Result};
 use crate::ids::{SessionId, TaskId};
 use crate::keys;
 use crate::records::codec::{self, Versioned};
-use crate::records::{DeadLetterRecord, EventRecord, SessionRecord, TaskExpiryValue, TaskRecord};
-use crate::tables::{DEAD_LETTERS, EVENTS, SESSIONS, TASK_EXPIRY, TASKS, Table, Tables};
+use crate::records::{
+    ActiveSessionValue, DeadLetterRecord, EventRecord, SessionRecord, TaskExpiryValue, TaskRecord,
+};
+use crate::tables::{
+    ACTIVE_SESSIONS, DEAD_LETTERS, EVENTS, SESSIONS, TASK_EXPIRY, TASKS, Table, Tables,
+};
 
 /// A read transaction and the tables: what a `WriteScope` or a `Snapshot` reads through.
 /// (Nominally `pub` because the sealed `ReadScope` trait returns it; unreachable outside.)
@@ -381,6 +385,82 @@ pub(crate) fn dead_letters(
         records.push(dead_letter_from(key, bytes)?);
     }
     Ok(records)
+}
+
+/// An active session must be in the `active_sessions` index (recovery reads only the
+/// index: a session missing from it would never resume).
+pub(crate) fn require_indexed_active(view: View<'_>, id: &SessionId) -> Result<()> {
+    let Some(table) = view.tables.active_sessions else {
+        return Ok(());
+    };
+    match table
+        .get(view.txn, id.as_str().as_bytes())
+        .map_err(lmdb("reading the active-session index"))?
+    {
+        Some(_) => Ok(()),
+        None => Err(Error::Corrupt {
+            table: ACTIVE_SESSIONS,
+            key: id.to_string(),
+            reason: "the session has work or events waiting but is not in the index".into(),
+        }),
+    }
+}
+
+/// The index lists exactly the active sessions: as many entries (each valid) as there
+/// are active session records.
+pub(crate) fn require_active_index_count(view: View<'_>, active: u64) -> Result<()> {
+    let mut indexed = 0_u64;
+    let mut after: Option<SessionId> = None;
+    loop {
+        let piece = active_sessions_from(view, after.as_ref(), 4096)?;
+        let Some(last) = piece.last() else { break };
+        indexed += piece.len() as u64;
+        after = Some(last.clone());
+    }
+    if view.tables.active_sessions.is_some() && indexed != active {
+        return Err(Error::Corrupt {
+            table: ACTIVE_SESSIONS,
+            key: String::new(),
+            reason: format!("{indexed} sessions indexed as active, {active} are"),
+        });
+    }
+    Ok(())
+}
+
+/// Up to `limit` identifiers of active sessions after `after`, in identifier order.
+pub(crate) fn active_sessions_from(
+    view: View<'_>,
+    after: Option<&SessionId>,
+    limit: usize,
+) -> Result<Vec<SessionId>> {
+    let Some(table) = view.tables.active_sessions else {
+        return Ok(Vec::new());
+    };
+    let start = after.map(|id| id.as_str().as_bytes());
+    let range: (Bound<&[u8]>, Bound<&[u8]>) = (
+        start.map_or(Bound::Unbounded, Bound::Excluded),
+        Bound::Unbounded,
+    );
+    let mut ids = Vec::new();
+    for entry in table
+        .range(view.txn, &range)
+        .map_err(lmdb("listing active sessions"))?
+        .take(limit)
+    {
+        let (key, bytes) = entry.map_err(lmdb("listing active sessions"))?;
+        let printable = || keys::printable(key);
+        let ActiveSessionValue = decode_record(ACTIVE_SESSIONS, printable, bytes)?;
+        let id = std::str::from_utf8(key)
+            .ok()
+            .and_then(|text| SessionId::new(text).ok())
+            .ok_or_else(|| Error::Corrupt {
+                table: ACTIVE_SESSIONS,
+                key: printable(),
+                reason: "the key is not a session identifier".into(),
+            })?;
+        ids.push(id);
+    }
+    Ok(ids)
 }
 
 /// Up to `limit` task expiry entries with `expires_ms <= now_ms`, oldest first.

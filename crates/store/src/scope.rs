@@ -10,9 +10,11 @@ use crate::ids::{SessionId, TaskId};
 use crate::keys;
 use crate::read::{self, View};
 use crate::records::codec::{self, Versioned};
-use crate::records::{DeadLetterRecord, EventRecord, SessionRecord, TaskExpiryValue, TaskRecord};
+use crate::records::{
+    ActiveSessionValue, DeadLetterRecord, EventRecord, SessionRecord, TaskExpiryValue, TaskRecord,
+};
 use crate::store::Shared;
-use crate::tables::{DEAD_LETTERS, EVENTS, SESSIONS, TASK_EXPIRY, TASKS, Table};
+use crate::tables::{ACTIVE_SESSIONS, DEAD_LETTERS, EVENTS, SESSIONS, TASK_EXPIRY, TASKS, Table};
 
 /// The longest application table key LMDB accepts (its default `MDB_MAXKEYSIZE`).
 pub const APP_KEY_BYTES_MAX: usize = 511;
@@ -123,7 +125,40 @@ impl<'t> WriteScope<'t> {
             .tables
             .sessions
             .put(&mut self.txn, record.id.as_str().as_bytes(), &bytes)
-            .map_err(|e| self.lmdb("writing a session", e))
+            .map_err(|e| self.lmdb("writing a session", e))?;
+        self.index_active(&record.id, record.is_active())
+    }
+
+    /// Keeps `active_sessions` listing exactly the sessions with work or events waiting.
+    fn index_active(&mut self, id: &SessionId, active: bool) -> Result<()> {
+        let table = self.later_table(self.shared.tables.active_sessions)?;
+        let key = id.as_str().as_bytes();
+        if active {
+            let marker = checked_encode(
+                ACTIVE_SESSIONS,
+                || id.to_string(),
+                &ActiveSessionValue,
+                Ok(()),
+            )?;
+            table
+                .put(&mut self.txn, key, &marker)
+                .map_err(|e| self.lmdb("indexing an active session", e))
+        } else {
+            table
+                .delete(&mut self.txn, key)
+                .map(|_| ())
+                .map_err(|e| self.lmdb("unindexing a session", e))
+        }
+    }
+
+    /// Up to `limit` identifiers of sessions with open tasks or undelivered events, after
+    /// `after` (from the first when `None`), in identifier order: what a recovery reads.
+    pub fn active_sessions_from(
+        &self,
+        after: Option<&SessionId>,
+        limit: usize,
+    ) -> Result<Vec<SessionId>> {
+        self.observe(read::active_sessions_from(self.view(), after, limit))
     }
 
     /// Deletes a session's record; `false` if there was none.
@@ -133,11 +168,14 @@ impl<'t> WriteScope<'t> {
     /// dead letters and task expiry entries, in this unit or earlier ones, or they stay
     /// behind without their session.
     pub fn delete_session(&mut self, session: &SessionId) -> Result<bool> {
-        self.shared
+        let deleted = self
+            .shared
             .tables
             .sessions
             .delete(&mut self.txn, session.as_str().as_bytes())
-            .map_err(|e| self.lmdb("deleting a session", e))
+            .map_err(|e| self.lmdb("deleting a session", e))?;
+        self.index_active(session, false)?;
+        Ok(deleted)
     }
 
     /// The task record, if the task exists.

@@ -281,6 +281,19 @@ impl Snapshot {
         read::dead_letters(self.view()?, session, from_seq, limit)
     }
 
+    /// Up to `limit` identifiers of sessions with open tasks or undelivered events, after
+    /// `after` (from the first when `None`), in identifier order.
+    ///
+    /// # Errors
+    /// A corrupt index entry, an LMDB error, a snapshot past its age.
+    pub fn active_sessions_from(
+        &self,
+        after: Option<&SessionId>,
+        limit: usize,
+    ) -> Result<Vec<SessionId>> {
+        read::active_sessions_from(self.view()?, after, limit)
+    }
+
     /// Up to `limit` task expiry entries due at `now_ms` (`expires_ms <= now_ms`), oldest
     /// first, as `(expires_ms, session, task)`.
     pub fn expired_tasks(

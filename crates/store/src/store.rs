@@ -470,7 +470,7 @@ impl Store {
     pub fn write_async<T, E, F>(
         &self,
         unit: F,
-    ) -> impl Future<Output = Result<T, E>> + Send + 'static
+    ) -> impl Future<Output = Result<T, E>> + Send + use<T, E, F>
     where
         F: FnMut(&mut WriteScope<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
@@ -684,9 +684,17 @@ fn open_env(dir: &Path, options: &StoreOptions) -> Result<(Env<WithoutTls>, usiz
         .map_size(map_size_bytes)
         .max_dbs(BUILTIN_TABLES + options.app_tables.len() as u32)
         .max_readers(options.readers_max);
-    // No `flags` call: the defaults keep full durability (each commit is synced;
-    // NO_SYNC or NO_META_SYNC would lose acknowledged commits) and nested transactions
-    // (WRITE_MAP forbids them).
+    // The only flag is NO_READ_AHEAD; the defaults otherwise keep full durability
+    // (each commit is synced; NO_SYNC or NO_META_SYNC would lose acknowledged commits)
+    // and nested transactions (WRITE_MAP forbids them).
+    //
+    // SAFETY: NO_READ_AHEAD only tells the kernel the map is read at random (LMDB's
+    // `madvise(MADV_RANDOM)`): no read-ahead and no fault-around, so a recovery that
+    // reads a few thousand active sessions scattered over a store of a million maps the
+    // pages it reads, not the whole file. It changes no byte LMDB reads or writes.
+    unsafe {
+        env_options.flags(EnvFlags::NO_READ_AHEAD);
+    }
     //
     // SAFETY: `open` is unsafe because the memory map is undefined behaviour if the
     // files are modified behind LMDB's back. The caller holds the directory's exclusive

@@ -27,8 +27,13 @@ pub(crate) const EVENTS: &str = "events";
 pub(crate) const DEAD_LETTERS: &str = "dead_letters";
 /// The `task_expiry` table's name.
 pub(crate) const TASK_EXPIRY: &str = "task_expiry";
+/// The `active_sessions` table's name.
+pub(crate) const ACTIVE_SESSIONS: &str = "active_sessions";
+/// The `meta` key that says the `active_sessions` index lists every active session
+/// (built once for a store written before the index existed).
+pub(crate) const META_ACTIVE_INDEX: &str = "active_index";
 /// How many built-in tables there are (LMDB's `max_dbs` adds the application tables).
-pub(crate) const BUILTIN_TABLES: u32 = 6;
+pub(crate) const BUILTIN_TABLES: u32 = 7;
 /// Application tables live under this prefix in LMDB, so no application name can
 /// collide with a built-in table.
 pub(crate) const APP_TABLE_PREFIX: &str = "app.";
@@ -62,6 +67,10 @@ pub(crate) struct Tables {
     /// `expires_ms(BE) session 0x00 task` to an empty versioned value; `None` as for
     /// `dead_letters`.
     pub(crate) task_expiry: Option<Table>,
+    /// Session id to an empty versioned value, for every session with open tasks or
+    /// undelivered events (kept by `WriteScope::put_session`), so that recovery reads the
+    /// active sessions only; `None` as for `dead_letters`.
+    pub(crate) active_sessions: Option<Table>,
     /// Application tables by name; values are `SerdeBincode<V>` bytes of the caller's `V`.
     pub(crate) app: HashMap<String, Database<'static, Bytes, Bytes>>,
     /// LMDB's main (unnamed) table: the name of every table to LMDB's record of it
@@ -78,6 +87,7 @@ struct OpenedTables<'e> {
     events: Database<'e, Bytes, Bytes>,
     dead_letters: Database<'e, Bytes, Bytes>,
     task_expiry: Database<'e, Bytes, Bytes>,
+    active_sessions: Database<'e, Bytes, Bytes>,
     app: Vec<(String, Database<'e, Bytes, Bytes>)>,
     names: Option<Database<'e, Bytes, Bytes>>,
 }
@@ -92,6 +102,7 @@ impl OnCommit for OpenedTables<'_> {
             events: self.events.on_commit(token),
             dead_letters: Some(self.dead_letters.on_commit(token)),
             task_expiry: Some(self.task_expiry.on_commit(token)),
+            active_sessions: Some(self.active_sessions.on_commit(token)),
             app: self
                 .app
                 .into_iter()
@@ -130,6 +141,7 @@ pub(crate) fn create(env: &Env<WithoutTls>, dir: &Path, app_tables: &[String]) -
     let created = env.create_databases_and_commit(wtxn, |opener, wtxn| {
         let tables = create_all(opener, wtxn, app_tables)?;
         check_versions(&tables, wtxn, dir)?;
+        build_active_index(&tables, wtxn, dir)?;
         Ok::<_, CreateError>(CommitOrAbort::<_, ()>::Commit(tables))
     });
     match created {
@@ -164,9 +176,59 @@ fn create_all<'e>(
         // those too, and optional wherever a store is read without being opened.
         dead_letters: opener.create_database(wtxn, Some(DEAD_LETTERS))?,
         task_expiry: opener.create_database(wtxn, Some(TASK_EXPIRY))?,
+        active_sessions: opener.create_database(wtxn, Some(ACTIVE_SESSIONS))?,
         app,
         names: opener.open_database(wtxn, None)?,
     })
+}
+
+/// Lists every active session in `active_sessions`, once per store: a store written
+/// before the index existed (schema 1, or early schema 2) gets it at its first open by
+/// this build, in the opening transaction; later writes keep it (see `put_session`).
+fn build_active_index(tables: &OpenedTables<'_>, wtxn: &mut RwTxn<'_>, dir: &Path) -> Result<()> {
+    let raw_meta = tables.meta.remap_data_type::<Bytes>();
+    if read_version(raw_meta, wtxn, META_ACTIVE_INDEX)?.is_some() {
+        return Ok(());
+    }
+    let marker =
+        crate::records::codec::encode(&crate::records::ActiveSessionValue).map_err(|reason| {
+            Error::InvalidRecord {
+                table: ACTIVE_SESSIONS,
+                key: String::new(),
+                reason,
+            }
+        })?;
+    let mut active = Vec::new();
+    for entry in tables
+        .sessions
+        .iter(wtxn)
+        .map_err(|e| Error::lmdb("listing sessions to index them", e))?
+    {
+        let (key, bytes) = entry.map_err(|e| Error::lmdb("listing sessions to index them", e))?;
+        let record: crate::records::SessionRecord =
+            crate::records::codec::decode(bytes).map_err(|reason| Error::Corrupt {
+                table: SESSIONS,
+                key: keys::printable(key),
+                reason,
+            })?;
+        if record.is_active() {
+            active.push(key.to_vec());
+        }
+    }
+    for key in &active {
+        tables
+            .active_sessions
+            .put(wtxn, key, &marker)
+            .map_err(|e| Error::lmdb("indexing the active sessions", e))?;
+    }
+    tables
+        .meta
+        .put(wtxn, META_ACTIVE_INDEX, &1)
+        .map_err(|e| Error::lmdb("recording the active-session index", e))?;
+    if !active.is_empty() {
+        tracing::info!(dir = %dir.display(), active = active.len(), "active sessions indexed");
+    }
+    Ok(())
 }
 
 /// A version kept in `meta`, if it is there.
@@ -270,6 +332,7 @@ struct ExistingTables<'e> {
     events: Database<'e, Bytes, Bytes>,
     dead_letters: Option<Database<'e, Bytes, Bytes>>,
     task_expiry: Option<Database<'e, Bytes, Bytes>>,
+    active_sessions: Option<Database<'e, Bytes, Bytes>>,
     app: Vec<(String, Database<'e, Bytes, Bytes>)>,
     names: Option<Database<'e, Bytes, Bytes>>,
 }
@@ -284,6 +347,7 @@ impl OnCommit for ExistingTables<'_> {
             events: self.events.on_commit(token),
             dead_letters: self.dead_letters.map(|table| table.on_commit(token)),
             task_expiry: self.task_expiry.map(|table| table.on_commit(token)),
+            active_sessions: self.active_sessions.map(|table| table.on_commit(token)),
             app: self
                 .app
                 .into_iter()
@@ -356,6 +420,7 @@ pub(crate) fn open_existing(
             events,
             dead_letters: open(DEAD_LETTERS)?,
             task_expiry: open(TASK_EXPIRY)?,
+            active_sessions: open(ACTIVE_SESSIONS)?,
             app,
             names: opener.open_database(rtxn, None)?,
         }))

@@ -32,3 +32,13 @@ pub fn max_rss_bytes() -> anyhow::Result<u64> {
 pub fn rss_bytes() -> anyhow::Result<u64> {
     Ok(status_kib("VmRSS:")? * 1024)
 }
+
+/// The anonymous part of this process's resident memory (RssAnon: heap, stacks, what it
+/// allocated), in bytes; the rest of VmRSS is file pages mapped in (a memory-mapped
+/// store's pages, which belong to the page cache and are reclaimable).
+///
+/// # Errors
+/// Not on Linux, or an unreadable status file.
+pub fn anon_rss_bytes() -> anyhow::Result<u64> {
+    Ok(status_kib("RssAnon:")? * 1024)
+}

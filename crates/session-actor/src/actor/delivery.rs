@@ -109,6 +109,9 @@ impl SessionActor {
                         .min(crate::units::DELIVERY_EVENTS_PER_UNIT_MAX);
                 }
                 self.note_slow(&delivered);
+                if let Some(active) = delivered.active {
+                    self.active = active;
+                }
                 self.perform_actions(&delivered.actions, &[], ctx);
                 self.generations_finished(delivered.finished_through);
                 if delivered.held_ms > self.shared.delivery.unit_budget_ms {

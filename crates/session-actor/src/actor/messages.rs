@@ -70,7 +70,7 @@ pub(crate) struct WaitGeneration {
 
 /// Ask for a task's progress channel.
 #[derive(Debug, Clone, Message)]
-#[rtype(result = "watch::Receiver<Progress>")]
+#[rtype(result = "Result<watch::Receiver<Progress>, Error>")]
 pub(crate) struct Watch {
     pub(crate) task: TaskId,
 }
@@ -117,12 +117,12 @@ pub struct SessionStatus {
 
 /// Try a failed delivery again now (`Session::retry_now`).
 #[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<(), Error>")]
 pub(crate) struct RetryNow;
 
 /// Take a parked session back into service (`Session::resume`).
 #[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<(), Error>")]
 pub(crate) struct Resume;
 
 /// Take the session out of service for good (`Sessions::remove_session`).
@@ -145,7 +145,12 @@ pub(crate) struct Forget {
 }
 
 impl SessionActor {
+    /// A retired actor sends every request on (to the session's actor of the moment); a
+    /// parked one refuses work.
     fn refuse_if_faulted(&self) -> Result<(), Error> {
+        if self.retired {
+            return Err(self.gone());
+        }
         match &self.faulted {
             Some(reason) => Err(Error::Faulted {
                 session: self.id.clone(),
@@ -225,12 +230,11 @@ impl Handler<EnqueueBatch> for SessionActor {
             .write_async(move |scope| run_batch(scope, &id, &message, &units.machine_context()));
         let session = self.id.clone();
         Box::pin(
-            async move {
+            self.busy(async move {
                 pending
                     .await
                     .map_err(|error: UnitError| error.into_error(&session))
-            }
-            .into_actor(self)
+            })
             .map(|result, act, ctx| {
                 let (transitions, generation, records) = result?;
                 for transition in &transitions {
@@ -341,6 +345,9 @@ impl Handler<Wait> for SessionActor {
     type Result = Result<oneshot::Receiver<Outcome>, Error>;
 
     fn handle(&mut self, message: Wait, _: &mut Self::Context) -> Self::Result {
+        if self.retired {
+            return Err(self.gone());
+        }
         let (sender, receiver) = oneshot::channel();
         // Committed outcomes are in the store; later ones arrive as TaskTerminal actions,
         // which this actor performs after this handler returns.
@@ -358,6 +365,9 @@ impl Handler<WaitGeneration> for SessionActor {
     type Result = Result<oneshot::Receiver<()>, Error>;
 
     fn handle(&mut self, message: WaitGeneration, _: &mut Self::Context) -> Self::Result {
+        if self.retired {
+            return Err(self.gone());
+        }
         let (sender, receiver) = oneshot::channel();
         let snapshot = self.shared.store.snapshot()?;
         let current = snapshot
@@ -386,9 +396,12 @@ impl Handler<WaitGeneration> for SessionActor {
 }
 
 impl Handler<Watch> for SessionActor {
-    type Result = MessageResult<Watch>;
+    type Result = Result<watch::Receiver<Progress>, Error>;
 
     fn handle(&mut self, message: Watch, _: &mut Self::Context) -> Self::Result {
+        if self.retired {
+            return Err(self.gone());
+        }
         let sender = self.progress.entry(message.task).or_insert_with(|| {
             watch::channel(Progress {
                 bytes_done: 0,
@@ -396,7 +409,7 @@ impl Handler<Watch> for SessionActor {
             })
             .0
         });
-        MessageResult(sender.subscribe())
+        Ok(sender.subscribe())
     }
 }
 
@@ -404,6 +417,10 @@ impl Handler<SetDelegate> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, message: SetDelegate, ctx: &mut Self::Context) {
+        if self.retired {
+            // The registry has it; the next actor takes it when it starts.
+            return;
+        }
         self.delegate = Some(message.0);
         self.deliver(ctx);
     }
@@ -413,31 +430,42 @@ impl Handler<Poke> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, _: Poke, ctx: &mut Self::Context) {
+        if self.retired {
+            return;
+        }
         self.delivery_blocked = None;
         self.deliver(ctx);
     }
 }
 
 impl Handler<RetryNow> for SessionActor {
-    type Result = ();
+    type Result = Result<(), Error>;
 
-    fn handle(&mut self, _: RetryNow, ctx: &mut Self::Context) {
+    fn handle(&mut self, _: RetryNow, ctx: &mut Self::Context) -> Self::Result {
+        if self.retired {
+            return Err(self.gone());
+        }
         self.retry_delivery_now(ctx);
+        Ok(())
     }
 }
 
 impl Handler<Resume> for SessionActor {
-    type Result = ();
+    type Result = Result<(), Error>;
 
-    fn handle(&mut self, _: Resume, ctx: &mut Self::Context) {
+    fn handle(&mut self, _: Resume, ctx: &mut Self::Context) -> Self::Result {
+        if self.retired {
+            return Err(self.gone());
+        }
         if self.faulted.take().is_none() {
-            return;
+            return Ok(());
         }
         tracing::info!(parent: &self.span, "a parked session is resumed");
         self.restarts = 0;
         self.restart_streak = 0;
         self.shared.clear_faulted(&self.id);
         self.submit_and_perform(Input::Restart, ctx);
+        Ok(())
     }
 }
 
@@ -446,9 +474,9 @@ impl Handler<Retire> for SessionActor {
 
     fn handle(&mut self, _: Retire, ctx: &mut Self::Context) {
         tracing::info!(parent: &self.span, "session removed");
-        // Parked for good: every request is refused and nothing runs; the supervisor
+        // Retired for good: every request is refused and nothing runs; the supervisor
         // ends once the last address is gone.
-        self.faulted = Some("removed".into());
+        self.retired = true;
         self.delegate = None;
         for handle in self
             .transfers
@@ -460,6 +488,7 @@ impl Handler<Retire> for SessionActor {
         {
             ctx.cancel_future(handle);
         }
+        ctx.stop();
     }
 }
 
@@ -486,6 +515,9 @@ impl Handler<Status> for SessionActor {
     type Result = Result<SessionStatus, Error>;
 
     fn handle(&mut self, _: Status, _: &mut Self::Context) -> Self::Result {
+        if self.retired {
+            return Err(self.gone());
+        }
         let record = self.shared.store.snapshot()?.session(&self.id)?;
         Ok(SessionStatus {
             delivery_failure: record

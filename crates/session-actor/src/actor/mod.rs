@@ -74,6 +74,16 @@ pub(crate) struct SessionActor {
     slowest_delivery_ms: u64,
     /// Since when units of this session are refused for a full disk (in this process).
     storage_full_since_ms: Option<u64>,
+    /// Which actor of the session this is (the registry's number).
+    instance: u64,
+    /// It left the registry: it refuses every request (they go to the next actor).
+    retired: bool,
+    /// The session has open tasks or undelivered events, as last committed.
+    active: bool,
+    /// Units and delayed runs of this actor in flight.
+    in_flight: u32,
+    /// The last idle check found the actor idle (the next one retires it if it still is).
+    idle_seen: bool,
     span: tracing::Span,
 }
 
@@ -83,6 +93,7 @@ impl SessionActor {
         shared: Arc<Shared>,
         delegate: Option<Delegate>,
         recovered: Option<Vec<Action>>,
+        instance: u64,
     ) -> Self {
         let span = tracing::info_span!("session", id = %id);
         SessionActor {
@@ -111,13 +122,19 @@ impl SessionActor {
             slow_deliveries: 0,
             slowest_delivery_ms: 0,
             storage_full_since_ms: None,
+            instance,
+            retired: false,
+            // Until its first transition says otherwise, a new actor assumes work.
+            active: true,
+            in_flight: 0,
+            idle_seen: false,
             span,
         }
     }
 
     /// Submits one machine input as a writer unit; resolves after the durable commit.
     fn submit(
-        &self,
+        &mut self,
         input: Input,
     ) -> impl ActorFuture<Self, Output = Result<Transition, Error>> + 'static {
         let id = self.id.clone();
@@ -126,12 +143,89 @@ impl SessionActor {
             run_input(scope, &id, input.clone(), &units.machine_context())
         });
         let id = self.id.clone();
-        async move {
+        self.busy(async move {
             pending
                 .await
                 .map_err(|error: UnitError| error.into_error(&id))
+        })
+    }
+
+    /// A future of this actor that keeps it from retiring while it runs.
+    pub(super) fn busy<F>(
+        &mut self,
+        future: F,
+    ) -> impl ActorFuture<Self, Output = F::Output> + 'static
+    where
+        F: std::future::Future + 'static,
+    {
+        self.in_flight += 1;
+        future.into_actor(self).map(|output, act: &mut Self, _| {
+            act.in_flight = act.in_flight.saturating_sub(1);
+            output
+        })
+    }
+
+    /// Runs `f` after `delay`, keeping the actor from retiring until then.
+    fn later(
+        &mut self,
+        delay: Duration,
+        ctx: &mut Context<Self>,
+        f: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
+    ) {
+        self.in_flight += 1;
+        ctx.run_later(delay, move |act, ctx| {
+            act.in_flight = act.in_flight.saturating_sub(1);
+            f(act, ctx);
+        });
+    }
+
+    /// Whether the session needs no actor now: no work, no event waiting, nothing in
+    /// flight, no timer, nobody waiting. A parked session keeps its actor (its status says
+    /// why).
+    fn is_idle(&self) -> bool {
+        !self.retired
+            && self.faulted.is_none()
+            && !self.active
+            && self.in_flight == 0
+            && !self.delivering
+            && self.transfers.is_empty()
+            && self.start_timers.is_empty()
+            && self.deadline_timers.is_empty()
+            && self.delivery_timer.is_none()
+            && self.waiters.is_empty()
+            && self.generation_waiters.is_empty()
+            && self.delivery_blocked.is_none()
+    }
+
+    /// One idle check (every [`IDLE_CHECK`]): an actor found idle by two checks in a row
+    /// retires, and the next request for the session starts a new one. Checking on a
+    /// clock rather than after each change keeps one rule for every way an actor becomes
+    /// idle (a unit, a delivery, a waiter resolved or dropped).
+    fn idle_check(&mut self, ctx: &mut Context<Self>) {
+        if !self.is_idle() {
+            self.idle_seen = false;
+        } else if self.idle_seen {
+            self.retire(ctx);
+        } else {
+            self.idle_seen = true;
         }
-        .into_actor(self)
+    }
+
+    /// Leaves the registry (under its lock, so every later request reaches a new actor)
+    /// and stops; whatever still reaches this actor is refused and asked again.
+    pub(super) fn retire(&mut self, ctx: &mut Context<Self>) {
+        self.shared.registry.retire(&self.id, self.instance);
+        self.retired = true;
+        self.progress.clear();
+        tracing::debug!(parent: &self.span, "idle: the actor retires");
+        ctx.stop();
+    }
+
+    /// What a retired actor answers: ask the session's actor of the moment.
+    pub(super) fn gone(&self) -> Error {
+        Error::SessionGone {
+            session: self.id.clone(),
+        }
     }
 
     /// Submits an input whose transition the actor only needs to act on.
@@ -165,6 +259,7 @@ impl SessionActor {
 
     /// Performs a committed transition's actions; a panic here restarts the actor.
     fn perform(&mut self, transition: &Transition, ctx: &mut Context<Self>) {
+        self.active = transition.session.is_active();
         self.perform_actions(&transition.actions, &transition.tasks, ctx);
         if !self.generation_waiters.is_empty() && !transition.events.is_empty() {
             self.check_generations();
@@ -358,7 +453,7 @@ impl SessionActor {
         let delay_ms = (STORAGE_RETRY_MS_MIN + waited_ms / 2).min(STORAGE_RETRY_MS_MAX);
         tracing::warn!(parent: &self.span, input = input.name(), delay_ms,
             "the store's disk is full; trying again later");
-        ctx.run_later(Duration::from_millis(delay_ms), move |act, ctx| {
+        self.later(Duration::from_millis(delay_ms), ctx, move |act, ctx| {
             act.submit_and_perform(input, ctx);
         });
     }
@@ -383,6 +478,9 @@ impl SessionActor {
         self.deliver_again = false;
         self.delivery_timer = None;
         self.delivery_not_before_ms = None;
+        // Every future and timer of the old context is gone with it.
+        self.in_flight = 0;
+        self.idle_seen = false;
     }
 }
 
@@ -391,9 +489,16 @@ impl Actor for SessionActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        if self.retired {
+            // Restarted by its supervisor after it retired (a request still held its
+            // address): it does nothing but refuse, and stops.
+            ctx.stop();
+            return;
+        }
         if self.epoch == 0 {
             self.shared.note_actor_started();
         }
+        ctx.run_interval(IDLE_CHECK, |act, ctx| act.idle_check(ctx));
         if self.faulted.is_some() {
             return;
         }
@@ -404,7 +509,7 @@ impl Actor for SessionActor {
             // A supervised restart after a panic in the actor: not in a tight loop.
             None => {
                 let delay = restart_delay(self.restart_streak);
-                ctx.run_later(delay, |act, ctx| {
+                self.later(delay, ctx, |act, ctx| {
                     act.submit_and_perform(Input::Restart, ctx);
                 });
             }
@@ -414,6 +519,10 @@ impl Actor for SessionActor {
 
 /// The mailbox capacity of a session actor (messages from `Session` handles).
 pub(crate) const MAILBOX_CAPACITY: usize = 256;
+/// How often an actor checks whether its session went idle; it retires after one to two
+/// of these, so a session that goes quiet and busy again does not start an actor each
+/// time.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// The first delay before a unit refused for a full disk is tried again.
 const STORAGE_RETRY_MS_MIN: u64 = 250;
 /// The longest delay between two tries while the disk stays full.

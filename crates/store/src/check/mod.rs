@@ -176,10 +176,16 @@ pub(crate) struct RecordCounts {
 /// The logical walk: reads, decodes and validates every record of the built-in tables.
 pub(crate) fn count_records(view: View<'_>) -> Result<RecordCounts> {
     let mut counts = RecordCounts::default();
-    read::for_each_session(view, |_| {
+    let mut active = 0_u64;
+    read::for_each_session(view, |record| {
         counts.sessions += 1;
+        if record.is_active() {
+            active += 1;
+            read::require_indexed_active(view, &record.id)?;
+        }
         Ok(())
     })?;
+    read::require_active_index_count(view, active)?;
     read::for_each_task(view, |_| {
         counts.tasks += 1;
         Ok(())

@@ -10,7 +10,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::v1;
-use super::{DeadLetterRecord, EventRecord, SessionRecord, TaskExpiryValue, TaskRecord};
+use super::{
+    ActiveSessionValue, DeadLetterRecord, EventRecord, SessionRecord, TaskExpiryValue, TaskRecord,
+};
 use crate::ids::IDENTIFIER_BYTES_MAX;
 
 /// The first byte of every versioned value.
@@ -114,6 +116,14 @@ fn no_schema_1(version: Option<u8>) -> String {
 }
 
 impl Versioned for DeadLetterRecord {
+    const VERSION: u8 = 1;
+
+    fn decode_older(version: Option<u8>, _bytes: &[u8]) -> Result<Self, String> {
+        Err(no_schema_1(version))
+    }
+}
+
+impl Versioned for ActiveSessionValue {
     const VERSION: u8 = 1;
 
     fn decode_older(version: Option<u8>, _bytes: &[u8]) -> Result<Self, String> {

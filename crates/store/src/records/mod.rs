@@ -806,6 +806,20 @@ impl DeadLetterRecord {
     }
 }
 
+/// The value of an `active_sessions` entry: the key (a session identifier) says it all:
+/// the session has open tasks or undelivered events. Only the version marker, kept so a
+/// later release can put something there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ActiveSessionValue;
+
+impl SessionRecord {
+    /// Whether the session has work (open tasks) or events waiting: what the
+    /// `active_sessions` index lists, and what needs an actor after a restart.
+    pub fn is_active(&self) -> bool {
+        self.tasks_open > 0 || self.has_undelivered_events()
+    }
+}
+
 /// The value of a `task_expiry` entry: its key says everything (when, which session,
 /// which task), so the value is only the version marker, kept so a later release can put
 /// something there.
