@@ -66,6 +66,9 @@ pub struct ChildFigures {
     pub anon_before_bytes: u64,
     /// Anonymous resident memory once every actor is up.
     pub anon_after_bytes: u64,
+    /// Seconds of one read pass over what recovery must read (the active index, each
+    /// active session's record and tasks, decoded), in the same process after recovery.
+    pub read_pass_s: f64,
 }
 
 /// What `bench recovery` measured.
@@ -81,6 +84,10 @@ pub struct RecoveryReport {
     pub tasks: usize,
     /// Seconds from `open` to every active session's actor up and every task scheduled.
     pub recover_s: f64,
+    /// What bounds it: one read pass over the records recovery reads (no actors, no
+    /// writes), measured in the same process; `recover_s / bound_read_s` is what the
+    /// actors, the scheduling and the recovery unit's writes add.
+    pub bound_read_s: f64,
     /// Peak resident memory of the recovering process.
     pub max_rss_bytes: u64,
     /// (peak - resident before open) / sessions.
@@ -144,6 +151,7 @@ pub fn run(args: &RecoveryArgs) -> anyhow::Result<()> {
         active,
         tasks: active * args.tasks_per_session,
         recover_s: figures.recover_s,
+        bound_read_s: figures.read_pass_s,
         max_rss_bytes: figures.max_rss_bytes,
         bytes_per_session: delta(&figures) as f64 / args.sessions.max(1) as f64,
         active_only_recover_s: active_only.as_ref().map(|f| f.recover_s),
@@ -159,11 +167,12 @@ pub fn run(args: &RecoveryArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "bench recovery: {} sessions ({} active), {} tasks up in {:.3} s; peak RSS {:.1} MiB, {:.0} bytes per session",
+            "bench recovery: {} sessions ({} active), {} tasks up in {:.3} s (one read pass over them: {:.3} s); peak RSS {:.1} MiB, {:.0} bytes per session",
             report.sessions,
             report.active,
             report.tasks,
             report.recover_s,
+            report.bound_read_s,
             report.max_rss_bytes as f64 / 1048576.0,
             report.bytes_per_session
         );
@@ -276,15 +285,40 @@ fn measure(dir: &Path, no_check: bool) -> anyhow::Result<ChildFigures> {
             actix_rt::time::sleep(Duration::from_millis(1)).await;
         }
         let recover_s = start.elapsed().as_secs_f64();
+        let anon_after_bytes = anon_rss_bytes()?;
+        let max_rss_bytes = max_rss_bytes()?;
+        let read_pass_s = read_pass(sessions.store())?;
         Ok(ChildFigures {
             actors: recovered,
             recover_s,
             rss_before_bytes,
-            max_rss_bytes: max_rss_bytes()?,
+            max_rss_bytes,
             anon_before_bytes,
-            anon_after_bytes: anon_rss_bytes()?,
+            anon_after_bytes,
+            read_pass_s,
         })
     })
+}
+
+/// One pass over what recovery reads, in pieces of short snapshots as recovery reads it:
+/// the active index, and each active session's record and tasks, decoded.
+fn read_pass(store: &Store) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut after: Option<SessionId> = None;
+    let mut tasks = 0usize;
+    loop {
+        let snapshot = store.snapshot()?;
+        let ids = snapshot.active_sessions_from(after.as_ref(), 1024)?;
+        let Some(last) = ids.last() else { break };
+        after = Some(last.clone());
+        for id in &ids {
+            if snapshot.session(id)?.is_some() {
+                tasks += snapshot.tasks(id)?.len();
+            }
+        }
+    }
+    std::hint::black_box(tasks);
+    Ok(start.elapsed().as_secs_f64())
 }
 
 /// An idle session: one generation finished and delivered, its task kept.
