@@ -213,6 +213,18 @@ where
     }
 }
 
+/// An async closure is an at-least-once delegate:
+/// `Delegate::at_least_once(|delivery: Delivery| async move { ...; Ok(()) })`.
+impl<F, Fut> AsyncDelegate for F
+where
+    F: Fn(Delivery) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), DelegateError>> + Send + 'static,
+{
+    fn deliver(&self, delivery: Delivery) -> BoxFuture<'static, Result<(), DelegateError>> {
+        Box::pin(self(delivery))
+    }
+}
+
 /// The call of a stored completion handler.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompletionCall {

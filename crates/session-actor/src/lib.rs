@@ -136,6 +136,8 @@ mod delegate;
 mod error;
 mod janitor;
 pub mod machine;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod recovery;
 mod registry;
 mod requests;
