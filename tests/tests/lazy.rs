@@ -178,6 +178,7 @@ async fn a_removed_session_is_not_brought_back_by_a_held_handle() {
         .await
         .expect("enqueue");
     session.finished(task.generation()).await.expect("finished");
+    let first_generation = task.generation();
     let forgotten = session.forget("t").await;
     forgotten.expect("forget the delivered task");
     sessions.remove_session("gone").await.expect("remove");
@@ -191,5 +192,27 @@ async fn a_removed_session_is_not_brought_back_by_a_held_handle() {
         .await;
     assert!(again.is_err(), "a removed session took work: {again:?}");
     assert!(session.record().expect("read").is_none(), "it came back");
+
+    // Created again under the same identifier, it numbers on: no delivery key repeats
+    // (the recorder refuses a key it has seen, so a repeat would never be delivered).
+    let again = sessions
+        .session("gone", config(), Delegate::transactional(ledger::record))
+        .await
+        .expect("the same identifier, a new session");
+    let task = again
+        .enqueue(
+            "t",
+            TransferRequest::download(origin.url("/objects/t2?size=100")),
+        )
+        .await
+        .expect("enqueue");
+    assert_eq!(task.generation(), first_generation + 1);
+    again.finished(task.generation()).await.expect("delivered");
+    let keys: Vec<String> = ledger::entries(&sessions)
+        .into_iter()
+        .map(|(key, _)| key)
+        .filter(|key| key.starts_with("gone/"))
+        .collect();
+    assert_eq!(keys, ["gone/1/0", "gone/1/1", "gone/2/2", "gone/2/3"]);
     sessions.shutdown().await.expect("shutdown");
 }

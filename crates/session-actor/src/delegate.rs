@@ -19,7 +19,9 @@ use futures_util::future::BoxFuture;
 use session_store::{Outcome, SessionId, TaskId, TaskKind, WriteScope};
 
 /// The stable identity of one delivery: the same event always has the same key, in
-/// every process that delivers it.
+/// every process that delivers it, and no two events of one store share a key (a session
+/// removed and created again under the same identifier numbers on from where the removed
+/// one stopped). A new store (a new root directory) starts again from the first keys.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeliveryKey {
     /// The session.

@@ -140,6 +140,17 @@ pub(crate) fn remove_unit(
     }
     if last_piece {
         scope.delete_session(session)?;
+        if record.generation > 0 {
+            // A session created again under this identifier numbers on from here, so no
+            // delivery key is given twice.
+            scope.put_removed_session(
+                session,
+                &session_store::RemovedSession {
+                    generation: record.generation,
+                    next_event_seq: record.next_event_seq,
+                },
+            )?;
+        }
     }
     Ok(last_piece)
 }

@@ -43,10 +43,10 @@
 //! tokio-postgres requires. One `PgDeliveries` holds one connection, so its deliveries
 //! run one at a time; give busy sessions one each.
 //!
-//! A session's keys start again from the first if the session is removed
-//! ([`Sessions::remove_session`](crate::Sessions::remove_session)) and created again under
-//! the same identifier: call [`PgDeliveries::forget_session`] when removing it, or the new
-//! session's first events would be taken for delivered.
+//! Keys are unique within one store: a session removed and created again numbers on. A
+//! new store (a new root directory) starts again from the first keys, so give it a new
+//! schema, or [`PgDeliveries::forget_session`] its sessions first; `forget_session` also
+//! keeps the table small after [`Sessions::remove_session`](crate::Sessions::remove_session).
 
 use std::sync::Arc;
 
@@ -214,9 +214,9 @@ impl PgDeliveries {
         Ok(row.is_some())
     }
 
-    /// Drops the delivered keys of a session, for a session removed with
-    /// [`Sessions::remove_session`](crate::Sessions::remove_session) whose identifier will
-    /// be used again. Returns how many keys went.
+    /// Drops the delivered keys of a session (removed with
+    /// [`Sessions::remove_session`](crate::Sessions::remove_session), or of a store that
+    /// was deleted). Returns how many keys went.
     ///
     /// # Errors
     /// The server's errors.

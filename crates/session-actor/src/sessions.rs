@@ -442,6 +442,9 @@ impl Sessions {
     /// Removes a session that has nothing left: no open task, no undelivered event, no
     /// dead letter. Its task records go in bounded units, then its record and its
     /// download directory; its actor stops. Removing an unknown session does nothing.
+    /// Where its numbering stopped is kept (a few bytes), so a session created again
+    /// under the same identifier goes on from the next generation and sequence number and
+    /// never repeats a [`DeliveryKey`](crate::DeliveryKey).
     ///
     /// # Errors
     /// [`Error::SessionBusy`] naming what is left, an invalid identifier, a store error,

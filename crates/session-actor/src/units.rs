@@ -28,7 +28,23 @@ pub(crate) fn run_input(
     input: Input,
     context: &Context,
 ) -> Result<Transition, UnitError> {
-    let record = scope.session(session)?;
+    let stored = scope.session(session)?;
+    let mut record = stored.clone();
+    if record.is_none()
+        && let Input::Open { id, config } = &input
+        && let Some(removed) = scope.removed_session(session)?
+    {
+        // Created again after a removal: its numbering goes on where the removed one's
+        // stopped, so no delivery key repeats.
+        scope.delete_removed_session(session)?;
+        record = Some(SessionRecord {
+            generation: removed.generation,
+            completion_generation: removed.generation,
+            next_event_seq: removed.next_event_seq,
+            delivered_seq: removed.next_event_seq,
+            ..SessionRecord::new(id.clone(), config.clone(), context.now_ms)
+        });
+    }
     let mut tasks = BTreeMap::new();
     let mut conflict_with = None;
     match &input {
@@ -72,7 +88,7 @@ pub(crate) fn run_input(
         Input::Enqueue { request, .. } => Some(request.clone()),
         _ => None,
     };
-    let before = record.clone();
+    let before = stored;
     let transition = machine::apply(
         Records {
             session: record,

@@ -13,10 +13,12 @@ use crate::ids::{SessionId, TaskId};
 use crate::keys;
 use crate::records::codec::{self, Versioned};
 use crate::records::{
-    ActiveSessionValue, DeadLetterRecord, EventRecord, SessionRecord, TaskExpiryValue, TaskRecord,
+    ActiveSessionValue, DeadLetterRecord, EventRecord, RemovedSession, SessionRecord,
+    TaskExpiryValue, TaskRecord,
 };
 use crate::tables::{
-    ACTIVE_SESSIONS, DEAD_LETTERS, EVENTS, SESSIONS, TASK_EXPIRY, TASKS, Table, Tables,
+    ACTIVE_SESSIONS, DEAD_LETTERS, EVENTS, REMOVED_SESSIONS, SESSIONS, TASK_EXPIRY, TASKS, Table,
+    Tables,
 };
 
 /// A read transaction and the tables: what a `WriteScope` or a `Snapshot` reads through.
@@ -596,6 +598,45 @@ fn for_each_in<T>(
         visit(decode(key, bytes)?)?;
     }
     Ok(())
+}
+
+/// Where a removed session's numbering stopped, if `id` was removed (and not created
+/// again since).
+pub(crate) fn removed_session(view: View<'_>, id: &SessionId) -> Result<Option<RemovedSession>> {
+    let Some(table) = view.tables.removed_sessions else {
+        return Ok(None);
+    };
+    let key = id.as_str().as_bytes();
+    match table
+        .get(view.txn, key)
+        .map_err(lmdb("reading a removed session"))?
+    {
+        Some(bytes) => removed_from(key, bytes).map(|(_, removed)| Some(removed)),
+        None => Ok(None),
+    }
+}
+
+fn removed_from(key: &[u8], bytes: &[u8]) -> Result<(SessionId, RemovedSession)> {
+    let printable = || keys::printable(key);
+    let removed: RemovedSession = decode_record(REMOVED_SESSIONS, printable, bytes)?;
+    let id = std::str::from_utf8(key)
+        .ok()
+        .and_then(|text| SessionId::new(text).ok())
+        .ok_or_else(|| Error::Corrupt {
+            table: REMOVED_SESSIONS,
+            key: printable(),
+            reason: "the key is not a session identifier".into(),
+        })?;
+    Ok((id, removed))
+}
+
+/// Visits every removed session's numbering, in identifier order.
+pub(crate) fn for_each_removed_session(
+    view: View<'_>,
+    visit: impl FnMut((SessionId, RemovedSession)) -> Result<()>,
+) -> Result<()> {
+    let table = view.tables.removed_sessions;
+    for_each_in(view, table, "listing removed sessions", removed_from, visit)
 }
 
 /// Visits every dead letter, ordered by session then sequence number.

@@ -11,10 +11,13 @@ use crate::keys;
 use crate::read::{self, View};
 use crate::records::codec::{self, Versioned};
 use crate::records::{
-    ActiveSessionValue, DeadLetterRecord, EventRecord, SessionRecord, TaskExpiryValue, TaskRecord,
+    ActiveSessionValue, DeadLetterRecord, EventRecord, RemovedSession, SessionRecord,
+    TaskExpiryValue, TaskRecord,
 };
 use crate::store::Shared;
-use crate::tables::{ACTIVE_SESSIONS, DEAD_LETTERS, EVENTS, SESSIONS, TASK_EXPIRY, TASKS, Table};
+use crate::tables::{
+    ACTIVE_SESSIONS, DEAD_LETTERS, EVENTS, REMOVED_SESSIONS, SESSIONS, TASK_EXPIRY, TASKS, Table,
+};
 
 /// The longest application table key LMDB accepts (its default `MDB_MAXKEYSIZE`).
 pub const APP_KEY_BYTES_MAX: usize = 511;
@@ -159,6 +162,31 @@ impl<'t> WriteScope<'t> {
         limit: usize,
     ) -> Result<Vec<SessionId>> {
         self.observe(read::active_sessions_from(self.view(), after, limit))
+    }
+
+    /// Where a removed session's numbering stopped, if `id` was removed and not created
+    /// again since.
+    pub fn removed_session(&self, id: &SessionId) -> Result<Option<RemovedSession>> {
+        self.observe(read::removed_session(self.view(), id))
+    }
+
+    /// Records where a removed session's numbering stopped (with its record's deletion),
+    /// so that a session created again under its identifier goes on from there.
+    pub fn put_removed_session(&mut self, id: &SessionId, removed: &RemovedSession) -> Result<()> {
+        let bytes = checked_encode(REMOVED_SESSIONS, || id.to_string(), removed, Ok(()))?;
+        let table = self.later_table(self.shared.tables.removed_sessions)?;
+        table
+            .put(&mut self.txn, id.as_str().as_bytes(), &bytes)
+            .map_err(|e| self.lmdb("recording a removed session", e))
+    }
+
+    /// Drops a removed session's numbering (the session is created again and carries it
+    /// on); `false` if there was none.
+    pub fn delete_removed_session(&mut self, id: &SessionId) -> Result<bool> {
+        let table = self.later_table(self.shared.tables.removed_sessions)?;
+        table
+            .delete(&mut self.txn, id.as_str().as_bytes())
+            .map_err(|e| self.lmdb("dropping a removed session", e))
     }
 
     /// Deletes a session's record; `false` if there was none.

@@ -29,11 +29,13 @@ pub(crate) const DEAD_LETTERS: &str = "dead_letters";
 pub(crate) const TASK_EXPIRY: &str = "task_expiry";
 /// The `active_sessions` table's name.
 pub(crate) const ACTIVE_SESSIONS: &str = "active_sessions";
+/// The `removed_sessions` table's name.
+pub(crate) const REMOVED_SESSIONS: &str = "removed_sessions";
 /// The `meta` key that says the `active_sessions` index lists every active session
 /// (built once for a store written before the index existed).
 pub(crate) const META_ACTIVE_INDEX: &str = "active_index";
 /// How many built-in tables there are (LMDB's `max_dbs` adds the application tables).
-pub(crate) const BUILTIN_TABLES: u32 = 7;
+pub(crate) const BUILTIN_TABLES: u32 = 8;
 /// Application tables live under this prefix in LMDB, so no application name can
 /// collide with a built-in table.
 pub(crate) const APP_TABLE_PREFIX: &str = "app.";
@@ -71,6 +73,9 @@ pub(crate) struct Tables {
     /// undelivered events (kept by `WriteScope::put_session`), so that recovery reads the
     /// active sessions only; `None` as for `dead_letters`.
     pub(crate) active_sessions: Option<Table>,
+    /// Session id to a versioned [`RemovedSession`](crate::RemovedSession): where a
+    /// removed session's numbering stopped; `None` as for `dead_letters`.
+    pub(crate) removed_sessions: Option<Table>,
     /// Application tables by name; values are `SerdeBincode<V>` bytes of the caller's `V`.
     pub(crate) app: HashMap<String, Database<'static, Bytes, Bytes>>,
     /// LMDB's main (unnamed) table: the name of every table to LMDB's record of it
@@ -88,6 +93,7 @@ struct OpenedTables<'e> {
     dead_letters: Database<'e, Bytes, Bytes>,
     task_expiry: Database<'e, Bytes, Bytes>,
     active_sessions: Database<'e, Bytes, Bytes>,
+    removed_sessions: Database<'e, Bytes, Bytes>,
     app: Vec<(String, Database<'e, Bytes, Bytes>)>,
     names: Option<Database<'e, Bytes, Bytes>>,
 }
@@ -103,6 +109,7 @@ impl OnCommit for OpenedTables<'_> {
             dead_letters: Some(self.dead_letters.on_commit(token)),
             task_expiry: Some(self.task_expiry.on_commit(token)),
             active_sessions: Some(self.active_sessions.on_commit(token)),
+            removed_sessions: Some(self.removed_sessions.on_commit(token)),
             app: self
                 .app
                 .into_iter()
@@ -177,6 +184,7 @@ fn create_all<'e>(
         dead_letters: opener.create_database(wtxn, Some(DEAD_LETTERS))?,
         task_expiry: opener.create_database(wtxn, Some(TASK_EXPIRY))?,
         active_sessions: opener.create_database(wtxn, Some(ACTIVE_SESSIONS))?,
+        removed_sessions: opener.create_database(wtxn, Some(REMOVED_SESSIONS))?,
         app,
         names: opener.open_database(wtxn, None)?,
     })
@@ -333,6 +341,7 @@ struct ExistingTables<'e> {
     dead_letters: Option<Database<'e, Bytes, Bytes>>,
     task_expiry: Option<Database<'e, Bytes, Bytes>>,
     active_sessions: Option<Database<'e, Bytes, Bytes>>,
+    removed_sessions: Option<Database<'e, Bytes, Bytes>>,
     app: Vec<(String, Database<'e, Bytes, Bytes>)>,
     names: Option<Database<'e, Bytes, Bytes>>,
 }
@@ -348,6 +357,7 @@ impl OnCommit for ExistingTables<'_> {
             dead_letters: self.dead_letters.map(|table| table.on_commit(token)),
             task_expiry: self.task_expiry.map(|table| table.on_commit(token)),
             active_sessions: self.active_sessions.map(|table| table.on_commit(token)),
+            removed_sessions: self.removed_sessions.map(|table| table.on_commit(token)),
             app: self
                 .app
                 .into_iter()
@@ -421,6 +431,7 @@ pub(crate) fn open_existing(
             dead_letters: open(DEAD_LETTERS)?,
             task_expiry: open(TASK_EXPIRY)?,
             active_sessions: open(ACTIVE_SESSIONS)?,
+            removed_sessions: open(REMOVED_SESSIONS)?,
             app,
             names: opener.open_database(rtxn, None)?,
         }))

@@ -510,3 +510,67 @@ fn a_store_without_the_later_tables_opens_and_gets_them() {
         .write(|scope| scope.put_dead_letter(&dead_letter("s", 0)))
         .expect("the table is back");
 }
+
+/// A removed session's numbering roundtrips through `put_removed_session`, survives a
+/// reopen, and goes with `delete_removed_session`; the record walk refuses one left
+/// beside a session of the same identifier.
+#[test]
+fn removed_session_numbering_roundtrips_and_is_walked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let removed = session_store::RemovedSession {
+        generation: 4,
+        next_event_seq: 17,
+    };
+    let (gone, live) = (session_id("gone"), session_id("live"));
+    store
+        .write({
+            let gone = gone.clone();
+            move |scope| {
+                assert_eq!(scope.removed_session(&gone)?, None);
+                scope.put_removed_session(&gone, &removed)?;
+                Ok::<_, Error>(())
+            }
+        })
+        .expect("write");
+    drop(store);
+    check_dir(dir.path()).expect("a removed session alone passes the walk");
+
+    let store = open(dir.path());
+    let found = store
+        .write({
+            let (gone, live) = (gone.clone(), live.clone());
+            move |scope| {
+                let found = scope.removed_session(&gone)?;
+                // Planted: a numbering beside a live session of the same identifier.
+                scope.put_session(&session("live"))?;
+                scope.put_removed_session(&live, &removed)?;
+                Ok::<_, Error>(found)
+            }
+        })
+        .expect("write");
+    assert_eq!(found, Some(removed));
+    drop(store);
+    match check_dir(dir.path()) {
+        Err(Error::Corrupt { table, key, .. }) => {
+            assert_eq!((table, key.as_str()), ("removed_sessions", "live"));
+        }
+        other => panic!("the walk missed a numbering beside its session: {other:?}"),
+    }
+
+    let options = StoreOptions {
+        check_at_open: CheckAtOpen::Never,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(dir.path(), options).expect("open without the walk");
+    let deleted = store
+        .write(move |scope| {
+            let first = scope.delete_removed_session(&live)?;
+            let again = scope.delete_removed_session(&live)?;
+            Ok::<_, Error>((first, again))
+        })
+        .expect("delete");
+    assert_eq!(deleted, (true, false));
+    drop(store);
+    check_dir(dir.path()).expect("repaired");
+}

@@ -202,6 +202,15 @@ pub(crate) fn count_records(view: View<'_>) -> Result<RecordCounts> {
         counts.task_expiries += 1;
         Ok(())
     })?;
+    // A removed session's numbering is dropped when the session is created again.
+    read::for_each_removed_session(view, |(id, _)| match read::session(view, &id)? {
+        None => Ok(()),
+        Some(_) => Err(Error::Corrupt {
+            table: crate::tables::REMOVED_SESSIONS,
+            key: id.to_string(),
+            reason: "a session of this identifier exists beside its removed numbering".into(),
+        }),
+    })?;
     Ok(counts)
 }
 

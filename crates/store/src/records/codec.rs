@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 
 use super::v1;
 use super::{
-    ActiveSessionValue, DeadLetterRecord, EventRecord, SessionRecord, TaskExpiryValue, TaskRecord,
+    ActiveSessionValue, DeadLetterRecord, EventRecord, RemovedSession, SessionRecord,
+    TaskExpiryValue, TaskRecord,
 };
 use crate::ids::IDENTIFIER_BYTES_MAX;
 
@@ -124,6 +125,14 @@ impl Versioned for DeadLetterRecord {
 }
 
 impl Versioned for ActiveSessionValue {
+    const VERSION: u8 = 1;
+
+    fn decode_older(version: Option<u8>, _bytes: &[u8]) -> Result<Self, String> {
+        Err(no_schema_1(version))
+    }
+}
+
+impl Versioned for RemovedSession {
     const VERSION: u8 = 1;
 
     fn decode_older(version: Option<u8>, _bytes: &[u8]) -> Result<Self, String> {

@@ -820,6 +820,17 @@ impl SessionRecord {
     }
 }
 
+/// What is left of a removed session: where its numbering stopped, so that a session
+/// created again under the same identifier goes on from there and no
+/// (session, generation, sequence) delivery key is ever given twice in one store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedSession {
+    /// The removed session's last generation.
+    pub generation: u64,
+    /// The sequence number its next event would have had.
+    pub next_event_seq: u64,
+}
+
 /// The value of a `task_expiry` entry: its key says everything (when, which session,
 /// which task), so the value is only the version marker, kept so a later release can put
 /// something there.
