@@ -313,3 +313,77 @@ fn abort_child() {
         panic!("the fail point did not abort the process");
     });
 }
+
+/// A connection that breaks (its backend terminated) fails the deliveries through it,
+/// visibly and without loss; `reconnect` with a new one delivers them, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_connection_fails_deliveries_until_reconnected() {
+    let Some(cluster) = postgres_or_skip("postgres_delivery reconnect") else {
+        return;
+    };
+    // Not while the other tests of this binary have their fail point armed.
+    let scenario = fail::FailScenario::setup();
+    let url = cluster.url();
+    let admin = connect(&url).await;
+    admin
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS app;
+             CREATE TABLE IF NOT EXISTS app.received (session text NOT NULL, what text NOT NULL);",
+        )
+        .await
+        .expect("the application's table");
+    let client = connect(&url).await;
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    let deliveries = PgDeliveries::install(client, "app").await.expect("install");
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .expect("terminate the delegate's backend");
+    wait_until("the connection to close", || async {
+        deliveries.is_closed().await
+    })
+    .await;
+
+    let origin = origin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sessions = builder(dir.path()).open().expect("open");
+    let session = sessions
+        .session("broken", config(), exact_delegate(&deliveries))
+        .await
+        .expect("session");
+    let tasks = (0..TASKS)
+        .map(|i| {
+            let url = origin.url(&format!("/objects/b{i}?size=100"));
+            (format!("t{i}"), TransferRequest::download(url))
+        })
+        .collect();
+    let batch = session.enqueue_batch(tasks, None).await.expect("enqueue");
+    wait_until("a failed delivery, visible in the status", || async {
+        session
+            .status()
+            .await
+            .is_ok_and(|status| status.delivery_failure.is_some())
+    })
+    .await;
+    assert!(counts(&admin, "received").await.is_empty());
+
+    deliveries
+        .reconnect(connect(&url).await)
+        .await
+        .expect("reconnect");
+    session.retry_now().await.expect("retry now");
+    batch
+        .finished()
+        .await
+        .expect("delivered after the reconnect");
+    let received = counts(&admin, "received").await;
+    assert_eq!(received.len(), TASKS + 1, "{received:?}");
+    assert!(received.values().all(|&n| n == 1), "{received:?}");
+    sessions.shutdown().await.expect("shutdown");
+    scenario.teardown();
+    drop(cluster);
+}

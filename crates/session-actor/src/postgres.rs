@@ -135,17 +135,7 @@ impl PgDeliveries {
                  );"
             ))
             .await?;
-        let record = client
-            .prepare(&format!(
-                "INSERT INTO {schema}.{DELIVERED_TABLE} (session, seq, generation)
-                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
-            ))
-            .await?;
-        let forget = client
-            .prepare(&format!(
-                "DELETE FROM {schema}.{DELIVERED_TABLE} WHERE session = $1"
-            ))
-            .await?;
+        let (record, forget) = prepare(&client, schema).await?;
         Ok(PgDeliveries {
             inner: Arc::new(Mutex::new(Inner {
                 client,
@@ -155,6 +145,29 @@ impl PgDeliveries {
             })),
             schema: schema.into(),
         })
+    }
+
+    /// Replaces the connection (after the old one broke: every delivery through a closed
+    /// one fails, and is tried again, until this is called). A delivery holding the old
+    /// connection finishes with it first; its transaction ends with that connection.
+    ///
+    /// # Errors
+    /// The server's errors (preparing the statements); the old connection stays.
+    pub async fn reconnect(&self, client: Client) -> Result<(), PgError> {
+        let (record, forget) = prepare(&client, &self.schema).await?;
+        let mut inner = self.inner.lock().await;
+        *inner = Inner {
+            client,
+            dirty: false,
+            record,
+            forget,
+        };
+        Ok(())
+    }
+
+    /// Whether the connection has closed (see [`reconnect`](Self::reconnect)).
+    pub async fn is_closed(&self) -> bool {
+        self.inner.lock().await.client.is_closed()
     }
 
     /// The schema the table of delivered keys lives in.
@@ -261,6 +274,22 @@ impl PgDelivery {
         self.inner.dirty = false;
         Ok(())
     }
+}
+
+/// The two statements of a connection: record a key, forget a session's keys.
+async fn prepare(client: &Client, schema: &str) -> Result<(Statement, Statement), PgError> {
+    let record = client
+        .prepare(&format!(
+            "INSERT INTO {schema}.{DELIVERED_TABLE} (session, seq, generation)
+             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+        ))
+        .await?;
+    let forget = client
+        .prepare(&format!(
+            "DELETE FROM {schema}.{DELIVERED_TABLE} WHERE session = $1"
+        ))
+        .await?;
+    Ok((record, forget))
 }
 
 fn bigint(key: &DeliveryKey, value: u64, field: &'static str) -> Result<i64, PgError> {
