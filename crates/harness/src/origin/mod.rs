@@ -6,7 +6,7 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `GET`/`HEAD /objects/<name>?size=N` | the first N bytes of object `<name>` (see [`content`]), with `Range` (one range), `If-Range`, `ETag` and `Last-Modified`; no `size`: 404 |
+//! | `GET`/`HEAD /objects/<name>?size=N` | the first N bytes of object `<name>` (see [`content`](crate::origin::content())), with `Range` (one range), `If-Range`, `ETag` and `Last-Modified`; no `size`: 404 |
 //! | `PUT`/`POST /uploads/<name>?size=N` | 201 when the body (with `Content-Length`) is exactly `content(seed, name, 0..N)`, else 422; a repeated `Idempotency-Key` gets the first answer again and counts as a suppressed duplicate |
 //! | `* /redirect?to=URL[&hops=H][&status=3xx]` | a redirect (302 by default) to `URL` (sent as given: any scheme, or garbage) after H hops through itself; a request body is read first |
 //! | `* /redirect?location=omit[&status=3xx]` | the redirect status without a `Location` |
@@ -27,10 +27,10 @@
 //!
 //! # Counters
 //!
-//! [`CountersSnapshot`]: requests in total, per URL and per object, body bytes served and
+//! [`CountersSnapshot`](crate::origin::CountersSnapshot): requests in total, per URL and per object, body bytes served and
 //! ranges announced per object, resets, uploads received, duplicates suppressed,
 //! mismatches. Apart from them (they carry credentials, and snapshots go into reports),
-//! [`Origin::requests_seen`] returns the first request heads of an object or upload name:
+//! [`Origin::requests_seen`](crate::origin::Origin::requests_seen) returns the first request heads of an object or upload name:
 //! method, target and headers as received.
 
 mod content;
