@@ -28,6 +28,17 @@ async fn connect(url: &str) -> Client {
     client
 }
 
+/// The application's table the exact delegate writes (schema `app`).
+async fn create_received(client: &Client) {
+    client
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS app;
+             CREATE TABLE IF NOT EXISTS app.received (session text NOT NULL, what text NOT NULL);",
+        )
+        .await
+        .expect("the application's table");
+}
+
 fn config() -> SessionConfig {
     SessionConfig {
         delivery_retry_ms_base: 1,
@@ -220,14 +231,7 @@ fn an_abort_between_the_sql_commit_and_the_cursor_commit_keeps_the_row_once() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let url = cluster.url();
     runtime.block_on(async {
-        let client = connect(&url).await;
-        client
-            .batch_execute(
-                "CREATE SCHEMA IF NOT EXISTS app;
-                 CREATE TABLE IF NOT EXISTS app.received (session text NOT NULL, what text NOT NULL);",
-            )
-            .await
-            .expect("the application's table");
+        create_received(&connect(&url).await).await;
     });
     let origin = origin();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -325,13 +329,7 @@ async fn a_broken_connection_fails_deliveries_until_reconnected() {
     let scenario = fail::FailScenario::setup();
     let url = cluster.url();
     let admin = connect(&url).await;
-    admin
-        .batch_execute(
-            "CREATE SCHEMA IF NOT EXISTS app;
-             CREATE TABLE IF NOT EXISTS app.received (session text NOT NULL, what text NOT NULL);",
-        )
-        .await
-        .expect("the application's table");
+    create_received(&admin).await;
     let client = connect(&url).await;
     let pid: i32 = client
         .query_one("SELECT pg_backend_pid()", &[])

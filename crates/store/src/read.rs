@@ -452,15 +452,7 @@ pub(crate) fn active_sessions_from(
         let (key, bytes) = entry.map_err(lmdb("listing active sessions"))?;
         let printable = || keys::printable(key);
         let ActiveSessionValue = decode_record(ACTIVE_SESSIONS, printable, bytes)?;
-        let id = std::str::from_utf8(key)
-            .ok()
-            .and_then(|text| SessionId::new(text).ok())
-            .ok_or_else(|| Error::Corrupt {
-                table: ACTIVE_SESSIONS,
-                key: printable(),
-                reason: "the key is not a session identifier".into(),
-            })?;
-        ids.push(id);
+        ids.push(session_key(ACTIVE_SESSIONS, key)?);
     }
     Ok(ids)
 }
@@ -619,15 +611,19 @@ pub(crate) fn removed_session(view: View<'_>, id: &SessionId) -> Result<Option<R
 fn removed_from(key: &[u8], bytes: &[u8]) -> Result<(SessionId, RemovedSession)> {
     let printable = || keys::printable(key);
     let removed: RemovedSession = decode_record(REMOVED_SESSIONS, printable, bytes)?;
-    let id = std::str::from_utf8(key)
+    Ok((session_key(REMOVED_SESSIONS, key)?, removed))
+}
+
+/// A key of a table keyed by session identifier, as one.
+fn session_key(table: &'static str, key: &[u8]) -> Result<SessionId> {
+    std::str::from_utf8(key)
         .ok()
         .and_then(|text| SessionId::new(text).ok())
         .ok_or_else(|| Error::Corrupt {
-            table: REMOVED_SESSIONS,
-            key: printable(),
+            table,
+            key: keys::printable(key),
             reason: "the key is not a session identifier".into(),
-        })?;
-    Ok((id, removed))
+        })
 }
 
 /// Visits every removed session's numbering, in identifier order.
