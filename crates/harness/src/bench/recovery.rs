@@ -97,15 +97,16 @@ pub struct RecoveryReport {
     pub active_only_recover_s: Option<f64>,
     /// See `active_only_recover_s`.
     pub active_only_rss_delta_bytes: Option<u64>,
-    /// What an idle session costs in memory the process allocates (anonymous resident
-    /// memory over its value before open, minus the active-only store's) / idle
-    /// sessions.
+    /// What an idle session costs: (peak RSS over the RSS before open, minus the same of
+    /// the active-only store) / idle sessions. Peak VmRSS counts the store's file pages
+    /// mapped in by the reads too (page cache, shared and reclaimable): the kernel maps
+    /// the pages around each page read (fault-around, whole large folios), so scattered
+    /// reads of the active sessions map their idle neighbours' pages.
     pub bytes_per_idle_session: Option<f64>,
-    /// The same from peak VmRSS, which also counts the store's file pages mapped in by
-    /// the reads (page cache, reclaimable): the kernel maps pages around each page read
-    /// (fault-around), so scattered reads of the active sessions map their idle
-    /// neighbours' pages too.
-    pub rss_bytes_per_idle_session: Option<f64>,
+    /// The same in memory the process allocates (anonymous resident memory over its
+    /// value before open, minus the active-only store's) / idle sessions: what idle
+    /// sessions cost beyond the mapped file.
+    pub allocated_bytes_per_idle_session: Option<f64>,
 }
 
 /// Runs the benchmark (or, with `--child`, its measured half).
@@ -158,10 +159,10 @@ pub fn run(args: &RecoveryArgs) -> anyhow::Result<()> {
         active_only_rss_delta_bytes: active_only.as_ref().map(delta),
         bytes_per_idle_session: active_only
             .as_ref()
-            .map(|only| anon(&figures).saturating_sub(anon(only)) as f64 / idle as f64),
-        rss_bytes_per_idle_session: active_only
-            .as_ref()
             .map(|only| delta(&figures).saturating_sub(delta(only)) as f64 / idle as f64),
+        allocated_bytes_per_idle_session: active_only
+            .as_ref()
+            .map(|only| anon(&figures).saturating_sub(anon(only)) as f64 / idle as f64),
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -176,13 +177,13 @@ pub fn run(args: &RecoveryArgs) -> anyhow::Result<()> {
             report.max_rss_bytes as f64 / 1048576.0,
             report.bytes_per_session
         );
-        if let (Some(seconds), Some(bytes), Some(mapped)) = (
+        if let (Some(seconds), Some(bytes), Some(allocated)) = (
             report.active_only_recover_s,
             report.bytes_per_idle_session,
-            report.rss_bytes_per_idle_session,
+            report.allocated_bytes_per_idle_session,
         ) {
             println!(
-                "  the active sessions alone: up in {seconds:.3} s; an idle session costs {bytes:.0} bytes allocated ({mapped:.0} bytes of RSS with the store's mapped pages)"
+                "  the active sessions alone: up in {seconds:.3} s; an idle session costs {bytes:.0} bytes of peak RSS ({allocated:.0} bytes allocated; the rest is the store's file pages mapped by the reads)"
             );
         }
     }
