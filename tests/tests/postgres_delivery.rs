@@ -5,39 +5,17 @@
 //! two would); a naive delegate writing the same rows directly, in the same run, writes
 //! some twice, so the check can fail. Its own test binary: fail points are process-wide.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use session_actor::postgres::{DELIVERED_TABLE, PgDeliveries, PgError};
-use session_actor::{Delegate, DelegateError, Delivery, Event, SessionConfig, TransferRequest};
+use session_actor::postgres::{DELIVERED_TABLE, PgDeliveries};
+use session_actor::{Delegate, DelegateError, Delivery, SessionConfig, TransferRequest};
 use session_harness::postgres::postgres_or_skip;
 use session_tests::ledger::{builder, origin, wait_until};
+use session_tests::pg::{connect, create_received, exact_delegate, row, row_counts};
 use tokio_postgres::Client;
 
 const TASKS: usize = 6;
-
-async fn connect(url: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test cluster");
-    tokio::spawn(async move {
-        // The connection ends with the test's cluster.
-        let _ = connection.await;
-    });
-    client
-}
-
-/// The application's table the exact delegate writes (schema `app`).
-async fn create_received(client: &Client) {
-    client
-        .batch_execute(
-            "CREATE SCHEMA IF NOT EXISTS app;
-             CREATE TABLE IF NOT EXISTS app.received (session text NOT NULL, what text NOT NULL);",
-        )
-        .await
-        .expect("the application's table");
-}
 
 fn config() -> SessionConfig {
     SessionConfig {
@@ -45,51 +23,6 @@ fn config() -> SessionConfig {
         delivery_retry_ms_max: 20,
         ..SessionConfig::default()
     }
-}
-
-/// The delegate under test: its row and the delivery key commit together in PostgreSQL.
-fn exact_delegate(deliveries: &PgDeliveries) -> Delegate {
-    let deliveries = deliveries.clone();
-    Delegate::at_least_once(move |delivery: Delivery| {
-        let deliveries = deliveries.clone();
-        async move {
-            let Some(tx) = deliveries.begin(&delivery.key).await? else {
-                return Ok(());
-            };
-            let (session, what) = row(&delivery);
-            tx.client()
-                .execute(
-                    "INSERT INTO app.received (session, what) VALUES ($1, $2)",
-                    &[&session, &what],
-                )
-                .await
-                .map_err(PgError::from)?;
-            tx.commit().await?;
-            Ok(())
-        }
-    })
-}
-
-/// What a delivery writes: (session, task) for a task event, (session, "did finish").
-fn row(delivery: &Delivery) -> (String, String) {
-    let what = match &delivery.event {
-        Event::TaskCompleted { task, .. } => task.to_string(),
-        Event::DidFinishEvents => "did finish".to_owned(),
-    };
-    (delivery.key.session.to_string(), what)
-}
-
-async fn counts(client: &Client, table: &str) -> BTreeMap<String, i64> {
-    client
-        .query(
-            &format!("SELECT what, count(*) FROM app.{table} GROUP BY what"),
-            &[],
-        )
-        .await
-        .expect("count rows")
-        .into_iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,7 +100,7 @@ async fn rows_written_through_pg_deliveries_exist_once_when_cursor_commits_are_l
         batch.finished().await.expect("finished");
     }
 
-    let received = counts(&naive, "received").await;
+    let received = row_counts(&naive, "received").await;
     assert_eq!(received.len(), TASKS + 1, "{received:?}");
     assert!(
         received.values().all(|&n| n == 1),
@@ -183,7 +116,7 @@ async fn rows_written_through_pg_deliveries_exist_once_when_cursor_commits_are_l
         .get(0);
     assert_eq!(delivered, TASKS as i64 + 1, "one key per event");
     // The same faults, without PgDeliveries: rows written again (the check can fail).
-    let naive_counts = counts(&naive, "naive").await;
+    let naive_counts = row_counts(&naive, "naive").await;
     assert_eq!(naive_counts.len(), TASKS + 1, "{naive_counts:?}");
     assert!(
         naive_counts.values().any(|&n| n > 1),
@@ -247,7 +180,7 @@ fn an_abort_between_the_sql_commit_and_the_cursor_commit_keeps_the_row_once() {
 
     runtime.block_on(async {
         let client = connect(&url).await;
-        let before = counts(&client, "received").await;
+        let before = row_counts(&client, "received").await;
         assert_eq!(
             before.values().sum::<i64>(),
             1,
@@ -262,7 +195,7 @@ fn an_abort_between_the_sql_commit_and_the_cursor_commit_keeps_the_row_once() {
             .await
             .expect("session");
         wait_until("every event delivered after the restart", || async {
-            counts(&client, "received").await.len() == TASKS + 1
+            row_counts(&client, "received").await.len() == TASKS + 1
         })
         .await;
         wait_until("the cursor past every event", || async {
@@ -273,7 +206,7 @@ fn an_abort_between_the_sql_commit_and_the_cursor_commit_keeps_the_row_once() {
                 .is_some_and(|record| !record.has_undelivered_events())
         })
         .await;
-        let after = counts(&client, "received").await;
+        let after = row_counts(&client, "received").await;
         assert!(after.values().all(|&n| n == 1), "a row twice: {after:?}");
         sessions.shutdown().await.expect("shutdown");
     });
@@ -367,7 +300,7 @@ async fn a_broken_connection_fails_deliveries_until_reconnected() {
             .is_ok_and(|status| status.delivery_failure.is_some())
     })
     .await;
-    assert!(counts(&admin, "received").await.is_empty());
+    assert!(row_counts(&admin, "received").await.is_empty());
 
     deliveries
         .reconnect(connect(&url).await)
@@ -378,7 +311,7 @@ async fn a_broken_connection_fails_deliveries_until_reconnected() {
         .finished()
         .await
         .expect("delivered after the reconnect");
-    let received = counts(&admin, "received").await;
+    let received = row_counts(&admin, "received").await;
     assert_eq!(received.len(), TASKS + 1, "{received:?}");
     assert!(received.values().all(|&n| n == 1), "{received:?}");
     sessions.shutdown().await.expect("shutdown");
