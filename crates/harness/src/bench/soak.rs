@@ -25,7 +25,9 @@
 //! machine's and the janitor's `Clock`): it advances by one millisecond every
 //! `--tasks-per-virtual-ms` tasks delivered, so the number of tasks within retention,
 //! and so the figures, do not depend on the machine's speed. With the defaults (1 s,
-//! 10 tasks per ms) about 10,000 finished tasks are within retention at any time.
+//! 10 tasks per ms) the retention covers the last 10,000 tasks delivered; beside them the
+//! store holds the open tasks of every session's current batch (up to `--sessions` x
+//! `--batch`) and one record per session.
 //!
 //! # What `store_bytes` is
 //!

@@ -722,11 +722,13 @@ pub fn generate(shape: &PlanShape) -> Plan {
     }
 }
 
-/// Sends a small download or data task to the flaky origin instead (same object, same
-/// content seed); uploads, paced and large downloads stay where they are, since every
-/// outage cuts the transfers in flight.
+/// Sends a small download or data task without a fault program to the flaky origin
+/// instead (same object, same content seed). Uploads, paced and large downloads stay
+/// where they are, since every outage cuts the transfers in flight; so do tasks with a
+/// fault program, since the flaky origin starts afresh after each outage and would
+/// apply a "first N requests" program again every time.
 fn to_flaky_origin(mut task: PlannedTask, origin: &str, flaky: &str) -> PlannedTask {
-    let small = task.bytes.is_some_and(|bytes| bytes < PACED_BYTES_MIN);
+    let small = task.fault.is_none() && task.bytes.is_some_and(|bytes| bytes < PACED_BYTES_MIN);
     let movable = match task.kind {
         PlannedKind::Download { .. } | PlannedKind::Data => small,
         PlannedKind::Upload { .. } => false,

@@ -361,7 +361,7 @@ async fn report(sessions: Sessions, ledger: Ledger, plan: Arc<Plan>) {
 }
 
 /// Ledger entries committed, and the expected run left (see [`Plan::remaining_run_s`]):
-/// terminal tasks from the store, downloaded bytes from the `.part` files.
+/// terminal tasks from the store and the ledger, downloaded bytes from the `.part` files.
 fn progress(sessions: &Sessions, ledger: &Ledger, plan: &Plan) -> Option<(u64, f64)> {
     let snapshot = sessions.store().snapshot().ok()?;
     let count = ledger.count(&snapshot).ok()?;
@@ -374,6 +374,12 @@ fn progress(sessions: &Sessions, ledger: &Ledger, plan: &Plan) -> Option<(u64, f
             Ok(())
         })
         .ok()?;
+    // A delivered task may have been pruned from the store: the ledger still has it.
+    for entry in ledger.entries(&snapshot).ok()? {
+        if let EntryKind::Task { task, .. } = entry.kind {
+            terminal.insert((entry.session, task));
+        }
+    }
     drop(snapshot);
     let downloads = sessions.root().join("downloads");
     let remaining_s = plan.remaining_run_s(|session, task| {
