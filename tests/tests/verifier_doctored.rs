@@ -3,8 +3,8 @@
 //! file, ...) and checks the verifier names the violation.
 
 use session_harness::crash::plan::{
-    COMPLETION_NAME, Expect, Plan, PlanSource, PlannedConfig, PlannedGeneration, PlannedKind,
-    PlannedSession, PlannedTask,
+    COMPLETION_NAME, Expect, Plan, PlanFaults, PlanSource, PlannedConfig, PlannedGeneration,
+    PlannedKind, PlannedSession, PlannedTask,
 };
 use session_harness::crash::{EntryKind, Facts, FileFact, LedgerEntry, OriginFacts, verify};
 use session_store::{
@@ -50,8 +50,10 @@ fn plan() -> Plan {
                         },
                     ),
                 ],
+                joins: false,
             }],
         }],
+        faults: PlanFaults::default(),
     }
 }
 
@@ -335,4 +337,132 @@ fn leftovers_and_uploads_are_checked() {
     let findings = verify(&plan(), &facts);
     assert!(findings.passed(), "{:#?}", findings.violations);
     assert_eq!(findings.upload_duplicates_at_origin, 2);
+}
+
+/// Two batches of one session, the second enqueued while the first ran: it joined store
+/// generation 1 with its own completion. Data tasks `a` (batch 1) and `b` (batch 2).
+fn joined_plan() -> Plan {
+    let task = |id: &str| PlannedTask {
+        id: id.to_owned(),
+        url: format!("http://127.0.0.1:1/objects/s000-{id}"),
+        kind: PlannedKind::Data,
+        expect: Expect::Success,
+        object: Some(format!("s000-{id}")),
+        bytes: Some(10),
+        fault: None,
+    };
+    let mut plan = plan();
+    plan.sessions[0].generations = vec![
+        PlannedGeneration {
+            number: 1,
+            tasks: vec![task("a")],
+            joins: false,
+        },
+        PlannedGeneration {
+            number: 2,
+            tasks: vec![task("b")],
+            joins: true,
+        },
+    ];
+    plan
+}
+
+/// Events of [`joined_plan`] in store generation 1: a (0), b (1), "did finish events"
+/// (2), the completion of batch 1 (3), the completion of batch 2 (4).
+fn joined_clean() -> Facts {
+    let mut facts = clean();
+    facts.sessions[0].next_event_seq = 5;
+    facts.sessions[0].delivered_seq = 5;
+    facts.tasks[0].kind = TaskKind::Data;
+    facts.tasks[0].state = TaskState::Completed {
+        outcome: success(None),
+        event_seq: 0,
+        finished_ms: 0,
+    };
+    facts.tasks[1].kind = TaskKind::Data;
+    let completion = |index: u64, seq: u64, batch: u64| {
+        entry(
+            index,
+            seq,
+            EntryKind::Completion {
+                name: COMPLETION_NAME.to_owned(),
+                payload: Plan::completion_payload("s000", batch),
+            },
+        )
+    };
+    facts.ledger = vec![
+        task_entry(0, 0, "a", None),
+        task_entry(1, 1, "b", None),
+        entry(2, 2, EntryKind::DidFinish),
+        completion(3, 3, 1),
+        completion(4, 4, 2),
+    ];
+    facts.origin = None;
+    facts
+}
+
+/// A batch that joined a running generation passes with both completions after every
+/// task; its completion recorded before its own task's event is caught as early, and
+/// the first batch's completion is not blamed.
+#[test]
+fn joined_batch_completion_before_its_task_is_caught() {
+    let plan = joined_plan();
+    let findings = verify(&plan, &joined_clean());
+    assert!(findings.passed(), "{:#?}", findings.violations);
+    assert_eq!(findings.completions_run, 2);
+    assert_eq!(findings.batches_joining, 1);
+
+    let mut facts = joined_clean();
+    let completion = facts.ledger.remove(4);
+    facts.ledger.insert(1, completion);
+    reindex(&mut facts);
+    let findings = verify(&plan, &facts);
+    assert!(
+        findings
+            .violations
+            .iter()
+            .any(|v| v.contains("generation 2 (event 4) ran early")
+                && v.contains("before the event of its batch's task b")),
+        "{:#?}",
+        findings.violations
+    );
+    assert_eq!(findings.completions_early, 1, "{:#?}", findings.violations);
+}
+
+/// Under a plan's short retention a task record pruned after its delivery is read from
+/// its event and counted as pruned; a record missing with no event is still lost, and
+/// without a retention in the plan a missing record is lost as before.
+#[test]
+fn pruned_records_are_read_from_the_ledger_and_lost_ones_are_caught() {
+    let mut plan = joined_plan();
+    plan.config.retention_s = 3;
+    let mut facts = joined_clean();
+    facts.tasks.clear();
+    let findings = verify(&plan, &facts);
+    assert!(findings.passed(), "{:#?}", findings.violations);
+    assert_eq!(findings.tasks_pruned, 2);
+
+    facts.ledger.remove(1);
+    reindex(&mut facts);
+    let findings = verify(&plan, &facts);
+    assert!(
+        findings.violations.iter().any(|v| v.contains(
+            "s000/b was planned but the store has no record of it and no event reported it"
+        )),
+        "{:#?}",
+        findings.violations
+    );
+    assert_eq!(findings.tasks_lost, 1);
+
+    let mut facts = joined_clean();
+    facts.tasks.remove(1);
+    let findings = verify(&joined_plan(), &facts);
+    assert!(
+        findings
+            .violations
+            .iter()
+            .any(|v| v.contains("s000/b was planned but the store has no record of it")),
+        "{:#?}",
+        findings.violations
+    );
 }

@@ -81,6 +81,9 @@ enum BenchCommand {
     PgClient(session_harness::bench::pg_client::PgClientArgs),
     /// Recovery time and memory for a large store.
     Recovery(session_harness::bench::recovery::RecoveryArgs),
+    /// A million small tasks through 1,000 sessions on the store path alone, with a
+    /// short retention: the store must not grow (exit 1 when it does).
+    Soak(session_harness::bench::soak::SoakArgs),
     /// Durable units per second through the store's group-commit writer, against one
     /// commit per put with heed directly.
     Store(session_harness::bench::store::StoreArgs),
@@ -113,6 +116,13 @@ fn main() -> ExitCode {
             BenchCommand::Recovery(args) => {
                 session_harness::bench::recovery::run(&args).map(|_| ExitCode::SUCCESS)
             }
+            BenchCommand::Soak(args) => session_harness::bench::soak::run(&args).map(|report| {
+                if report.passed() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }),
             BenchCommand::Store(args) => {
                 session_harness::bench::store::run(&args).map(|_| ExitCode::SUCCESS)
             }

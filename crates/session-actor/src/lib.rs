@@ -124,6 +124,8 @@
 //! - `machine`: the pure session state machine (no I/O), property-tested on its own.
 //! - `actor`: the supervised session actor that drives the machine.
 //! - `units`: writer units running the machine inside store transactions.
+//! - `direct`: those units and the janitor, callable without actors (benchmarks of the
+//!   store path).
 //! - `runtime`: the actor thread and [`block_on`].
 //! - `recovery`, `requests`, `shared`, `clock`, `error`: recovery at open, stored
 //!   transfer descriptions, shared state, time, errors.
@@ -133,6 +135,7 @@
 mod actor;
 mod clock;
 mod delegate;
+pub mod direct;
 mod error;
 mod janitor;
 pub mod machine;

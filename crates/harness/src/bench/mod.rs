@@ -7,6 +7,8 @@
 //!   pgbench.
 //! - `recovery`: opening a large store and bringing every session back up.
 //! - `rss`: memory figures of the running process.
+//! - `soak`: a million tasks through the store path with a short retention: the store
+//!   must not grow with the tasks run.
 //! - `store`: durable units per second through the store's group-commit writer.
 
 pub mod download;
@@ -14,4 +16,5 @@ pub mod events;
 pub mod pg_client;
 pub mod recovery;
 pub mod rss;
+pub mod soak;
 pub mod store;

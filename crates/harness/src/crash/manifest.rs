@@ -123,7 +123,11 @@ pub fn load(path: &Path, origin: &str, seed: u64) -> anyhow::Result<Plan> {
         }
         sessions.push(PlannedSession {
             id: session.id,
-            generations: vec![PlannedGeneration { number: 1, tasks }],
+            generations: vec![PlannedGeneration {
+                number: 1,
+                tasks,
+                joins: false,
+            }],
         });
     }
     Ok(Plan {
@@ -134,6 +138,7 @@ pub fn load(path: &Path, origin: &str, seed: u64) -> anyhow::Result<Plan> {
         origin: origin.to_owned(),
         config: PlannedConfig::default(),
         sessions,
+        faults: super::plan::PlanFaults::default(),
     })
 }
 

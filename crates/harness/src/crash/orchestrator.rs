@@ -237,6 +237,7 @@ impl LoopState<'_> {
         };
         let ended = process.run(limit)?;
         stats.delegate_panics += ended.output.panics.load(Ordering::Relaxed);
+        stats.delivery_refusals += ended.output.refusals.load(Ordering::Relaxed);
         stats.supervisor_restarts += ended.output.restarts.load(Ordering::Relaxed);
         self.pacer
             .record(ended.startup(), ended.work(), ended.output.progress());
@@ -276,6 +277,7 @@ impl LoopState<'_> {
         };
         let ended = process.run(self.config.final_timeout)?;
         stats.final_run_s = ended.elapsed.as_secs_f64();
+        stats.delivery_refusals += ended.output.refusals.load(Ordering::Relaxed);
         stats.supervisor_restarts += ended.output.restarts.load(Ordering::Relaxed);
         match ended.end {
             RunEnd::Finished => {}
@@ -355,6 +357,10 @@ pub fn run(args: &CrashArgs) -> anyhow::Result<ExitCode> {
     eprintln!("crash: seed {seed} (repeat with --seed {seed})");
     let (_temp, dir) = run_dir(args.dir.as_deref())?;
     let (plan, server) = prepare_plan(args, seed, &dir)?;
+    let flaky = match (&plan.faults.flaky_origin, plan.content_seed()) {
+        (Some(flaky), Some(content_seed)) => Some(FlakyServer::start(flaky, content_seed)?),
+        _ => None,
+    };
     let aborts_wanted = if args.no_failpoints { 0 } else { args.aborts };
     let schedule = FaultSchedule::generate(
         seed,
@@ -394,6 +400,9 @@ pub fn run(args: &CrashArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let mut stats = outcome.stats;
+    if let Some(flaky) = flaky {
+        (stats.flaky_outages, stats.flaky_requests) = flaky.stop();
+    }
     stats.bytes_downloaded = origin_facts.as_ref().map_or(0, |facts| facts.body_bytes);
     let facts = Facts::collect(&dir, origin_facts)?;
     stats.wall_s = started.elapsed().as_secs_f64();
@@ -467,6 +476,7 @@ fn prepare_plan(
                 port: 0,
             })
             .context("starting the origin on 127.0.0.1")?;
+            let flaky_port = free_port().context("choosing the flaky origin's port")?;
             let plan = plan::generate(&PlanShape {
                 seed,
                 sessions: args.sessions,
@@ -474,6 +484,7 @@ fn prepare_plan(
                 origin: origin.url(""),
                 content_seed,
                 dir: dir.to_path_buf(),
+                flaky_origin: Some(format!("http://127.0.0.1:{flaky_port}")),
             });
             (plan, Some(origin))
         }
@@ -482,6 +493,102 @@ fn prepare_plan(
     plan.save(dir)?;
     plan::write_upload_sources(&plan)?;
     Ok((plan, server))
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+fn free_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// How often the flaky origin's thread looks at its stop flag.
+const FLAKY_POLL: Duration = Duration::from_millis(10);
+
+/// The plan's flaky origin: a thread that keeps its port closed for `down_ms` (from
+/// the start), then serves it for `up_ms`, and again, until dropped. Every outage cuts
+/// the transfers in flight to it; the tasks waiting for connectivity retry meanwhile.
+struct FlakyServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+    outages: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
+}
+
+impl FlakyServer {
+    fn start(flaky: &plan::FlakyOrigin, content_seed: u64) -> anyhow::Result<FlakyServer> {
+        let port: u16 = flaky
+            .url
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .with_context(|| format!("the flaky origin's URL {} has no port", flaky.url))?;
+        let (down, up) = (
+            Duration::from_millis(flaky.down_ms),
+            Duration::from_millis(flaky.up_ms),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let outages = Arc::new(AtomicU64::new(0));
+        let requests = Arc::new(AtomicU64::new(0));
+        let (outages_counted, requests_counted) = (Arc::clone(&outages), Arc::clone(&requests));
+        let thread = thread::Builder::new()
+            .name("flaky-origin".to_owned())
+            .spawn(move || {
+                let sleep = |span: Duration| {
+                    let until = Instant::now() + span;
+                    while Instant::now() < until && !stopping.load(Ordering::Relaxed) {
+                        thread::sleep(FLAKY_POLL);
+                    }
+                };
+                while !stopping.load(Ordering::Relaxed) {
+                    outages_counted.fetch_add(1, Ordering::Relaxed);
+                    sleep(down);
+                    let config = OriginConfig {
+                        seed: content_seed,
+                        port,
+                    };
+                    match Origin::start_in_thread(config) {
+                        Ok(origin) => {
+                            sleep(up);
+                            requests_counted
+                                .fetch_add(origin.counters().requests_total, Ordering::Relaxed);
+                            drop(origin);
+                        }
+                        // The port is taken for now (by a connection still closing, or
+                        // another process): this outage lasts one more down time.
+                        Err(error) => tracing::debug!(%error, port, "flaky origin not up"),
+                    }
+                }
+            })
+            .context("starting the flaky origin's thread")?;
+        Ok(FlakyServer {
+            stop,
+            thread: Some(thread),
+            outages,
+            requests,
+        })
+    }
+
+    /// Stops it; returns its outages and the requests it answered between them.
+    fn stop(mut self) -> (u64, u64) {
+        self.halt();
+        (
+            self.outages.load(Ordering::Relaxed),
+            self.requests.load(Ordering::Relaxed),
+        )
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for FlakyServer {
+    fn drop(&mut self) {
+        self.halt();
+    }
 }
 
 /// The verdict of a finished loop: the verifier over the facts, and the share of events
@@ -525,6 +632,7 @@ enum RunEnd {
 #[derive(Debug, Default)]
 struct WorkerOutput {
     panics: AtomicU64,
+    refusals: AtomicU64,
     restarts: AtomicU64,
     /// The last `progress` line.
     progress: Mutex<Option<schedule::Progress>>,
@@ -655,6 +763,8 @@ fn read_output(stdout: std::process::ChildStdout, output: &WorkerOutput) {
         let line = line.trim();
         if line == "event panic" {
             output.panics.fetch_add(1, Ordering::Relaxed);
+        } else if line == "event refused" {
+            output.refusals.fetch_add(1, Ordering::Relaxed);
         } else if line == "done" {
             output.done.store(true, Ordering::Relaxed);
         } else if line == "ready" {

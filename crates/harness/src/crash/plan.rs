@@ -124,13 +124,21 @@ pub struct PlannedTask {
     pub fault: Option<String>,
 }
 
-/// One generation of a session's work: enqueued together, one completion.
+/// One batch of a session's work: enqueued together, with its own completion. The plan
+/// calls it a generation; a batch that `joins` may share the library's generation with
+/// the batch before it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedGeneration {
     /// The generation's number in the plan, from 1.
     pub number: u64,
     /// The tasks.
     pub tasks: Vec<PlannedTask>,
+    /// Enqueued (with its completion) right after the batch before it, while that one
+    /// still runs, instead of after its completion ran: it joins the library's running
+    /// generation (or opens the next one if that ended meanwhile), and its completion
+    /// must still run once, after every task of this batch was delivered.
+    #[serde(default)]
+    pub joins: bool,
 }
 
 /// One planned session.
@@ -154,7 +162,22 @@ pub struct PlannedConfig {
     pub retry_delay_ms_max: u64,
     /// Resource deadline.
     pub deadline_s: u64,
+    /// How long a finished and delivered task is kept before it is pruned (0: the
+    /// library's default).
+    #[serde(default)]
+    pub retention_s: u64,
+    /// The janitor's pause between pruning rounds, in milliseconds (0: the library's
+    /// default).
+    #[serde(default)]
+    pub prune_interval_ms: u64,
 }
+
+/// The retention of generated plans: short, so that finished tasks are pruned while
+/// the workers are killed, and long enough that a task delivered while a worker reads
+/// the ledger is still there when it re-issues the batch.
+pub const RETENTION_S_GENERATED: u64 = 3;
+/// The janitor's pause in generated plans, in milliseconds.
+pub const PRUNE_INTERVAL_MS_GENERATED: u64 = 200;
 
 impl Default for PlannedConfig {
     /// Short delays and enough attempts that "reset for the first K requests" and the
@@ -165,6 +188,8 @@ impl Default for PlannedConfig {
             retry_delay_ms_base: 50,
             retry_delay_ms_max: 1000,
             deadline_s: 3600,
+            retention_s: 0,
+            prune_interval_ms: 0,
         }
     }
 }
@@ -182,10 +207,84 @@ impl PlannedConfig {
             wait_retry_ms_max: self.retry_delay_ms_max,
             delivery_retry_ms_base: 5,
             delivery_retry_ms_max: 200,
+            retention_s: if self.retention_s == 0 {
+                SessionConfig::default().retention_s
+            } else {
+                self.retention_s
+            },
             ..SessionConfig::default()
         }
     }
 }
+
+/// Faults of a plan beyond the fault programs in the task URLs: a delegate that refuses
+/// some deliveries for a while, and a second origin that refuses connections for a
+/// while.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanFaults {
+    /// Deliveries the delegate refuses (returns an error) before it accepts them.
+    #[serde(default)]
+    pub refusals: Option<Refusals>,
+    /// The origin that is down (its port closed) for a while, again and again.
+    #[serde(default)]
+    pub flaky_origin: Option<FlakyOrigin>,
+}
+
+/// A delegate that fails transiently: for the events drawn (deterministically from the
+/// seed, the session and the event's seq), it returns an error on the first few
+/// attempts in each worker process, then accepts the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusals {
+    /// Events drawn, per thousand.
+    pub per_mille: u64,
+    /// The most refusals of one event per worker process (at least 1).
+    pub times_max: u64,
+}
+
+impl Refusals {
+    /// How many times the delegate refuses event `seq` of `session` in one process.
+    pub fn times(&self, seed: u64, session: &str, seq: u64) -> u64 {
+        let mut hash = seed ^ 0x5EF0_5A15_0000_0011 ^ seq.rotate_left(32);
+        for byte in session.bytes() {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01B3);
+        }
+        // A final mix, so that neighbouring seqs draw independently.
+        hash ^= hash >> 33;
+        hash = hash.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        hash ^= hash >> 33;
+        if hash % 1000 < self.per_mille {
+            1 + (hash >> 10) % self.times_max.max(1)
+        } else {
+            0
+        }
+    }
+}
+
+/// The second origin of a generated plan: the orchestrator keeps its port closed for
+/// `down_ms`, then serves for `up_ms`, and so on from the start of the run; the tasks
+/// whose URL names it wait for connectivity meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlakyOrigin {
+    /// Its base URL (`http://127.0.0.1:PORT`).
+    pub url: String,
+    /// How long it refuses connections each time, milliseconds.
+    pub down_ms: u64,
+    /// How long it serves between two of those, milliseconds.
+    pub up_ms: u64,
+}
+
+/// Event refusals of generated plans: about one event in twelve, up to three times.
+const REFUSALS_GENERATED: Refusals = Refusals {
+    per_mille: 80,
+    times_max: 3,
+};
+/// The flaky origin's cycle in generated plans, milliseconds.
+const FLAKY_DOWN_MS: u64 = 1500;
+const FLAKY_UP_MS: u64 = 1500;
+/// The share of small tasks of a generated plan sent to the flaky origin.
+const FLAKY_SHARE: f64 = 0.15;
+/// The share of sessions with two batches whose second joins the first.
+const JOINS_SHARE: f64 = 0.75;
 
 /// Where the plan's expectations come from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,6 +353,9 @@ pub struct Plan {
     pub config: PlannedConfig,
     /// The sessions.
     pub sessions: Vec<PlannedSession>,
+    /// Delegate refusals and the flaky origin.
+    #[serde(default)]
+    pub faults: PlanFaults,
 }
 
 /// Uploads the plan needs on disk: `(file, object, size)`.
@@ -350,7 +452,8 @@ impl Plan {
                     let TaskProgress::Open { bytes_done } = progress(&session.id, task) else {
                         continue;
                     };
-                    let task_s = TASK_BASE_S + fault_cost_s(task, bytes_done);
+                    let task_s =
+                        TASK_BASE_S + fault_cost_s(task, bytes_done) + self.flaky_cost_s(task);
                     all_tasks_s += task_s;
                     slowest_s = Some(slowest_s.map_or(task_s, |slowest| slowest.max(task_s)));
                 }
@@ -361,6 +464,20 @@ impl Plan {
             longest_session_s = longest_session_s.max(session_s);
         }
         longest_session_s.max(all_tasks_s / CONNECTIONS_ASSUMED)
+    }
+
+    /// What waiting for the flaky origin costs a task sent to it, in seconds, on
+    /// average: it finds the origin down with the down time's share of the cycle, and
+    /// then waits half a down time.
+    fn flaky_cost_s(&self, task: &PlannedTask) -> f64 {
+        match &self.faults.flaky_origin {
+            Some(flaky) if task.url.starts_with(&flaky.url) => {
+                let cycle_ms = (flaky.down_ms + flaky.up_ms).max(1) as f64;
+                let down_share = flaky.down_ms as f64 / cycle_ms;
+                down_share * flaky.down_ms as f64 / 2000.0
+            }
+            _ => 0.0,
+        }
     }
 
     /// Writes `plan.json` into `dir`.
@@ -523,12 +640,19 @@ pub struct PlanShape {
     pub content_seed: u64,
     /// The run directory (upload sources live in it).
     pub dir: PathBuf,
+    /// The base URL of a second origin that the orchestrator takes down and up again
+    /// ([`FlakyOrigin`]); some small tasks go to it. `None`: no such origin.
+    pub flaky_origin: Option<String>,
 }
 
 /// Generates the plan of a run against the built-in origin, deterministically from the
 /// seed: sizes from 0 bytes to several MiB, uploads and data tasks, about one task in
 /// five with a fault program, half of the other downloads of 64 KiB or more paced (so
-/// transfers span kills), some sessions with a second generation.
+/// transfers span kills), some sessions with a second batch, half of those enqueued
+/// while the first still runs (it joins the running generation with its own
+/// completion). With a flaky origin, some small downloads and data tasks go to it, and
+/// the delegate refuses some deliveries a few times; finished tasks are kept only
+/// [`RETENTION_S_GENERATED`] seconds, so pruning runs during the kills.
 pub fn generate(shape: &PlanShape) -> Plan {
     let mut rng = StdRng::seed_from_u64(shape.seed);
     let sessions = shape.sessions.clamp(1, SESSIONS_MAX);
@@ -536,13 +660,14 @@ pub fn generate(shape: &PlanShape) -> Plan {
     let mut planned = Vec::with_capacity(sessions);
     for s in 0..sessions {
         let session_id = format!("s{s:03}");
-        // About a third of the sessions split their work over two generations.
+        // About a third of the sessions split their work over two batches.
         let split = tasks_per_session >= 2 && rng.gen_bool(0.35);
         let first = if split {
             rng.gen_range(1..tasks_per_session)
         } else {
             tasks_per_session
         };
+        let joins = split && rng.gen_bool(JOINS_SHARE);
         let mut generations = Vec::new();
         let mut index = 0;
         for (number, count) in [(1u64, first), (2, tasks_per_session - first)] {
@@ -552,25 +677,66 @@ pub fn generate(shape: &PlanShape) -> Plan {
             let tasks = (0..count)
                 .map(|_| {
                     index += 1;
-                    plan_task(&mut rng, shape, &session_id, number, index)
+                    let task = plan_task(&mut rng, shape, &session_id, number, index);
+                    match &shape.flaky_origin {
+                        Some(flaky) if rng.gen_bool(FLAKY_SHARE) => {
+                            to_flaky_origin(task, &shape.origin, flaky)
+                        }
+                        _ => task,
+                    }
                 })
                 .collect();
-            generations.push(PlannedGeneration { number, tasks });
+            generations.push(PlannedGeneration {
+                number,
+                tasks,
+                joins: number > 1 && joins,
+            });
         }
         planned.push(PlannedSession {
             id: session_id,
             generations,
         });
     }
+    let faults = PlanFaults {
+        refusals: Some(REFUSALS_GENERATED),
+        flaky_origin: shape.flaky_origin.as_ref().map(|url| FlakyOrigin {
+            url: url.clone(),
+            down_ms: FLAKY_DOWN_MS,
+            up_ms: FLAKY_UP_MS,
+        }),
+    };
+    let config = PlannedConfig {
+        retention_s: RETENTION_S_GENERATED,
+        prune_interval_ms: PRUNE_INTERVAL_MS_GENERATED,
+        ..PlannedConfig::default()
+    };
     Plan {
         seed: shape.seed,
         source: PlanSource::Generated {
             content_seed: shape.content_seed,
         },
         origin: shape.origin.clone(),
-        config: PlannedConfig::default(),
+        config,
         sessions: planned,
+        faults,
     }
+}
+
+/// Sends a small download or data task without a fault program to the flaky origin
+/// instead (same object, same content seed). Uploads, paced and large downloads stay
+/// where they are, since every outage cuts the transfers in flight; so do tasks with a
+/// fault program, since the flaky origin starts afresh after each outage and would
+/// apply a "first N requests" program again every time.
+fn to_flaky_origin(mut task: PlannedTask, origin: &str, flaky: &str) -> PlannedTask {
+    let small = task.fault.is_none() && task.bytes.is_some_and(|bytes| bytes < PACED_BYTES_MIN);
+    let movable = match task.kind {
+        PlannedKind::Download { .. } | PlannedKind::Data => small,
+        PlannedKind::Upload { .. } => false,
+    };
+    if movable && let Some(rest) = task.url.strip_prefix(origin) {
+        task.url = format!("{flaky}{rest}");
+    }
+    task
 }
 
 /// A download size: mostly small, some medium, a few of several MiB, some empty.
@@ -762,6 +928,7 @@ mod tests {
             origin: "http://127.0.0.1:1".into(),
             content_seed: 9,
             dir: PathBuf::from("/tmp/run"),
+            flaky_origin: Some("http://127.0.0.1:2".into()),
         }
     }
 

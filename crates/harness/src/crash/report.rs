@@ -33,6 +33,13 @@ pub struct RunStats {
     pub aborts_by_failpoint: BTreeMap<String, u64>,
     /// Delegate panics injected (and survived).
     pub delegate_panics: u64,
+    /// Deliveries the delegate refused on purpose (a transient failure) before it
+    /// accepted them.
+    pub delivery_refusals: u64,
+    /// Times the flaky origin went down (its port closed) during the run.
+    pub flaky_outages: u64,
+    /// Requests the flaky origin answered while it was up.
+    pub flaky_requests: u64,
     /// Supervised restarts of session actors, all workers.
     pub supervisor_restarts: u64,
     /// Workers that finished the whole plan before the last run.
@@ -125,16 +132,20 @@ impl Report {
         let rows: Vec<(&str, String, bool)> = vec![
             (
                 "plan",
-                format!("{} sessions, {} tasks", f.sessions, f.tasks),
+                format!(
+                    "{} sessions, {} tasks; {} batches joined a running one, {} tasks via the flaky origin",
+                    f.sessions, f.tasks, f.batches_joining, f.tasks_flaky
+                ),
                 true,
             ),
             (
                 "faults",
                 format!(
-                    "{} kills, {} fail-point aborts, {} delegate panics, {} supervisor restarts, {} runs{}",
+                    "{} kills, {} fail-point aborts, {} delegate panics, {} delivery refusals, {} supervisor restarts, {} runs{}",
                     r.kills,
                     r.failpoint_aborts,
                     r.delegate_panics,
+                    r.delivery_refusals,
                     r.supervisor_restarts,
                     r.runs,
                     if r.faults_unused > 0 {
@@ -145,6 +156,14 @@ impl Report {
                     } else {
                         String::new()
                     }
+                ),
+                true,
+            ),
+            (
+                "flaky origin",
+                format!(
+                    "down {} times (connections refused), {} requests answered while up",
+                    r.flaky_outages, r.flaky_requests
                 ),
                 true,
             ),
@@ -162,8 +181,8 @@ impl Report {
             (
                 "tasks",
                 format!(
-                    "{} outcome mismatches, {} lost or unfinished",
-                    f.outcome_mismatches, f.tasks_lost
+                    "{} outcome mismatches, {} lost or unfinished, {} pruned after delivery",
+                    f.outcome_mismatches, f.tasks_lost, f.tasks_pruned
                 ),
                 f.outcome_mismatches == 0 && f.tasks_lost == 0,
             ),

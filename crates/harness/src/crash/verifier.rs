@@ -38,6 +38,10 @@ pub struct Findings {
     pub sessions: usize,
     /// Tasks planned.
     pub tasks: usize,
+    /// Planned batches enqueued while the one before them still ran.
+    pub batches_joining: usize,
+    /// Planned tasks sent to the flaky origin.
+    pub tasks_flaky: usize,
     /// Events the library appended (task events, "did finish events", completions).
     pub events_expected: u64,
     /// Distinct events that reached the delegate or ran as completions.
@@ -68,6 +72,9 @@ pub struct Findings {
     pub outcome_mismatches: u64,
     /// Planned tasks without a record, or never terminal.
     pub tasks_lost: u64,
+    /// Planned tasks whose record was pruned after their event was delivered (only
+    /// under a plan's retention): their outcome is read from that event.
+    pub tasks_pruned: u64,
     /// Uploads the origin received again and suppressed by idempotency key.
     pub upload_duplicates_at_origin: u64,
     /// Bytes of the downloads that must succeed.
@@ -131,11 +138,78 @@ fn terminal(record: &TaskRecord) -> Option<(&'static str, u64)> {
     }
 }
 
+/// What a planned task ended as: from its record, or, once the record was pruned, from
+/// the event that reported it (the ledger is the application's and is never pruned).
+#[derive(Debug, Clone, Copy)]
+struct Ended<'a> {
+    outcome: &'a str,
+    event_seq: u64,
+    generation: u64,
+    pruned: bool,
+}
+
+type TaskKey<'a> = (&'a str, &'a str);
+
+/// How every planned task ended, where it is known. A record missing is taken as
+/// pruned only when the plan shortens the retention and an event reported the task.
+fn ended_tasks<'a>(
+    plan: &Plan,
+    facts: &'a Facts,
+    planned: &BTreeMap<TaskKey<'a>, (u64, &PlannedTask)>,
+    tasks: &BTreeMap<TaskKey<'a>, &'a TaskRecord>,
+) -> BTreeMap<TaskKey<'a>, Ended<'a>> {
+    let pruning = plan.config.retention_s > 0;
+    let mut reported: BTreeMap<TaskKey<'a>, &'a LedgerEntry> = BTreeMap::new();
+    for entry in &facts.ledger {
+        if let EntryKind::Task { task, .. } = &entry.kind {
+            reported
+                .entry((entry.session.as_str(), task.as_str()))
+                .or_insert(entry);
+        }
+    }
+    let mut ended = BTreeMap::new();
+    for key in planned.keys() {
+        let found = match tasks.get(key) {
+            Some(record) => terminal(record).map(|(outcome, event_seq)| Ended {
+                outcome,
+                event_seq,
+                generation: record.generation,
+                pruned: false,
+            }),
+            None if pruning => reported.get(key).and_then(|entry| match &entry.kind {
+                EntryKind::Task { outcome, .. } => Some(Ended {
+                    outcome: outcome.as_str(),
+                    event_seq: entry.seq,
+                    generation: entry.generation,
+                    pruned: true,
+                }),
+                EntryKind::DidFinish | EntryKind::Completion { .. } => None,
+            }),
+            None => None,
+        };
+        if let Some(found) = found {
+            ended.insert(*key, found);
+        }
+    }
+    ended
+}
+
 /// Checks the guarantees (see the `session_actor` crate documentation) over a finished run.
 pub fn verify(plan: &Plan, facts: &Facts) -> Findings {
     let mut findings = Findings {
         sessions: plan.sessions.len(),
         tasks: plan.task_count(),
+        batches_joining: plan
+            .sessions
+            .iter()
+            .flat_map(|session| &session.generations)
+            .filter(|generation| generation.joins)
+            .count(),
+        tasks_flaky: plan.faults.flaky_origin.as_ref().map_or(0, |flaky| {
+            plan.tasks()
+                .filter(|(_, _, task)| task.url.starts_with(&flaky.url))
+                .count()
+        }),
         completions_expected: plan.completion_count() as u64,
         ..Findings::default()
     };
@@ -156,6 +230,7 @@ pub fn verify(plan: &Plan, facts: &Facts) -> Findings {
             ((session.id.as_str(), task.id.as_str()), (generation, task))
         })
         .collect();
+    let ended = ended_tasks(plan, facts, &planned, &tasks);
     let mut entries: BTreeMap<&str, Vec<&LedgerEntry>> = BTreeMap::new();
     for entry in &facts.ledger {
         entries
@@ -205,26 +280,35 @@ pub fn verify(plan: &Plan, facts: &Facts) -> Findings {
         {
             findings.bytes_needed += task.bytes.unwrap_or(0);
         }
-        let Some(record) = tasks.get(&(*session, *task_id)) else {
+        let key = (*session, *task_id);
+        let (record, ended) = (tasks.get(&key), ended.get(&key));
+        if record.is_none() && ended.is_none() {
             findings.tasks_lost += 1;
             violations.add(
                 "task lost",
-                format!("task {session}/{task_id} was planned but the store has no record of it"),
+                format!(
+                    "task {session}/{task_id} was planned but the store has no record of it{}",
+                    if plan.config.retention_s > 0 {
+                        " and no event reported it"
+                    } else {
+                        ""
+                    }
+                ),
             );
             continue;
-        };
-        match terminal(record) {
+        }
+        match ended {
             None => {
                 findings.tasks_lost += 1;
                 violations.add(
                     "task not terminal",
                     format!(
                         "task {session}/{task_id} never reached a terminal outcome (it is {:?})",
-                        record.state
+                        record.map(|record| &record.state)
                     ),
                 );
             }
-            Some((outcome, _)) if !task.expect.accepts(outcome) => {
+            Some(Ended { outcome, .. }) if !task.expect.accepts(outcome) => {
                 findings.outcome_mismatches += 1;
                 violations.add(
                     "outcome mismatch",
@@ -234,7 +318,7 @@ pub fn verify(plan: &Plan, facts: &Facts) -> Findings {
                     ),
                 );
             }
-            Some(_) => {}
+            Some(Ended { pruned, .. }) => findings.tasks_pruned += u64::from(*pruned),
         }
     }
 
@@ -252,7 +336,7 @@ pub fn verify(plan: &Plan, facts: &Facts) -> Findings {
             plan,
             session,
             record,
-            &tasks,
+            &ended,
             &session_entries,
             &mut findings,
             &mut violations,
@@ -286,10 +370,9 @@ pub fn verify(plan: &Plan, facts: &Facts) -> Findings {
             let (PlannedKind::Upload { .. }, Some(object)) = (&task.kind, &task.object) else {
                 continue;
             };
-            let succeeded = tasks
+            let succeeded = ended
                 .get(&(*session, *task_id))
-                .and_then(|record| terminal(record))
-                .is_some_and(|(outcome, _)| outcome == "success");
+                .is_some_and(|ended| ended.outcome == "success");
             let stored = origin.uploads_by_object.get(object).copied().unwrap_or(0);
             if succeeded && stored == 0 {
                 violations.add(
@@ -316,7 +399,7 @@ fn check_session(
     plan: &Plan,
     session: &super::plan::PlannedSession,
     record: &session_store::SessionRecord,
-    tasks: &BTreeMap<(&str, &str), &TaskRecord>,
+    ended: &BTreeMap<TaskKey<'_>, Ended<'_>>,
     entries: &[&LedgerEntry],
     findings: &mut Findings,
     violations: &mut Violations,
@@ -424,14 +507,12 @@ fn check_session(
     let mut generation_task_seqs: BTreeMap<u64, Vec<(u64, &str)>> = BTreeMap::new();
     for generation in &session.generations {
         for task in &generation.tasks {
-            let Some(record) = tasks.get(&(id, task.id.as_str())) else {
+            let Some(task_ended) = ended.get(&(id, task.id.as_str())) else {
                 continue;
             };
-            let Some((outcome, event_seq)) = terminal(record) else {
-                continue;
-            };
+            let (outcome, event_seq) = (task_ended.outcome, task_ended.event_seq);
             generation_task_seqs
-                .entry(record.generation)
+                .entry(task_ended.generation)
                 .or_default()
                 .push((event_seq, task.id.as_str()));
             let seqs = task_seqs.get(task.id.as_str()).cloned().unwrap_or_default();
@@ -457,14 +538,14 @@ fn check_session(
                 }) => {
                     if reported != &task.id
                         || delivered_outcome != outcome
-                        || *delivered_generation != record.generation
+                        || *delivered_generation != task_ended.generation
                     {
                         violations.add(
                             "event does not match its task",
                             format!(
                                 "session {id}: event {event_seq} reported task {reported} {delivered_outcome} \
                                  (generation {delivered_generation}); the store says task {} {outcome} (generation {})",
-                                task.id, record.generation
+                                task.id, task_ended.generation
                             ),
                         );
                     }
@@ -594,42 +675,45 @@ fn check_session(
             deliveries[0].kind == EntryKind::DidFinish
                 && deliveries[0].generation == first.generation
         });
-        let mut early = match finish {
-            None => Some(format!(
+        let mut early: Vec<String> = match finish {
+            None => vec![format!(
                 "no \"did finish events\" of store generation {} was delivered",
                 first.generation
-            )),
+            )],
             Some((finish_seq, deliveries))
                 if *finish_seq > first.seq || deliveries[0].index > first.index =>
             {
-                Some(format!(
+                vec![format!(
                     "it ran before \"did finish events\" (event {finish_seq})"
-                ))
+                )]
             }
-            Some(_) => None,
+            Some(_) => Vec::new(),
         };
+        // Its own batch's tasks, whichever store generation they ran in: a batch that
+        // joined a running generation brings its completion along, and it must still
+        // come after every one of them.
         for task in &generation.tasks {
-            let Some((_, event_seq)) = tasks.get(&(id, task.id.as_str())).and_then(|r| terminal(r))
-            else {
+            let Some(task_ended) = ended.get(&(id, task.id.as_str())) else {
                 continue;
             };
+            let event_seq = task_ended.event_seq;
             let task_index = first_index.get(&event_seq).copied();
-            if early.is_none()
-                && (event_seq > first.seq || task_index.is_none_or(|index| index > first.index))
-            {
-                early = Some(format!(
-                    "it ran before the event of task {} (event {event_seq})",
+            if event_seq > first.seq || task_index.is_none_or(|index| index > first.index) {
+                early.push(format!(
+                    "it ran before the event of its batch's task {} (event {event_seq})",
                     task.id
                 ));
             }
         }
-        if let Some(reason) = early {
+        if !early.is_empty() {
             findings.completions_early += 1;
             violations.add(
                 "completion early",
                 format!(
-                    "session {id}: the completion of generation {} (event {}) ran early: {reason}",
-                    generation.number, first.seq
+                    "session {id}: the completion of generation {} (event {}) ran early: {}",
+                    generation.number,
+                    first.seq,
+                    early.join("; ")
                 ),
             );
         }

@@ -7,17 +7,25 @@
 //! delivery and completion is appended in the same transaction as the application's
 //! own writes, so the verifier checks the application's delegate unchanged.
 //!
-//! On every start it re-issues the whole plan: for each session, each generation whose
-//! completion the ledger does not show yet is enqueued again (known task identifiers
-//! reconnect; nothing is transferred twice), its completion is stored, and the worker
-//! waits until the generation ended (and its completion ran) before it enqueues the
-//! next one.
+//! On every start it re-issues the plan: for each session, each generation whose
+//! completion the ledger does not show yet is enqueued again with its completion, minus
+//! the tasks the ledger shows delivered (known task identifiers reconnect and nothing is
+//! transferred twice; a delivered task may have been pruned since, and re-issuing it
+//! would run it again, so the worker, like an application that keeps its results,
+//! leaves those out). It waits until the generation ended (and its completion ran)
+//! before it enqueues the next one, except that a generation planned to join is
+//! enqueued right after the one before it, while that one still runs.
+//!
+//! The delegate refuses some deliveries a few times on purpose (the plan's
+//! [`Refusals`]), returning an error before it writes anything: the library retries
+//! them, and each must still reach the ledger exactly once.
 //!
 //! Standard output carries one line per event the orchestrator counts, each after
 //! [`PROTOCOL_MARKER`]: `ready` (the
 //! library is open), `progress N S` (ledger entries committed so far, and the expected
 //! run left in seconds), `event panic` (a
-//! delegate panic injected on purpose), `restarts N` (supervised restarts so far in this
+//! delegate panic injected on purpose), `event refused` (a delivery refused on purpose),
+//! `restarts N` (supervised restarts so far in this
 //! process) and `done`. They are written to the process's standard output directly, not
 //! through `println!`, so a test harness's output capture cannot swallow them.
 //! Standard error stays quiet unless `RUST_LOG` is set.
@@ -40,7 +48,10 @@ use session_http::Method;
 use session_store::{Store, WriteScope};
 
 use super::ledger::{EntryKind, FileFact, LEDGER_TABLE, Ledger, LedgerEntry};
-use super::plan::{COMPLETION_NAME, Plan, PlannedKind, PlannedSession, PlannedTask, TaskProgress};
+use super::plan::{
+    COMPLETION_NAME, Plan, PlannedGeneration, PlannedKind, PlannedSession, PlannedTask, Refusals,
+    TaskProgress,
+};
 
 /// The directory, inside a run directory, that is the library's root.
 pub const STORE_DIR: &str = "store";
@@ -264,6 +275,9 @@ async fn work(plan: Plan, run: WorkerRun, app: App) -> anyhow::Result<()> {
         .app_table(LEDGER_TABLE)
         .engine_config(engine)
         .restart_limit(RESTART_LIMIT);
+    if plan.config.prune_interval_ms > 0 {
+        builder = builder.prune_interval(Duration::from_millis(plan.config.prune_interval_ms));
+    }
     for table in app.tables.iter().filter(|table| *table != LEDGER_TABLE) {
         builder = builder.app_table(table.clone());
     }
@@ -284,12 +298,14 @@ async fn work(plan: Plan, run: WorkerRun, app: App) -> anyhow::Result<()> {
             ledger: ledger.clone(),
             run: run.run,
             panics: PanicDraw::new(run.panic_rate, plan.seed, run.run),
+            refusals: RefusalDraw::new(plan.faults.refusals, plan.seed),
             inner: app.delegate.clone(),
         }),
         DelegateMode::AtLeastOnce => Delegate::at_least_once(AsyncLedgerDelegate {
             store: sessions.store().clone(),
             ledger: ledger.clone(),
             run: run.run,
+            refusals: Arc::new(RefusalDraw::new(plan.faults.refusals, plan.seed)),
         }),
     };
 
@@ -345,7 +361,7 @@ async fn report(sessions: Sessions, ledger: Ledger, plan: Arc<Plan>) {
 }
 
 /// Ledger entries committed, and the expected run left (see [`Plan::remaining_run_s`]):
-/// terminal tasks from the store, downloaded bytes from the `.part` files.
+/// terminal tasks from the store and the ledger, downloaded bytes from the `.part` files.
 fn progress(sessions: &Sessions, ledger: &Ledger, plan: &Plan) -> Option<(u64, f64)> {
     let snapshot = sessions.store().snapshot().ok()?;
     let count = ledger.count(&snapshot).ok()?;
@@ -358,6 +374,12 @@ fn progress(sessions: &Sessions, ledger: &Ledger, plan: &Plan) -> Option<(u64, f
             Ok(())
         })
         .ok()?;
+    // A delivered task may have been pruned from the store: the ledger still has it.
+    for entry in ledger.entries(&snapshot).ok()? {
+        if let EntryKind::Task { task, .. } = entry.kind {
+            terminal.insert((entry.session, task));
+        }
+    }
     drop(snapshot);
     let downloads = sessions.root().join("downloads");
     let remaining_s = plan.remaining_run_s(|session, task| {
@@ -415,43 +437,114 @@ async fn drive_session(
     let session = sessions
         .session(&planned.id, plan.config.session_config(), delegate)
         .await?;
-    for generation in &planned.generations {
-        let completion = plan.completion_for(&planned.id, generation.number);
-        if completion.is_some()
-            && completion_ran(sessions.store(), ledger, &planned.id, generation.number)?
-        {
-            continue;
-        }
-        // The generation's tasks and its completion go in one unit, so they share one
-        // generation of the store; re-issuing them after a relaunch reconnects (and a
-        // generation without a completion is simply re-issued every time).
-        let batch = generation
-            .tasks
+    let mut rest = planned.generations.as_slice();
+    while let Some((first, after)) = rest.split_first() {
+        // A generation and those planned to join it go in one after the other, before
+        // any of them is awaited.
+        let joining = after
             .iter()
-            .map(|task| (task.id.clone(), request(task)))
-            .collect();
-        let stored = completion.map(|(name, payload)| {
-            let payload = Plan::stored_completion_payload(&planned.id, generation.number, payload);
-            (name, payload)
-        });
-        let batch = session
-            .enqueue_batch(batch, stored)
-            .await
-            .with_context(|| format!("enqueueing generation {}", generation.number))?;
-        batch
-            .finished()
-            .await
-            .with_context(|| format!("awaiting generation {}", generation.number))?;
-        if completion.is_some()
-            && !completion_ran(sessions.store(), ledger, &planned.id, generation.number)?
-        {
-            anyhow::bail!(
-                "generation {} finished before its completion ran",
-                generation.number
-            );
+            .take_while(|generation| generation.joins)
+            .count();
+        let (joined, later) = after.split_at(joining);
+        rest = later;
+        let mut issued = Vec::new();
+        for generation in std::iter::once(first).chain(joined) {
+            let batch = issue(sessions, &session, plan, planned, generation, ledger).await?;
+            issued.push((generation, batch));
+        }
+        for (generation, batch) in issued {
+            await_generation(sessions, plan, planned, generation, batch, ledger).await?;
         }
     }
     Ok(())
+}
+
+/// What re-issuing a generation came to.
+enum Issued {
+    /// Its completion ran already (or it stores none and every task was delivered).
+    Done,
+    /// Every task was delivered; its completion, stored with them, is still to run.
+    Delivered,
+    /// Enqueued (again) with its completion.
+    Enqueued(session_actor::Batch),
+}
+
+/// Enqueues a generation's tasks not delivered yet, with its completion, in one unit
+/// (so they share one generation of the store, or join the running one).
+async fn issue(
+    sessions: &Sessions,
+    session: &session_actor::Session,
+    plan: &Plan,
+    planned: &PlannedSession,
+    generation: &PlannedGeneration,
+    ledger: &Ledger,
+) -> anyhow::Result<Issued> {
+    let completion = plan.completion_for(&planned.id, generation.number);
+    if completion.is_some()
+        && completion_ran(sessions.store(), ledger, &planned.id, generation.number)?
+    {
+        return Ok(Issued::Done);
+    }
+    let delivered = delivered_tasks(sessions.store(), ledger, &planned.id)?;
+    let batch: Vec<_> = generation
+        .tasks
+        .iter()
+        .filter(|task| !delivered.contains(task.id.as_str()))
+        .map(|task| (task.id.clone(), request(task)))
+        .collect();
+    if batch.is_empty() {
+        return Ok(match completion {
+            Some(_) => Issued::Delivered,
+            None => Issued::Done,
+        });
+    }
+    let stored = completion.map(|(name, payload)| {
+        let payload = Plan::stored_completion_payload(&planned.id, generation.number, payload);
+        (name, payload)
+    });
+    let batch = session
+        .enqueue_batch(batch, stored)
+        .await
+        .with_context(|| format!("enqueueing generation {}", generation.number))?;
+    Ok(Issued::Enqueued(batch))
+}
+
+/// Waits until a generation ended and its completion ran.
+async fn await_generation(
+    sessions: &Sessions,
+    plan: &Plan,
+    planned: &PlannedSession,
+    generation: &PlannedGeneration,
+    issued: Issued,
+    ledger: &Ledger,
+) -> anyhow::Result<()> {
+    let ran = || completion_ran(sessions.store(), ledger, &planned.id, generation.number);
+    match issued {
+        Issued::Done => Ok(()),
+        Issued::Delivered => {
+            while !ran()? {
+                tokio::time::sleep(LEDGER_POLL).await;
+            }
+            Ok(())
+        }
+        Issued::Enqueued(batch) => {
+            batch
+                .finished()
+                .await
+                .with_context(|| format!("awaiting generation {}", generation.number))?;
+            if plan
+                .completion_for(&planned.id, generation.number)
+                .is_some()
+                && !ran()?
+            {
+                anyhow::bail!(
+                    "generation {} finished before its completion ran",
+                    generation.number
+                );
+            }
+            Ok(())
+        }
+    }
 }
 
 fn completion_ran(
@@ -462,6 +555,24 @@ fn completion_ran(
 ) -> anyhow::Result<bool> {
     let snapshot = store.snapshot()?;
     Ok(ledger.completion_ran(&snapshot, session, generation)?)
+}
+
+/// The tasks of a session whose event the ledger holds.
+fn delivered_tasks(
+    store: &Store,
+    ledger: &Ledger,
+    session: &str,
+) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let snapshot = store.snapshot()?;
+    Ok(ledger
+        .entries(&snapshot)?
+        .into_iter()
+        .filter(|entry| entry.session == session)
+        .filter_map(|entry| match entry.kind {
+            EntryKind::Task { task, .. } => Some(task),
+            EntryKind::DidFinish | EntryKind::Completion { .. } => None,
+        })
+        .collect())
 }
 
 /// The transfer a planned task asks for (the same bytes on every start, so re-issuing
@@ -530,6 +641,49 @@ impl PanicDraw {
     }
 }
 
+/// Whether a delivery is refused on purpose: the plan's [`Refusals`], counted per event
+/// in this process.
+struct RefusalDraw {
+    refusals: Option<Refusals>,
+    seed: u64,
+    refused: Mutex<std::collections::HashMap<(String, u64), u64>>,
+}
+
+/// The error of a delivery refused on purpose.
+const REFUSED: &str = "harness: delivery refused on purpose";
+
+impl RefusalDraw {
+    fn new(refusals: Option<Refusals>, seed: u64) -> RefusalDraw {
+        RefusalDraw {
+            refusals,
+            seed,
+            refused: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// `Err` while the event has been refused fewer times than drawn.
+    fn check(&self, delivery: &Delivery) -> Result<(), DelegateError> {
+        let Some(refusals) = self.refusals else {
+            return Ok(());
+        };
+        let session = delivery.key.session.as_str();
+        let times = refusals.times(self.seed, session, delivery.key.seq);
+        if times == 0 {
+            return Ok(());
+        }
+        let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = refused
+            .entry((session.to_owned(), delivery.key.seq))
+            .or_default();
+        if *count >= times {
+            return Ok(());
+        }
+        *count += 1;
+        say("event refused");
+        Err(DelegateError::new(REFUSED))
+    }
+}
+
 /// The exactly-once delegate: the application's delegate (if any), then the ledger
 /// entry, in the delivery's transaction. An injected panic comes after the
 /// application's delegate ran and before the commit, the place where effects outside
@@ -538,6 +692,7 @@ struct LedgerDelegate {
     ledger: Ledger,
     run: u32,
     panics: PanicDraw,
+    refusals: RefusalDraw,
     inner: Option<Arc<dyn TransactionalDelegate>>,
 }
 
@@ -547,6 +702,8 @@ impl TransactionalDelegate for LedgerDelegate {
         delivery: &Delivery,
         scope: &mut WriteScope<'_>,
     ) -> Result<(), DelegateError> {
+        // Refused before anything is written: the unit rolls back and comes again.
+        self.refusals.check(delivery)?;
         // The file as the library hands it over, before the application moves it.
         let entry = entry_for(delivery, self.run);
         if let Some(inner) = &self.inner {
@@ -569,6 +726,7 @@ struct AsyncLedgerDelegate {
     store: Store,
     ledger: Ledger,
     run: u32,
+    refusals: Arc<RefusalDraw>,
 }
 
 impl AsyncDelegate for AsyncLedgerDelegate {
@@ -576,7 +734,9 @@ impl AsyncDelegate for AsyncLedgerDelegate {
         let store = self.store.clone();
         let ledger = self.ledger.clone();
         let entry = entry_for(&delivery, self.run);
+        let refused = self.refusals.check(&delivery);
         Box::pin(async move {
+            refused?;
             store
                 .write_async(move |scope| ledger.append(scope, entry.clone()).map(|_| ()))
                 .await

@@ -290,7 +290,11 @@ impl Workload {
                             .iter()
                             .map(|task| planned_task(task, &session.id, origin, content_seed, dir))
                             .collect();
-                        PlannedGeneration { number, tasks }
+                        PlannedGeneration {
+                            number,
+                            tasks,
+                            joins: false,
+                        }
                     })
                     .collect();
                 PlannedSession {
@@ -308,6 +312,7 @@ impl Workload {
             origin: origin.to_owned(),
             config: PlannedConfig::default(),
             sessions,
+            faults: crate::crash::plan::PlanFaults::default(),
         }
     }
 
