@@ -250,7 +250,8 @@ fn engine_in_child(url: &str, dir: &Path) -> anyhow::Result<EngineRun> {
     serde_json::from_str(line).with_context(|| format!("reading the child's report {line:?}"))
 }
 
-fn curl_available() -> bool {
+/// Whether `curl` runs from PATH.
+pub(crate) fn curl_available() -> bool {
     Command::new("curl")
         .arg("--version")
         .stdout(Stdio::null())
