@@ -3,8 +3,9 @@
 //!
 //! The origin runs on its own thread. Each engine run is a child process (this binary,
 //! re-executed with the hidden `--engine-only`), so its peak RSS (VmHWM) counts only the
-//! engine: not the origin, not this parent. Each round runs the engine, then curl, then
-//! the bounds, so drifts of the machine hit every side; 5 rounds by default, and every
+//! engine: not the origin, not this parent. Each round runs the engine and curl in turns
+//! (curl first every other round), then the bounds, so drifts of the machine hit every
+//! side; 5 rounds by default, and every
 //! figure is the median over them with its min and max (a ratio is taken per round,
 //! against the curl run beside it). Each client is timed by itself (the engine's `run`
 //! call; curl's `time_total`), so process start-up is left out of both. Files are removed
@@ -52,7 +53,8 @@ pub struct DownloadArgs {
     /// The size of the object downloaded, in bytes.
     #[arg(long, default_value_t = 1 << 30)]
     pub size: u64,
-    /// Rounds; each runs the engine, then curl, then the bounds; figures are medians.
+    /// Rounds; each runs the engine and curl in turns, then the bounds; figures are
+    /// medians.
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
     /// Where the files are written (a temporary directory inside it); default: the
@@ -167,7 +169,15 @@ pub fn run(args: &DownloadArgs) -> anyhow::Result<Option<DownloadReport>> {
 
     let mut rounds = Vec::with_capacity(args.runs);
     let mut max_rss_bytes = 0;
-    for _ in 0..args.runs {
+    for round in 0..args.runs {
+        // Every other round curl goes first, so that what one side leaves to the disk
+        // (write-back, freed blocks) falls on each side as often.
+        let curl_first = curl && round % 2 == 1;
+        let early = if curl_first {
+            Some(curl_round(&url, dir.path(), args.size)?)
+        } else {
+            None
+        };
         let run = engine_in_child(&url, dir.path())?;
         ensure!(
             run.bytes == args.size,
@@ -176,10 +186,10 @@ pub fn run(args: &DownloadArgs) -> anyhow::Result<Option<DownloadReport>> {
             args.size
         );
         max_rss_bytes = max_rss_bytes.max(run.max_rss_bytes);
-        let curl = if curl {
-            Some(curl_round(&url, dir.path(), args.size)?)
-        } else {
-            None
+        let curl = match early {
+            Some(early) => Some(early),
+            None if curl => Some(curl_round(&url, dir.path(), args.size)?),
+            None => None,
         };
         rounds.push(Round {
             engine_s: run.seconds,

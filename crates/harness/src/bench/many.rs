@@ -3,7 +3,8 @@
 //! the same URLs in parallel, in the same run.
 //!
 //! By default 5,000 downloads of 64 KiB over 50 sessions, from the in-process origin on
-//! 127.0.0.1. Each round runs, in this order, so drifts of the machine hit every side:
+//! 127.0.0.1. Each round runs the following, the first two in turns (curl first every
+//! other round), so drifts of the machine hit every side:
 //!
 //! 1. **The engine**: a fresh `Sessions` in a fresh directory, one session per
 //!    `--sessions` with a transactional delegate, every session's share of the tasks
@@ -76,8 +77,8 @@ pub struct ManyArgs {
     /// `--parallel-max`.
     #[arg(long, default_value_t = 50)]
     pub parallel: usize,
-    /// Rounds; each runs the engine, then curl; figures are medians over them.
-    #[arg(long, default_value_t = 3)]
+    /// Rounds; each runs the engine and curl in turns; figures are medians over them.
+    #[arg(long, default_value_t = 5)]
     pub rounds: usize,
     /// Where the files and the store go (a temporary directory inside it); default: the
     /// system's temporary directory.
@@ -190,9 +191,15 @@ pub fn run(args: &ManyArgs) -> anyhow::Result<ManyReport> {
     let mut engine = Vec::with_capacity(args.rounds);
     let mut curls = Vec::with_capacity(args.rounds);
     let mut fsync_ms = Vec::with_capacity(args.rounds);
-    for _ in 0..args.rounds {
+    for round in 0..args.rounds {
+        // Every other round curl goes first, so that what one side leaves to the disk
+        // (write-back, freed blocks) falls on each side as often.
+        let curl_first = curl && round % 2 == 1;
+        if curl_first {
+            curls.push(curl_round(&urls, args, &parent)?);
+        }
         engine.push(engine_round(&urls, args, &parent)?);
-        if curl {
+        if curl && !curl_first {
             curls.push(curl_round(&urls, args, &parent)?);
         }
         fsync_ms.push(fsync_probe(&parent, args.size)?);
