@@ -24,8 +24,8 @@
 //!
 //! Two bounds are measured in the same rounds: `bound_loopback_mb_per_s`, curl reading
 //! the object into `/dev/null` (loopback, the origin and a client's CPU, no file), and
-//! `bound_disk_mb_per_s`, writing as many bytes into a new file of the directory and
-//! fsyncing it (the disk, no network).
+//! `bound_disk_mb_per_s`, writing as many bytes into a new file of the directory the way
+//! the engine writes (its blocks and write-back) and fsyncing it (the disk, no network).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -36,7 +36,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail, ensure};
 use serde::{Deserialize, Serialize};
-use session_http::{Classified, Engine, EngineConfig, Target, TransferRequest};
+use session_http::{Classified, Engine, EngineConfig, Target, TransferRequest, Writeback};
 
 use crate::bench::rss;
 use crate::bench::stats::Spread;
@@ -100,8 +100,8 @@ pub struct DownloadReport {
     /// Loopback's bound: curl reading the object and writing nothing (`-o /dev/null`),
     /// in megabytes per second; `None` without curl.
     pub bound_loopback_mb_per_s: Option<f64>,
-    /// The disk's bound: writing the object's size into a new file in the directory and
-    /// fsyncing it, with no network, in megabytes per second.
+    /// The disk's bound: writing the object's size into a new file in the directory as
+    /// the engine writes it and fsyncing it, with no network, in megabytes per second.
     pub bound_disk_mb_per_s: f64,
     /// Each figure's median, min and max over the rounds.
     pub spread: BTreeMap<&'static str, Spread>,
@@ -401,17 +401,20 @@ fn curl_once(url: &str, output: &Path) -> anyhow::Result<f64> {
         .with_context(|| format!("reading curl's time_total {text:?}"))
 }
 
-/// Writes `size` bytes into a new file in `dir` in blocks of the engine's size and
-/// fsyncs it, with no network; returns the seconds it took. The file is removed.
+/// Writes `size` bytes into a new file in `dir` the way the engine does (1 MiB blocks,
+/// write-back started as it goes, [`Writeback`]) and fsyncs it, with no network; returns
+/// the seconds it took. The file is removed.
 fn disk_once(dir: &Path, size: u64) -> anyhow::Result<f64> {
     let path = dir.join("disk");
     let block = vec![0xA5_u8; 1 << 20];
     let started = Instant::now();
     let mut file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let mut writeback = Writeback::new(0);
     let mut left = size;
     while left > 0 {
         let len = usize::try_from(left).unwrap_or(usize::MAX).min(block.len());
         file.write_all(&block[..len])?;
+        writeback.written(&file, len as u64)?;
         left -= len as u64;
     }
     file.sync_all()?;
