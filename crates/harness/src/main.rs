@@ -76,6 +76,10 @@ enum BenchCommand {
     Download(session_harness::bench::download::DownloadArgs),
     /// Delivery throughput of waiting events to a transactional delegate.
     Events(session_harness::bench::events::EventsArgs),
+    /// Many small downloads through `Sessions`, each delivered exactly once to a
+    /// transactional delegate, against `curl --parallel` (and curl plus an fsync of
+    /// every file).
+    Many(session_harness::bench::many::ManyArgs),
     /// Durable INSERTs per second into a throwaway PostgreSQL cluster, per statement
     /// shape of the future PostgreSQL writer, against pgbench.
     PgClient(session_harness::bench::pg_client::PgClientArgs),
@@ -109,6 +113,9 @@ fn main() -> ExitCode {
             }
             BenchCommand::Events(args) => {
                 session_harness::bench::events::run(&args).map(|_| ExitCode::SUCCESS)
+            }
+            BenchCommand::Many(args) => {
+                session_harness::bench::many::run(&args).map(|_| ExitCode::SUCCESS)
             }
             BenchCommand::PgClient(args) => {
                 session_harness::bench::pg_client::run(&args).map(|_| ExitCode::SUCCESS)

@@ -2,8 +2,11 @@
 //!
 //! Bytes stream into `<dir>/<safe name>.part`. Before the first body byte of a response
 //! that starts the file, the response's validator (a strong `ETag`, else `Last-Modified`)
-//! is written and fsynced to `<safe name>.validator`; a later attempt, possibly in a new
-//! process after a SIGKILL, resumes from the `.part` length with `Range` and `If-Range`.
+//! is written to `<safe name>.validator`, and it is fsynced before the first byte a later
+//! attempt could resume after; a later attempt, possibly in a new process after a
+//! SIGKILL, resumes from the `.part` length with `Range` and `If-Range`. A body that
+//! arrives whole before its first write (a small file) never waits for that fsync: its
+//! only write is followed by the file's fsync and the rename.
 //! A `206` must start exactly there; a `200` restarts from zero. When the body ends, the
 //! length and the optional SHA-256 (of the whole file, resumed prefix included) are
 //! checked, the file is fsynced, renamed to its final path, and the directory fsynced.
@@ -296,11 +299,12 @@ async fn attempt(
     } else {
         None
     };
-    let (file, hasher) = open_part(files, offset, new_validator, expected.sha256.is_some()).await?;
+    let (file, hasher, sidecar) =
+        open_part(files, offset, new_validator, expected.sha256.is_some()).await?;
     let budget = Budget::start(&files.dir, config.disk_reserve_bytes, offset, total)
         .await
         .map_err(|error| disk("measuring the free space of", &files.dir, error))?;
-    let writer = PartWriter::new(file, offset, hasher, &files.part, budget);
+    let writer = PartWriter::new(file, offset, hasher, &files.part, budget, sidecar);
     let (file, hasher, length) =
         stream(&mut response, writer, files, config, offset, &report).await?;
     report(length);
@@ -429,7 +433,7 @@ async fn stream(
             Ok(None) => break,
             Err(outcome) => {
                 // Keep what arrived: the next attempt resumes after it.
-                writer.write(block).await?;
+                writer.write(block, Last::No).await?;
                 writer.finish().await?;
                 return Err(outcome);
             }
@@ -446,7 +450,7 @@ async fn stream(
         let full = block.len() + chunk.len() > WRITE_BLOCK_BYTES;
         let stale = !block.is_empty() && block_since.elapsed() >= BLOCK_AGE_MAX;
         if full || stale {
-            block = writer.write(block).await?;
+            block = writer.write(block, Last::No).await?;
             report(offset + received - chunk.len() as u64);
         }
         if block.is_empty() {
@@ -454,7 +458,7 @@ async fn stream(
         }
         block.extend_from_slice(&chunk);
     }
-    writer.write(block).await?;
+    writer.write(block, Last::Yes).await?;
     let (file, hasher) = writer.finish().await?;
     Ok((file, hasher, offset + received))
 }
@@ -529,7 +533,8 @@ async fn range_not_satisfiable(
     progress: Option<&watch::Sender<Progress>>,
 ) -> Result<Classified, Classified> {
     if total == Some(resume_from) {
-        let (file, hasher) = open_part(files, resume_from, None, expected.sha256.is_some()).await?;
+        let (file, hasher, _) =
+            open_part(files, resume_from, None, expected.sha256.is_some()).await?;
         if let Some(progress) = progress {
             progress.send_replace(Progress {
                 bytes_done: resume_from,
@@ -638,7 +643,7 @@ async fn open_part(
     offset: u64,
     validator: Option<Validator>,
     hash: bool,
-) -> Result<(File, Option<Sha256>), Classified> {
+) -> Result<(File, Option<Sha256>, Option<File>), Classified> {
     let part = files.part.clone();
     let validator_path = files.validator.clone();
     let opened = blocking(move || {
@@ -649,23 +654,26 @@ async fn open_part(
             .truncate(false)
             .open(&part)?;
         let mut hasher = None;
+        let mut sidecar = None;
         if offset == 0 {
             if file.metadata()?.len() > 0 {
                 file.set_len(0)?;
                 file.sync_all()?;
             }
-            match &validator {
+            // Written here, before the budget is measured, so that its page counts; the
+            // writer fsyncs it before the first byte a later attempt may keep.
+            sidecar = match &validator {
                 Some(validator) => {
                     let mut sidecar = File::create(&validator_path)?;
                     sidecar.write_all(validator.encode().as_bytes())?;
-                    sidecar.sync_all()?;
+                    Some(sidecar)
                 }
                 None => match std::fs::remove_file(&validator_path) {
-                    Ok(()) => {}
-                    Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                    Ok(()) => None,
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => None,
                     Err(error) => return Err(error),
                 },
-            }
+            };
             if hash {
                 hasher = Some(Sha256::new());
             }
@@ -673,7 +681,7 @@ async fn open_part(
             hasher = Some(hash_prefix(&mut file, offset)?);
         }
         file.seek(SeekFrom::Start(offset))?;
-        Ok((file, hasher))
+        Ok((file, hasher, sidecar))
     })
     .await;
     opened.map_err(|error| disk("opening", &files.part, error))
@@ -778,10 +786,21 @@ fn content_range(headers: &HeaderMap) -> Option<ContentRange> {
     Some(ContentRange { start, total })
 }
 
+/// Whether a write is the body's last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Last {
+    /// More may follow, or the download stops after it and a later attempt resumes.
+    No,
+    /// The body ended: the fsync and the rename follow, no attempt resumes after it.
+    Yes,
+}
+
 /// Writes blocks to the `.part` on a blocking thread, one in flight while the next fills,
 /// hashing them there too, and starting their write-back to the disk as they go
 /// ([`Writeback`]), so the fsync before the rename has only the tail left. Every block
-/// passes the space [`Budget`] first.
+/// passes the space [`Budget`] first. The response's validator, written when the `.part`
+/// was opened, is fsynced right before the first block a later attempt could resume
+/// after; a body written in one last block never waits for it.
 struct PartWriter<'a> {
     file: Option<File>,
     hasher: Option<Sha256>,
@@ -793,6 +812,8 @@ struct PartWriter<'a> {
     submitted_end: u64,
     budget: Budget,
     path: &'a Path,
+    /// The validator's sidecar, written and still to be fsynced.
+    sidecar: Option<File>,
 }
 
 type Written = (File, Option<Sha256>, Writeback, Vec<u8>, io::Result<()>);
@@ -809,6 +830,7 @@ impl<'a> PartWriter<'a> {
         hasher: Option<Sha256>,
         path: &'a Path,
         budget: Budget,
+        sidecar: Option<File>,
     ) -> PartWriter<'a> {
         PartWriter {
             file: Some(file),
@@ -819,13 +841,14 @@ impl<'a> PartWriter<'a> {
             submitted_end: offset,
             budget,
             path,
+            sidecar,
         }
     }
 
     /// Starts writing `block` and returns an empty buffer to fill next. A block that
     /// would pass the budget is written only up to it; the writer then waits for that
     /// write and the download ends as [`RetryReason::InsufficientStorage`].
-    async fn write(&mut self, mut block: Vec<u8>) -> Result<Vec<u8>, Classified> {
+    async fn write(&mut self, mut block: Vec<u8>, last: Last) -> Result<Vec<u8>, Classified> {
         let measure_error = |error| disk("measuring the free space for", self.path, error);
         let mut admitted = self
             .budget
@@ -854,7 +877,10 @@ impl<'a> PartWriter<'a> {
             Some(spare) => spare,
             None => self.settle().await?,
         };
-        self.start(block)?;
+        // A later attempt resumes after these bytes unless they end the body and the
+        // download finishes now.
+        let resumable = last == Last::No || stopped.is_some();
+        self.start(block, resumable)?;
         let Some(room) = stopped else {
             return Ok(spare);
         };
@@ -862,8 +888,9 @@ impl<'a> PartWriter<'a> {
         Err(self.budget.insufficient(room, self.submitted_end))
     }
 
-    /// Hands `block` to a blocking thread; the previous write has settled.
-    fn start(&mut self, block: Vec<u8>) -> Result<(), Classified> {
+    /// Hands `block` to a blocking thread (after the validator, for a `resumable` block
+    /// when it is not written yet); the previous write has settled.
+    fn start(&mut self, block: Vec<u8>, resumable: bool) -> Result<(), Classified> {
         debug_assert!(
             self.in_flight.is_none(),
             "invariant violation: a write started while another is in flight"
@@ -876,11 +903,14 @@ impl<'a> PartWriter<'a> {
         };
         let mut hasher = self.hasher.take();
         let mut writeback = self.writeback;
+        let sidecar = if resumable { self.sidecar.take() } else { None };
         self.in_flight_bytes = block.len() as u64;
         self.submitted_end += block.len() as u64;
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            let result = file
-                .write_all(&block)
+            // The validator is durable before any byte it lets a later attempt keep.
+            let result = sidecar
+                .map_or(Ok(()), |sidecar| sidecar.sync_all())
+                .and_then(|()| file.write_all(&block))
                 .and_then(|()| writeback.written(&file, block.len() as u64));
             if let (Ok(()), Some(hasher)) = (&result, &mut hasher) {
                 hasher.update(&block);

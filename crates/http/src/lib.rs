@@ -47,6 +47,7 @@
 //! - `space`: free space ([`free_bytes`]) and the budget a streaming download stays in.
 //! - `upload`: request bodies, a file streamed from disk, and the answer kept in memory.
 //! - `engine`: [`Engine`], its client, connection limits and the attempt driver.
+//! - `writeback`: [`Writeback`], a file's write-back started while it is still written.
 
 //! ```no_run
 //! use session_http::{Classified, Engine, EngineConfig, Target, TransferRequest};
@@ -105,3 +106,4 @@ pub use request::{
 };
 pub use retry_after::RetryAfter;
 pub use space::{SPACE_CHECK_INTERVAL_BYTES, free_bytes};
+pub use writeback::Writeback;

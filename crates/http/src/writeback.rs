@@ -25,7 +25,7 @@ pub(crate) const WINDOWS_IN_FLIGHT: u64 = 4;
 
 /// Tracks how far the file is written and how far its write-back has been started.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Writeback {
+pub struct Writeback {
     /// The end of the bytes written so far (the file offset of the next write).
     written_to: u64,
     /// Write-back has been started up to here (windows count from the first offset).
@@ -34,7 +34,7 @@ pub(crate) struct Writeback {
 
 impl Writeback {
     /// A writer that starts writing at `offset` (a resumed download starts past zero).
-    pub(crate) fn new(offset: u64) -> Writeback {
+    pub fn new(offset: u64) -> Writeback {
         Writeback {
             written_to: offset,
             started_to: offset,
@@ -47,7 +47,7 @@ impl Writeback {
     /// # Errors
     /// An I/O error the kernel reported for the range (the same error the final fsync
     /// would report).
-    pub(crate) fn written(&mut self, file: &File, len: u64) -> io::Result<()> {
+    pub fn written(&mut self, file: &File, len: u64) -> io::Result<()> {
         self.written_to += len;
         while self.written_to - self.started_to >= WINDOW_BYTES {
             let start = self.started_to;
