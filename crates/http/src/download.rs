@@ -947,11 +947,12 @@ impl<'a> PartWriter<'a> {
     }
 }
 
+/// Makes the rename into `dir` durable: one flush, shared with the downloads that
+/// renamed on the same file system meanwhile ([`crate::dirsync`]).
 async fn sync_dir(dir: &Path) -> Result<(), Classified> {
-    let owned = dir.to_owned();
-    blocking(move || File::open(&owned)?.sync_all())
+    crate::dirsync::sync_rename(dir)
         .await
-        .map_err(|error| disk("fsyncing the directory", dir, error))
+        .map_err(|error| disk("making the rename durable in", dir, error))
 }
 
 async fn remove_if_present(path: &Path) -> Result<(), Classified> {

@@ -44,6 +44,7 @@
 //! - `redirect`: following redirects: limits, targets, methods, stripped headers.
 //! - `download`: resumable, verified downloads into `.part` files, kept out of the disk
 //!   reserve.
+//! - `dirsync`: the flush that makes renames durable, shared by concurrent downloads.
 //! - `space`: free space ([`free_bytes`]) and the budget a streaming download stays in.
 //! - `upload`: request bodies, a file streamed from disk, and the answer kept in memory.
 //! - `engine`: [`Engine`], its client, connection limits and the attempt driver.
@@ -75,6 +76,7 @@
 #![warn(missing_docs)]
 
 mod classify;
+mod dirsync;
 mod download;
 mod encoding;
 mod engine;
