@@ -99,26 +99,59 @@ async fn sync_shared<F>(group: Group, dir: &Path, fsync: F) -> io::Result<()>
 where
     F: Fn(&Path) -> io::Result<()> + Clone + Send + 'static,
 {
-    let entry = {
+    let holding = {
         let mut dirs = DIRS.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = Arc::clone(dirs.entry(group).or_default());
         entry.lock().holders += 1;
-        entry
+        Holding { entry, group }
     };
-    let result = wait_covered(&entry, dir, fsync).await;
-    let mut dirs = DIRS.lock().unwrap_or_else(PoisonError::into_inner);
-    let mut state = entry.lock();
-    state.holders -= 1;
-    if state.holders == 0 {
-        // Nobody waits here: the next caller starts afresh.
-        dirs.remove(&group);
+    wait_covered(&holding.entry, dir, fsync).await
+}
+
+/// A caller's hold on its group's entry; the last one to leave removes it (also when the
+/// caller's future is dropped).
+struct Holding {
+    entry: Arc<Dir>,
+    group: Group,
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        let mut dirs = DIRS.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.entry.lock();
+        state.holders -= 1;
+        if state.holders == 0 {
+            // Nobody waits here: the next caller starts afresh.
+            dirs.remove(&self.group);
+        }
     }
-    result
 }
 
 impl Dir {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A flush in progress, on its blocking thread: when it ends (or unwinds), the group is
+/// free for the next flush and its waiters wake, whether or not the caller that started
+/// it still waits (its future may have been dropped).
+struct Flushing {
+    entry: Arc<Dir>,
+    target: u64,
+    ok: bool,
+}
+
+impl Drop for Flushing {
+    fn drop(&mut self) {
+        {
+            let mut state = self.entry.lock();
+            state.running = false;
+            if self.ok {
+                state.covered = state.covered.max(self.target);
+            }
+        }
+        self.entry.done.notify_waiters();
     }
 }
 
@@ -153,22 +186,22 @@ where
             continue;
         };
         // Every ticket up to `target` was taken after its rename, and this flush starts
-        // now: it covers them all.
+        // now: it covers them all. The blocking thread records its end itself.
+        let mut flushing = Flushing {
+            entry: Arc::clone(entry),
+            target,
+            ok: false,
+        };
         let path = dir.to_path_buf();
         let fsync = fsync.clone();
-        let result = tokio::task::spawn_blocking(move || fsync(&path))
-            .await
-            .map_err(io::Error::other)
-            .and_then(|result| result);
-        {
-            let mut state = entry.lock();
-            state.running = false;
-            if result.is_ok() {
-                state.covered = state.covered.max(target);
-            }
-        }
-        entry.done.notify_waiters();
-        return result;
+        let flushed = tokio::task::spawn_blocking(move || {
+            let result = fsync(&path);
+            flushing.ok = result.is_ok();
+            drop(flushing);
+            result
+        })
+        .await;
+        return flushed.map_err(io::Error::other).and_then(|result| result);
     }
 }
 
@@ -224,6 +257,34 @@ mod tests {
             DIRS.lock().expect("dirs").get(&(u64::MAX, 1)).is_none(),
             "entry left"
         );
+    }
+
+    /// A caller whose future is dropped while its flush runs (a cancelled download)
+    /// leaves the group usable: the flush ends on its own and the next caller goes on.
+    #[tokio::test]
+    async fn a_dropped_caller_leaves_the_group_usable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let slow = |_: &Path| {
+            std::thread::sleep(Duration::from_millis(50));
+            Ok(())
+        };
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(5),
+            sync_shared((u64::MAX, 3), dir.path(), slow),
+        )
+        .await;
+        assert!(
+            dropped.is_err(),
+            "the first caller was to be dropped mid-flush"
+        );
+        let ok = |_: &Path| Ok(());
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            sync_shared((u64::MAX, 3), dir.path(), ok),
+        )
+        .await
+        .expect("the next caller is not stuck behind the dropped one")
+        .expect("flush");
     }
 
     /// A failed fsync fails its callers; the next caller runs a fresh one.
