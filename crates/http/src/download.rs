@@ -80,6 +80,40 @@ use crate::writeback::Writeback;
 /// other `return` loses the result as a crash would.
 pub const FAIL_POINT_DOWNLOAD_AFTER_FSYNC: &str = "http-download-after-fsync";
 
+/// The fail point hit after a download's last byte is written to its `.part` file and
+/// verified, before the file's fsync: every byte is written, none is durable yet.
+/// `return(abort)` aborts the process; any other `return` fails the attempt.
+pub const FAIL_POINT_DOWNLOAD_BEFORE_FSYNC: &str = "http-download-before-fsync";
+
+/// The fail point hit after a download's rename to its final name, before the flush that
+/// makes the rename durable. `return(abort)` aborts the process; any other `return`
+/// fails the attempt (the next one finds the file under its final name).
+pub const FAIL_POINT_DOWNLOAD_BEFORE_FLUSH: &str = "http-download-before-flush";
+
+/// A fail point of the download's last steps (the `FAIL_POINT_DOWNLOAD_*` constants).
+/// `return(abort)` aborts the process; any other `return` fails the attempt as a crash
+/// would lose it (the next attempt finds what this one left on disk). The name is a
+/// literal: without the feature the macro expands to nothing, and it must stay equal to
+/// its constant.
+macro_rules! download_fail_point {
+    ($name:literal) => {{
+        fn hit() -> Result<(), Classified> {
+            fail::fail_point!($name, |arg: Option<String>| {
+                if arg.as_deref() == Some("abort") {
+                    std::process::abort();
+                }
+                Err(Classified::retry(
+                    RetryReason::Transport,
+                    None,
+                    concat!("fail point ", $name).to_owned(),
+                ))
+            });
+            Ok(())
+        }
+        hit()
+    }};
+}
+
 /// The size of one write to the `.part` file, in bytes.
 const WRITE_BLOCK_BYTES: usize = 1024 * 1024;
 /// The longest received bytes wait in memory before they are written: a fast download
@@ -484,6 +518,7 @@ async fn complete(
             format!("the download does not verify: {mismatch:?}"),
         ));
     }
+    download_fail_point!("http-download-before-fsync")?;
     let part = files.part.clone();
     blocking(move || file.sync_all())
         .await
@@ -491,9 +526,10 @@ async fn complete(
     tokio::fs::rename(&files.part, &files.complete)
         .await
         .map_err(|error| disk("renaming into place", &files.complete, error))?;
+    download_fail_point!("http-download-before-flush")?;
     sync_dir(&files.dir).await?;
     remove_if_present(&files.validator).await?;
-    after_fsync_fail_point()?;
+    download_fail_point!("http-download-after-fsync")?;
     tracing::debug!(file = %files.complete.display(), length, "download complete");
     Ok(Classified::Success(Response {
         status,
@@ -502,25 +538,6 @@ async fn complete(
         file: Some(files.complete.clone()),
         bytes: length,
     }))
-}
-
-/// The fail point right after fsync and rename, before the caller records the result.
-/// `return(abort)` aborts the process; any other `return` loses the result like a crash
-/// would (the next attempt finds the file complete).
-fn after_fsync_fail_point() -> Result<(), Classified> {
-    // The name is spelled out: without the feature the macro expands to nothing, and it
-    // must stay equal to `FAIL_POINT_DOWNLOAD_AFTER_FSYNC`.
-    fail::fail_point!("http-download-after-fsync", |arg: Option<String>| {
-        if arg.as_deref() == Some("abort") {
-            std::process::abort();
-        }
-        Err(Classified::retry(
-            RetryReason::Transport,
-            None,
-            "fail point http-download-after-fsync".to_owned(),
-        ))
-    });
-    Ok(())
 }
 
 /// A `416` to a resume: the `.part` is either already the whole file (finish it) or

@@ -96,7 +96,10 @@ pub use classify::{
     CONTENT_CODING_BYTES_MAX, Classified, FailReason, MESSAGE_BYTES_MAX, Mismatch, Response,
     RetryReason, StatusClass, classify_status,
 };
-pub use download::FAIL_POINT_DOWNLOAD_AFTER_FSYNC;
+pub use download::{
+    FAIL_POINT_DOWNLOAD_AFTER_FSYNC, FAIL_POINT_DOWNLOAD_BEFORE_FLUSH,
+    FAIL_POINT_DOWNLOAD_BEFORE_FSYNC,
+};
 pub use encoding::REQUEST_ENCODING_VERSION;
 pub use engine::{Engine, Progress};
 pub use error::{Error, Result};

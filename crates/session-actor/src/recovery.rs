@@ -77,6 +77,12 @@ pub(crate) fn recover(
             }
         }
         drop(snapshot);
+        // The piece's scattered reads mapped their neighbours' pages too (the kernel maps
+        // around each read): let them go, so the process does not keep most of a large
+        // store's file resident for sessions that have no actor.
+        if let Err(error) = store.release_mapped_pages() {
+            tracing::debug!(%error, "could not release the store's mapped pages");
+        }
         if !changed.is_empty() {
             let written = store.write(move |scope| -> session_store::Result<()> {
                 for (before, transition) in &changed {

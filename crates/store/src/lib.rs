@@ -51,6 +51,7 @@ mod scope;
 mod snapshot;
 mod store;
 mod tables;
+mod unmap;
 mod writer;
 
 /// The heed (LMDB) crate the store is built on: its errors appear in [`Error::Lmdb`].

@@ -56,17 +56,23 @@ pub enum FailPoint {
     BetweenTransferAndResult,
     /// After a download's fsync, before its record.
     DownloadAfterFsync,
+    /// After a download's last write, before the file's fsync (nothing durable yet).
+    DownloadBeforeFsync,
+    /// After a download's rename, before the flush that makes the rename durable.
+    DownloadBeforeFlush,
 }
 
 impl FailPoint {
     /// Every fail point, in a fixed order.
-    pub const ALL: [FailPoint; 6] = [
+    pub const ALL: [FailPoint; 8] = [
         FailPoint::StoreBeforeCommit,
         FailPoint::StoreAfterCommit,
         FailPoint::AfterDelegateBeforeCommit,
         FailPoint::InsideCompletion,
         FailPoint::BetweenTransferAndResult,
         FailPoint::DownloadAfterFsync,
+        FailPoint::DownloadBeforeFsync,
+        FailPoint::DownloadBeforeFlush,
     ];
 
     /// The point's name in the library (the `FAILPOINTS` syntax of the `fail` crate).
@@ -78,6 +84,8 @@ impl FailPoint {
             FailPoint::InsideCompletion => "actor-inside-completion",
             FailPoint::BetweenTransferAndResult => "actor-between-transfer-and-result",
             FailPoint::DownloadAfterFsync => session_http::FAIL_POINT_DOWNLOAD_AFTER_FSYNC,
+            FailPoint::DownloadBeforeFsync => session_http::FAIL_POINT_DOWNLOAD_BEFORE_FSYNC,
+            FailPoint::DownloadBeforeFlush => session_http::FAIL_POINT_DOWNLOAD_BEFORE_FLUSH,
         }
     }
 
@@ -91,6 +99,8 @@ impl FailPoint {
             FailPoint::InsideCompletion => 1,
             FailPoint::BetweenTransferAndResult => 6,
             FailPoint::DownloadAfterFsync => 3,
+            // A run finishes few downloads before its fault: aim at the first ones.
+            FailPoint::DownloadBeforeFsync | FailPoint::DownloadBeforeFlush => 1,
         }
     }
 
