@@ -23,7 +23,10 @@
 //!    run writing nothing (`output = /dev/null`: loopback, the origin and curl's CPU), and
 //!    the latency of one write-and-fsync of a file of `--size` in the directory.
 //!
-//! Every figure is the median over `--rounds`, with its spread (min and max).
+//! Every figure is the median over `--rounds` (7 by default: on a shared machine whose
+//! file creation has slow phases, 5 rounds let two slow rounds of one side and one fast
+//! round of the other move a median ratio from 1.3 to 0.7), with its spread (min and
+//! max).
 //!
 //! # Delivery latency
 //!
@@ -78,7 +81,7 @@ pub struct ManyArgs {
     #[arg(long, default_value_t = 50)]
     pub parallel: usize,
     /// Rounds; each runs the engine and curl in turns; figures are medians over them.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 7)]
     pub rounds: usize,
     /// Where the files and the store go (a temporary directory inside it); default: the
     /// system's temporary directory.
