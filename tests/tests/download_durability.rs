@@ -107,12 +107,7 @@ fn verify(delivery: &Delivery, scope: &mut WriteScope<'_>) -> Result<(), Delegat
 }
 
 fn rows(sessions: &session_actor::Sessions) -> BTreeMap<String, String> {
-    table()
-        .entries(&sessions.snapshot().expect("snapshot"))
-        .expect("rows")
-        .into_iter()
-        .map(|(key, text)| (String::from_utf8_lossy(&key).into_owned(), text))
-        .collect()
+    ledger::entries(sessions).into_iter().collect()
 }
 
 /// Every file under its final name in the session's download directory is whole: the

@@ -184,6 +184,29 @@ impl Snapshot {
         })
     }
 
+    /// The address of a byte inside this store's memory map, if the store holds any
+    /// record: a read transaction's keys are handed out in place, on their pages in the
+    /// map. It tells the store's own mapping apart from other mappings of the same file.
+    pub(crate) fn map_address(&self) -> Result<Option<usize>> {
+        let view = self.view()?;
+        let tables = view.tables;
+        let candidates = [
+            tables.names,
+            Some(tables.sessions),
+            Some(tables.tasks),
+            Some(tables.events),
+        ];
+        for table in candidates.into_iter().flatten() {
+            if let Some((key, _)) = table
+                .first(view.txn)
+                .map_err(|e| Error::lmdb("finding the store's map", e))?
+            {
+                return Ok(Some(key.as_ptr() as usize));
+            }
+        }
+        Ok(None)
+    }
+
     /// The view to read through, unless the snapshot is past its maximum age.
     pub(crate) fn view(&self) -> Result<View<'_>> {
         let age = self.begun.elapsed();

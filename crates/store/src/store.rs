@@ -418,13 +418,26 @@ impl Store {
     /// few active sessions among many idle ones) leaves most of the file mapped and
     /// counted in the process's resident memory, though nothing needs it afterwards.
     /// After this call the pages are still in the page cache; the next read of one maps
-    /// it again (a minor fault, no I/O). Safe at any time, snapshots open or not.
+    /// it again (a minor fault, no I/O). Safe at any time, snapshots open or not: it
+    /// holds a snapshot of its own while it works, so the map cannot be grown (remapped)
+    /// or closed under it, and it touches only the mapping this store reads through.
     ///
     /// # Errors
-    /// [`Error::Io`] when the data file or the process's mapping list cannot be read.
+    /// [`Error::Io`] when the data file or the process's mapping list cannot be read;
+    /// the errors of [`Store::snapshot`].
     pub fn release_mapped_pages(&self) -> Result<u64> {
+        // The snapshot's ticket keeps the writer from resizing (unmapping and mapping
+        // again) and the store from closing until the release is done, so the range
+        // found below is still this store's mapping when `madvise` runs.
+        let snapshot = self.snapshot()?;
+        let Some(inside) = snapshot.map_address()? else {
+            return Ok(0);
+        };
         let data = self.inner.shared.dir.join(check::DATA_FILE_NAME);
-        crate::unmap::release(&data).map_err(|source| Error::Io { path: data, source })
+        let released =
+            crate::unmap::release(&data, inside).map_err(|source| Error::Io { path: data, source });
+        drop(snapshot);
+        released
     }
 
     /// How many reader slots of dead processes were cleared when the store was opened.

@@ -11,16 +11,19 @@
 use std::io;
 use std::path::Path;
 
-/// Drops this process's page mappings of the file at `data_path` (every mapping of it,
-/// found by device and inode in `/proc/self/maps`). Returns the bytes of mapping
-/// released (the mapped ranges' length, resident or not). Elsewhere than Linux, does
-/// nothing and returns 0.
+/// Drops this process's page mappings of the file at `data_path` in the mapping that
+/// holds the address `inside` (found by device, inode and address in `/proc/self/maps`).
+/// Returns the bytes of mapping released (the mapped range's length, resident or not).
+/// Elsewhere than Linux, does nothing and returns 0.
+///
+/// The caller keeps that mapping alive, unchanged, until this returns (the store holds
+/// a snapshot, which keeps its map from being grown or closed).
 ///
 /// # Errors
-/// The file's metadata or `/proc/self/maps` could not be read, or `madvise` refused a
+/// The file's metadata or `/proc/self/maps` could not be read, or `madvise` refused the
 /// range.
 #[cfg(target_os = "linux")]
-pub(crate) fn release(data_path: &Path) -> io::Result<u64> {
+pub(crate) fn release(data_path: &Path, inside: usize) -> io::Result<u64> {
     use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(data_path)?;
     let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
@@ -30,9 +33,16 @@ pub(crate) fn release(data_path: &Path) -> io::Result<u64> {
         let Some(range) = mapping_of(line, major, minor, meta.ino()) else {
             continue;
         };
+        if !range.contains(&inside) {
+            // Another mapping of the same file (a read-only store opened beside this
+            // one): not ours to keep alive, so not ours to touch.
+            continue;
+        }
         let length = range.end - range.start;
-        // SAFETY: the range is a whole mapping of the store's data file in this process,
-        // as the kernel lists it. LMDB maps that file read-only and shared (the store
+        // SAFETY: the range is the whole mapping of the store's data file that holds
+        // `inside`, as the kernel lists it, and the caller keeps it mapped (no resize,
+        // no close) until we return, so no other mapping can have taken its place.
+        // LMDB maps that file read-only and shared (the store
         // never opens it with `WRITEMAP`), so its pages there are never dirty and never
         // private: `MADV_DONTNEED` only removes the page table entries, and any later
         // access, through a pointer taken before or after this call, faults the same
@@ -46,11 +56,6 @@ pub(crate) fn release(data_path: &Path) -> io::Result<u64> {
         };
         if result != 0 {
             let error = io::Error::last_os_error();
-            // The mapping went away between the read of the list and here (the store
-            // grew its map, or closed): nothing of it is left to release.
-            if error.raw_os_error() == Some(libc::ENOMEM) {
-                continue;
-            }
             return Err(error);
         }
         released += length as u64;
@@ -60,7 +65,7 @@ pub(crate) fn release(data_path: &Path) -> io::Result<u64> {
 
 /// See the Linux version: nothing to do elsewhere.
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn release(_data_path: &Path) -> io::Result<u64> {
+pub(crate) fn release(_data_path: &Path, _inside: usize) -> io::Result<u64> {
     Ok(0)
 }
 
@@ -152,7 +157,13 @@ mod tests {
             mapped >= 4 << 20,
             "the reads mapped the file: {mapped} bytes"
         );
-        let released = release(&path).expect("release");
+        assert_eq!(
+            release(&path, 4096).expect("release elsewhere"),
+            0,
+            "a mapping that does not hold the address is left alone"
+        );
+        assert!(smaps_rss(map as usize) >= mapped / 2);
+        let released = release(&path, map as usize + 4096).expect("release");
         assert_eq!(released, length as u64);
         let after_release = smaps_rss(map as usize);
         assert!(

@@ -208,6 +208,69 @@ fn tasks_are_listed_per_session_and_in_full() {
     assert_eq!(all, ["r/z", "s/t1", "s/t2", "s-2/t1"]);
 }
 
+/// Letting go of the mapped pages keeps every read right, with a snapshot open across
+/// it and writes (and a map growth) after it, and in a new store too.
+#[test]
+fn releasing_mapped_pages_keeps_reads_right() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(
+        dir.path(),
+        StoreOptions {
+            map_size_bytes_initial: 1 << 20,
+            ..StoreOptions::default()
+        },
+    )
+    .expect("open");
+    let write = |first: usize| {
+        store
+            .write(move |scope| {
+                for n in first..first + 2000 {
+                    scope.put_task(&task(
+                        "s",
+                        &format!("t{n:05}"),
+                        TaskState::Running { attempt: 1 },
+                    ))?;
+                }
+                Ok::<_, Error>(())
+            })
+            .expect("write tasks")
+    };
+    let map_before = store.map_size_bytes();
+    write(0);
+    let held = store.snapshot().expect("snapshot");
+    let before = held.tasks(&session_id("s")).expect("read");
+    let released = store.release_mapped_pages().expect("release");
+    #[cfg(target_os = "linux")]
+    assert!(
+        released >= 1 << 20,
+        "the map was released: {released} bytes"
+    );
+    let _ = released;
+    assert_eq!(held.tasks(&session_id("s")).expect("read again"), before);
+    drop(held);
+    // Until the map grows: the release left the writer's resize alone.
+    let mut written = 2000;
+    while store.map_size_bytes() == map_before {
+        assert!(written < 200_000, "the map never grew");
+        write(written);
+        written += 2000;
+    }
+    store.release_mapped_pages().expect("release after growth");
+    let all = store
+        .snapshot()
+        .expect("snapshot")
+        .tasks(&session_id("s"))
+        .expect("read");
+    assert_eq!(all.len(), written);
+    assert_eq!(&all[..2000], &before[..]);
+
+    let empty = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(empty.path(), StoreOptions::default()).expect("open");
+    store
+        .release_mapped_pages()
+        .expect("release of an empty store");
+}
+
 /// A record that fails validation is refused before it is written, with the table and
 /// key, and nothing of the unit is written.
 #[test]

@@ -128,6 +128,9 @@ pub struct ManyReport {
     pub spread: BTreeMap<&'static str, Spread>,
     /// Every engine round's time, in seconds.
     pub engine_s: Vec<f64>,
+    /// Every engine round's requests to the origin (the tasks, plus one per retried
+    /// attempt), so a slow round shows whether retries made it slow.
+    pub engine_requests: Vec<u64>,
     /// Every curl round's transfer time, in seconds.
     pub curl_s: Vec<f64>,
     /// Every curl round's fsync of all its files, in seconds.
@@ -151,6 +154,7 @@ pub struct Delivered {
 #[derive(Debug, Clone)]
 struct EngineRound {
     seconds: f64,
+    requests: u64,
     latencies_ms: Vec<f64>,
 }
 
@@ -201,7 +205,10 @@ pub fn run(args: &ManyArgs) -> anyhow::Result<ManyReport> {
         if curl_first {
             curls.push(curl_round(&urls, args, &parent)?);
         }
-        engine.push(engine_round(&urls, args, &parent)?);
+        let requests_before = origin.counters().requests_total;
+        let mut round = engine_round(&urls, args, &parent)?;
+        round.requests = origin.counters().requests_total - requests_before;
+        engine.push(round);
         if curl && !curl_first {
             curls.push(curl_round(&urls, args, &parent)?);
         }
@@ -271,6 +278,7 @@ fn summarize(
         bound_loopback_tasks_per_s: figure("bound_loopback_tasks_per_s", loopback_rate),
         spread,
         engine_s,
+        engine_requests: engine.iter().map(|round| round.requests).collect(),
         curl_s: curls.iter().map(|c| c.transfer_s).collect(),
         curl_fsync_s: curls.iter().map(|c| c.fsync_s).collect(),
     })
@@ -308,6 +316,8 @@ fn engine_round(urls: &[String], args: &ManyArgs, parent: &Path) -> anyhow::Resu
         .collect();
     Ok(EngineRound {
         seconds,
+        // Counted by the caller, which has the origin.
+        requests: 0,
         latencies_ms,
     })
 }
