@@ -13,8 +13,12 @@
 //! has completed: its own, if none is running, or the next one, which a caller waiting
 //! for it runs. So every caller still waits for a flush that began after its rename, and
 //! a disk that serves flushes one at a time serves one per group instead of one per file.
-//! The file's own fsync before the rename stays per file: a file that reaches its final
-//! name is always whole.
+//! On Linux a small file's bytes are made durable the same way, before its rename: one
+//! shared `syncfs` begun after its last write (it writes back every file's data), then
+//! the rename, then a second shared flush for the rename; a larger file, whose
+//! write-back ran beside its transfer, keeps its own fsync. Either way a file reaches
+//! its final name only once its bytes are durable: a file under its final name is
+//! always whole.
 
 use std::collections::HashMap;
 use std::io;

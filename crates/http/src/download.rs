@@ -81,7 +81,8 @@ use crate::writeback::Writeback;
 pub const FAIL_POINT_DOWNLOAD_AFTER_FSYNC: &str = "http-download-after-fsync";
 
 /// The fail point hit after a download's last byte is written to its `.part` file and
-/// verified, before the file's fsync: every byte is written, none is durable yet.
+/// verified, before the flush that makes its bytes durable (its fsync, or the shared
+/// flush for a small file): every byte is written, none is durable yet.
 /// `return(abort)` aborts the process; any other `return` fails the attempt.
 pub const FAIL_POINT_DOWNLOAD_BEFORE_FSYNC: &str = "http-download-before-fsync";
 
@@ -113,6 +114,12 @@ macro_rules! download_fail_point {
         hit()
     }};
 }
+
+/// The largest download whose bytes are made durable by the shared flush (see
+/// `complete`) rather than an fsync of its own: a larger file's write-back has been
+/// running beside its transfer, and a file-system-wide flush would wait for every other
+/// writer's dirty data too.
+const SHARED_DATA_FLUSH_BYTES_MAX: u64 = 1024 * 1024;
 
 /// The size of one write to the `.part` file, in bytes.
 const WRITE_BLOCK_BYTES: usize = 1024 * 1024;
@@ -519,10 +526,21 @@ async fn complete(
         ));
     }
     download_fail_point!("http-download-before-fsync")?;
-    let part = files.part.clone();
-    blocking(move || file.sync_all())
-        .await
-        .map_err(|error| disk("fsyncing", &part, error))?;
+    if cfg!(target_os = "linux") && length <= SHARED_DATA_FLUSH_BYTES_MAX {
+        // A small file's bytes are made durable by the same shared flush as renames
+        // (`syncfs` writes back every file's data on the file system and commits the
+        // journal), begun after this file's last write: one flush for a group of
+        // finishing downloads instead of an fsync each.
+        drop(file);
+        crate::dirsync::sync_rename(&files.dir)
+            .await
+            .map_err(|error| disk("fsyncing", &files.part, error))?;
+    } else {
+        let part = files.part.clone();
+        blocking(move || file.sync_all())
+            .await
+            .map_err(|error| disk("fsyncing", &part, error))?;
+    }
     tokio::fs::rename(&files.part, &files.complete)
         .await
         .map_err(|error| disk("renaming into place", &files.complete, error))?;

@@ -56,7 +56,7 @@ pub enum FailPoint {
     BetweenTransferAndResult,
     /// After a download's fsync, before its record.
     DownloadAfterFsync,
-    /// After a download's last write, before the file's fsync (nothing durable yet).
+    /// After a download's last write, before its bytes are made durable (nothing durable yet).
     DownloadBeforeFsync,
     /// After a download's rename, before the flush that makes the rename durable.
     DownloadBeforeFlush,
