@@ -165,12 +165,9 @@ fn cut_power(root: &Path, point: &str) -> usize {
             file.set_len(length / 3).expect("truncate the .part");
             changed += 1;
         }
-        if point == session_http::FAIL_POINT_DOWNLOAD_BEFORE_FLUSH
-            && !name.contains('.')
-            && !dir.join(format!("{name}.part")).exists()
-            && dir.join(format!("{name}.validator")).exists()
-        {
-            // Renamed in this run (its validator is still there), not yet flushed.
+        if point == session_http::FAIL_POINT_DOWNLOAD_BEFORE_FLUSH && !name.contains('.') {
+            // The abort came at the first rename: the one file under a final name is the
+            // one whose rename was not flushed yet.
             std::fs::rename(&path, dir.join(format!("{name}.part"))).expect("undo the rename");
             changed += 1;
         }
