@@ -38,6 +38,9 @@ const CONTENT_SEED: u64 = 11;
 const COMPLETION: &str = "prop-complete";
 /// How long a settle may take before the case fails as "did not finish".
 const SETTLE_MAX: Duration = Duration::from_secs(30);
+/// The longest a dropped system may take to release the store's directory (its close
+/// runs in the background); a lock still held after this is a leaked store.
+const RELEASE_WAIT_MAX: Duration = Duration::from_secs(30);
 /// The fail points a `CrashAt` arms (never with `abort`: this is one process).
 const FAIL_POINTS: [&str; 6] = [
     "store-before-commit",
@@ -312,13 +315,27 @@ impl Sut {
     /// Drops the whole system, checks the directory is free again, and reopens.
     fn crash(&mut self) {
         drop(self.incarnation.take());
-        // The last Store clone is gone, so the directory lock must be free: a new owner
-        // opens it at once.
-        let store = Store::open(
-            self.root(),
-            StoreOptions::default().with_app_table(LEDGER_TABLE),
-        )
-        .expect("the store directory is released when the system is dropped");
+        // Dropping `Sessions` without a shutdown closes the store in the background (after
+        // its runtime has stopped, which waits for blocking file work in flight, such as
+        // an fsync), so the lock is released a moment later: a new owner gets it once
+        // that close is done, and must not wait long for it.
+        let started = Instant::now();
+        let store = loop {
+            match Store::open(
+                self.root(),
+                StoreOptions::default().with_app_table(LEDGER_TABLE),
+            ) {
+                Ok(store) => break store,
+                Err(session_store::Error::Locked { .. })
+                    if started.elapsed() < RELEASE_WAIT_MAX =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(error) => {
+                    panic!("the store directory is released when the system is dropped: {error:?}")
+                }
+            }
+        };
         drop(store);
         self.crashes += 1;
         self.open();

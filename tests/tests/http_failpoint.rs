@@ -58,3 +58,49 @@ async fn result_lost_after_rename_is_recovered_without_a_request() {
     assert_eq!(origin.counters().requests_for("fp"), 1);
     scenario.teardown();
 }
+
+/// The shared flush that makes small files' bytes and every rename durable reports any
+/// writeback error on the file system, another program's too. When it fails, a download
+/// falls back to its own fsyncs (the file's, through the descriptor it was written with,
+/// and the directory's) and succeeds with the exact bytes: a stranger's error does not
+/// fail it.
+#[tokio::test]
+async fn a_failed_shared_flush_falls_back_to_the_downloads_own_fsyncs() {
+    let scenario = fail::FailScenario::setup();
+    let origin = Origin::bind(OriginConfig { seed: 9, port: 0 })
+        .await
+        .expect("the origin binds");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::new(EngineConfig {
+        read_idle_timeout: Duration::from_secs(5),
+        proxy_from_environment: false,
+        ..EngineConfig::default()
+    })
+    .expect("engine");
+    fail::cfg("http-shared-flush-error", "return").expect("configure");
+    // A small file (its bytes take the shared flush) and a large one (its own fsync,
+    // the shared flush for its rename only).
+    for (name, size) in [("small", 200_003u64), ("large", 2 * 1024 * 1024 + 5)] {
+        let request =
+            TransferRequest::download(origin.url(&format!("/objects/{name}?size={size}")))
+                .with_sha256(origin::sha256(9, name, size));
+        let target = Target {
+            download_dir: dir.path().to_owned(),
+            name: name.to_owned(),
+            idempotency_key: None,
+        };
+        let outcome = engine.run(&request, &target, None).await;
+        let Classified::Success(response) = outcome else {
+            panic!("{name}: expected success despite the failed shared flush, got {outcome:?}");
+        };
+        let (_, complete) = session_http::download_paths(dir.path(), name);
+        assert_eq!(response.file.as_deref(), Some(complete.as_path()));
+        assert_eq!(
+            std::fs::metadata(&complete).expect("the file").len(),
+            size,
+            "{name}"
+        );
+    }
+    fail::remove("http-shared-flush-error");
+    scenario.teardown();
+}

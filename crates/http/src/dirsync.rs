@@ -83,6 +83,10 @@ fn group_of(dir: &Path) -> io::Result<Group> {
 #[cfg(target_os = "linux")]
 fn flush(dir: &Path) -> io::Result<()> {
     use std::os::fd::AsRawFd as _;
+    // `return` fails the flush as a writeback error elsewhere on the file system would.
+    fail::fail_point!("http-shared-flush-error", |_| Err(io::Error::other(
+        "fail point http-shared-flush-error"
+    )));
     let file = std::fs::File::open(dir)?;
     // SAFETY: `syncfs` only reads its integer argument; the descriptor stays open for the
     // call (`file` lives to the end of this function) and is not retained.

@@ -531,10 +531,16 @@ async fn complete(
         // (`syncfs` writes back every file's data on the file system and commits the
         // journal), begun after this file's last write: one flush for a group of
         // finishing downloads instead of an fsync each.
-        drop(file);
-        crate::dirsync::sync_rename(&files.dir)
-            .await
-            .map_err(|error| disk("fsyncing", &files.part, error))?;
+        // The shared flush also reports any other file's writeback error on the file
+        // system; then this file's own fsync, on the descriptor it was written through
+        // (which sees every error since its open), says whether its bytes are durable.
+        if let Err(shared) = crate::dirsync::sync_rename(&files.dir).await {
+            tracing::debug!(error = %shared, "the shared flush failed; fsyncing the file itself");
+            let part = files.part.clone();
+            blocking(move || file.sync_all())
+                .await
+                .map_err(|error| disk("fsyncing", &part, error))?;
+        }
     } else {
         let part = files.part.clone();
         blocking(move || file.sync_all())
@@ -985,7 +991,14 @@ impl<'a> PartWriter<'a> {
 /// Makes the rename into `dir` durable: one flush, shared with the downloads that
 /// renamed on the same file system meanwhile ([`crate::dirsync`]).
 async fn sync_dir(dir: &Path) -> Result<(), Classified> {
-    crate::dirsync::sync_rename(dir)
+    let Err(shared) = crate::dirsync::sync_rename(dir).await else {
+        return Ok(());
+    };
+    // The shared flush also reports any other file's writeback error on the file system;
+    // the directory's own fsync says whether this rename is durable.
+    tracing::debug!(error = %shared, "the shared flush failed; fsyncing the directory itself");
+    let owned = dir.to_path_buf();
+    blocking(move || std::fs::File::open(&owned)?.sync_all())
         .await
         .map_err(|error| disk("making the rename durable in", dir, error))
 }
