@@ -1,18 +1,15 @@
-//! The engine's fail point `http-download-after-fsync`, in its own test binary because
-//! fail point configuration is global to the process. session-tests builds with fail
-//! points on (session-harness enables them by default).
+//! The engine's fail points `http-download-after-fsync` and `http-shared-flush-error`, in
+//! their own test binary because fail point configuration is global to the process.
+//! session-tests builds with fail points on (session-harness enables them by default).
 
 use std::time::Duration;
 
 use session_harness::origin::{self, Origin, OriginConfig};
 use session_http::{Classified, Engine, EngineConfig, RetryReason, Target, TransferRequest};
 
-/// A result lost right after the fsync and rename (the fail point returns instead of the
-/// success, as a crash there would lose it) is recovered by the next attempt from the
-/// file on disk, without another request and with the exact bytes.
-#[tokio::test]
-async fn result_lost_after_rename_is_recovered_without_a_request() {
-    let scenario = fail::FailScenario::setup();
+/// The origin on 127.0.0.1, a download directory, and an engine that talks to loopback
+/// only.
+async fn setup() -> (Origin, tempfile::TempDir, Engine) {
     let origin = Origin::bind(OriginConfig { seed: 9, port: 0 })
         .await
         .expect("the origin binds");
@@ -23,6 +20,16 @@ async fn result_lost_after_rename_is_recovered_without_a_request() {
         ..EngineConfig::default()
     })
     .expect("engine");
+    (origin, dir, engine)
+}
+
+/// A result lost right after the fsync and rename (the fail point returns instead of the
+/// success, as a crash there would lose it) is recovered by the next attempt from the
+/// file on disk, without another request and with the exact bytes.
+#[tokio::test]
+async fn result_lost_after_rename_is_recovered_without_a_request() {
+    let scenario = fail::FailScenario::setup();
+    let (origin, dir, engine) = setup().await;
     let size = 200_000;
     let request = TransferRequest::download(origin.url(&format!("/objects/fp?size={size}")))
         .with_sha256(origin::sha256(9, "fp", size));
@@ -67,16 +74,7 @@ async fn result_lost_after_rename_is_recovered_without_a_request() {
 #[tokio::test]
 async fn a_failed_shared_flush_falls_back_to_the_downloads_own_fsyncs() {
     let scenario = fail::FailScenario::setup();
-    let origin = Origin::bind(OriginConfig { seed: 9, port: 0 })
-        .await
-        .expect("the origin binds");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let engine = Engine::new(EngineConfig {
-        read_idle_timeout: Duration::from_secs(5),
-        proxy_from_environment: false,
-        ..EngineConfig::default()
-    })
-    .expect("engine");
+    let (origin, dir, engine) = setup().await;
     fail::cfg("http-shared-flush-error", "return").expect("configure");
     // A small file (its bytes take the shared flush) and a large one (its own fsync,
     // the shared flush for its rename only).
