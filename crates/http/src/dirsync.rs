@@ -52,13 +52,14 @@ type Group = (u64, u64);
 /// The groups with callers.
 static DIRS: LazyLock<Mutex<HashMap<Group, Arc<Dir>>>> = LazyLock::new(Default::default);
 
-/// Makes the rename into `dir` done before this call durable: [`flush`] (run on a
-/// blocking thread), shared with concurrent callers on the same file system.
+/// Makes what was written or renamed on `dir`'s file system before this call durable
+/// (on Linux a small file's bytes too; everywhere a rename into `dir`): [`flush`] (run on a blocking thread),
+/// shared with concurrent callers on the same file system.
 ///
 /// # Errors
 /// Reading the directory's metadata; the error of the flush that was to cover this
 /// caller (a later caller runs its own).
-pub(crate) async fn sync_rename(dir: &Path) -> io::Result<()> {
+pub(crate) async fn flush_shared(dir: &Path) -> io::Result<()> {
     let group = group_of(dir)?;
     sync_shared(group, dir, flush).await
 }
@@ -308,6 +309,6 @@ mod tests {
         let ok = |_: &Path| Ok(());
         assert!(sync_shared((u64::MAX, 2), dir.path(), ok).await.is_ok());
         // The real flush on a real directory.
-        sync_rename(dir.path()).await.expect("syncfs");
+        flush_shared(dir.path()).await.expect("syncfs");
     }
 }

@@ -534,18 +534,12 @@ async fn complete(
         // The shared flush also reports any other file's writeback error on the file
         // system; then this file's own fsync, on the descriptor it was written through
         // (which sees every error since its open), says whether its bytes are durable.
-        if let Err(shared) = crate::dirsync::sync_rename(&files.dir).await {
+        if let Err(shared) = crate::dirsync::flush_shared(&files.dir).await {
             tracing::debug!(error = %shared, "the shared flush failed; fsyncing the file itself");
-            let part = files.part.clone();
-            blocking(move || file.sync_all())
-                .await
-                .map_err(|error| disk("fsyncing", &part, error))?;
+            fsync_part(files, file).await?;
         }
     } else {
-        let part = files.part.clone();
-        blocking(move || file.sync_all())
-            .await
-            .map_err(|error| disk("fsyncing", &part, error))?;
+        fsync_part(files, file).await?;
     }
     tokio::fs::rename(&files.part, &files.complete)
         .await
@@ -562,6 +556,13 @@ async fn complete(
         file: Some(files.complete.clone()),
         bytes: length,
     }))
+}
+
+/// The `.part`'s own fsync, through the descriptor it was written with.
+async fn fsync_part(files: &Files, file: File) -> Result<(), Classified> {
+    blocking(move || file.sync_all())
+        .await
+        .map_err(|error| disk("fsyncing", &files.part, error))
 }
 
 /// A `416` to a resume: the `.part` is either already the whole file (finish it) or
@@ -991,7 +992,7 @@ impl<'a> PartWriter<'a> {
 /// Makes the rename into `dir` durable: one flush, shared with the downloads that
 /// renamed on the same file system meanwhile ([`crate::dirsync`]).
 async fn sync_dir(dir: &Path) -> Result<(), Classified> {
-    let Err(shared) = crate::dirsync::sync_rename(dir).await else {
+    let Err(shared) = crate::dirsync::flush_shared(dir).await else {
         return Ok(());
     };
     // The shared flush also reports any other file's writeback error on the file system;

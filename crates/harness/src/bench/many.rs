@@ -53,7 +53,7 @@ use session_actor::{
 };
 
 use crate::bench::stats::{Spread, quantile};
-use crate::origin::{Origin, OriginConfig};
+use crate::origin::{Origin, OriginConfig, OriginHandle};
 
 /// The seed of the benchmark's objects.
 const SEED: u64 = 0x3A27;
@@ -205,10 +205,7 @@ pub fn run(args: &ManyArgs) -> anyhow::Result<ManyReport> {
         if curl_first {
             curls.push(curl_round(&urls, args, &parent)?);
         }
-        let requests_before = origin.counters().requests_total;
-        let mut round = engine_round(&urls, args, &parent)?;
-        round.requests = origin.counters().requests_total - requests_before;
-        engine.push(round);
+        engine.push(engine_round(&urls, args, &parent, &origin)?);
         if curl && !curl_first {
             curls.push(curl_round(&urls, args, &parent)?);
         }
@@ -302,7 +299,13 @@ fn print(report: &ManyReport, json: bool) -> anyhow::Result<()> {
 
 /// One round through `Sessions` in a fresh directory inside `parent`; checks that every
 /// task was delivered exactly once.
-fn engine_round(urls: &[String], args: &ManyArgs, parent: &Path) -> anyhow::Result<EngineRound> {
+fn engine_round(
+    urls: &[String],
+    args: &ManyArgs,
+    parent: &Path,
+    origin: &OriginHandle,
+) -> anyhow::Result<EngineRound> {
+    let requests_before = origin.counters().requests_total;
     let dir = tempfile::tempdir_in(parent)
         .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -316,8 +319,7 @@ fn engine_round(urls: &[String], args: &ManyArgs, parent: &Path) -> anyhow::Resu
         .collect();
     Ok(EngineRound {
         seconds,
-        // Counted by the caller, which has the origin.
-        requests: 0,
+        requests: origin.counters().requests_total - requests_before,
         latencies_ms,
     })
 }
