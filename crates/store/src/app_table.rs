@@ -12,14 +12,19 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::read::{self, View};
+use crate::kv::Kv;
+use crate::read;
 use crate::scope::WriteScope;
 use crate::snapshot::Snapshot;
 
 mod sealed {
     /// Keeps [`ReadScope`](super::ReadScope) implemented by this crate's types only.
     pub trait Sealed {
-        fn view(&self) -> crate::error::Result<crate::read::View<'_>>;
+        /// Reads through the backend's read half.
+        fn with_kv<T>(
+            &self,
+            f: impl FnOnce(&dyn crate::kv::Kv) -> crate::error::Result<T>,
+        ) -> crate::error::Result<T>;
     }
 }
 
@@ -28,15 +33,15 @@ mod sealed {
 pub trait ReadScope: sealed::Sealed {}
 
 impl sealed::Sealed for WriteScope<'_> {
-    fn view(&self) -> Result<View<'_>> {
-        Ok(WriteScope::view(self))
+    fn with_kv<T>(&self, f: impl FnOnce(&dyn Kv) -> Result<T>) -> Result<T> {
+        self.read(f)
     }
 }
 impl ReadScope for WriteScope<'_> {}
 
 impl sealed::Sealed for Snapshot {
-    fn view(&self) -> Result<View<'_>> {
-        Snapshot::view(self)
+    fn with_kv<T>(&self, f: impl FnOnce(&dyn Kv) -> Result<T>) -> Result<T> {
+        Snapshot::with_kv(self, f)
     }
 }
 impl ReadScope for Snapshot {}
@@ -111,7 +116,7 @@ impl<V: Serialize + DeserializeOwned> AppTable<V> {
     pub fn get(&self, reader: &impl ReadScope, key: impl AsRef<[u8]>) -> Result<Option<V>> {
         let key = key.as_ref();
         crate::scope::check_app_key(&self.name, key)?;
-        read::app_get(sealed::Sealed::view(reader)?, &self.name, key)
+        sealed::Sealed::with_kv(reader, |kv| read::app_get(kv, &self.name, key))
     }
 
     /// Deletes the value under `key`; `false` if there was none.
@@ -126,7 +131,7 @@ impl<V: Serialize + DeserializeOwned> AppTable<V> {
         reader: &impl ReadScope,
         visit: impl FnMut(&[u8], V) -> Result<()>,
     ) -> Result<()> {
-        read::app_for_each(sealed::Sealed::view(reader)?, &self.name, &[], visit)
+        sealed::Sealed::with_kv(reader, |kv| read::app_for_each(kv, &self.name, &[], visit))
     }
 
     /// Visits, in key order, every entry whose key starts with `prefix`.
@@ -136,12 +141,9 @@ impl<V: Serialize + DeserializeOwned> AppTable<V> {
         prefix: impl AsRef<[u8]>,
         visit: impl FnMut(&[u8], V) -> Result<()>,
     ) -> Result<()> {
-        read::app_for_each(
-            sealed::Sealed::view(reader)?,
-            &self.name,
-            prefix.as_ref(),
-            visit,
-        )
+        sealed::Sealed::with_kv(reader, |kv| {
+            read::app_for_each(kv, &self.name, prefix.as_ref(), visit)
+        })
     }
 
     /// Every entry, in key order.

@@ -70,13 +70,23 @@ pub enum Error {
         /// What is wrong with them.
         reason: String,
     },
-    /// An LMDB operation failed.
-    #[error("LMDB error while {operation}: {source}")]
-    Lmdb {
+    /// The storage backend (LMDB, or the PostgreSQL server) refused an operation.
+    #[error("{} error while {operation}: {source}", source.backend())]
+    Backend {
         /// What the store was doing.
         operation: &'static str,
-        /// heed's error, shared so that every unit of a failed batch can carry it.
-        source: Arc<heed::Error>,
+        /// The backend's own error.
+        source: BackendError,
+    },
+    /// The operation exists on another backend only (such as
+    /// [`WriteScope::postgres`](crate::WriteScope) on LMDB, or a store's page
+    /// statistics on PostgreSQL).
+    #[error("{what} is not available on a store kept in {backend}")]
+    Unsupported {
+        /// What was asked for.
+        what: &'static str,
+        /// The store's backend.
+        backend: &'static str,
     },
     /// The store was written by a newer build with a schema this one does not know.
     #[error(
@@ -349,7 +359,8 @@ impl Error {
             | Error::CorruptFile { .. } => ErrorKind::Corrupt,
             Error::Locked { .. } | Error::OpenInThisProcess { .. } => ErrorKind::Locked,
             Error::Io { .. } => ErrorKind::Io,
-            Error::Lmdb { source, .. } => lmdb_kind(source),
+            Error::Backend { source, .. } => source.kind(),
+            Error::Unsupported { .. } => ErrorKind::InvalidInput,
             Error::SchemaTooNew { .. } | Error::CodecMismatch { .. } => ErrorKind::Incompatible,
             Error::MapSizeLimit { .. } | Error::StorageFull { .. } => ErrorKind::Full,
             Error::WriterStopped | Error::Closed { .. } => ErrorKind::Closed,
@@ -362,9 +373,20 @@ impl Error {
 
     /// Wraps a heed error with what the store was doing.
     pub(crate) fn lmdb(operation: &'static str, source: heed::Error) -> Error {
-        Error::Lmdb {
+        Error::Backend {
             operation,
-            source: Arc::new(source),
+            source: BackendError::lmdb(source),
+        }
+    }
+
+    /// Wraps a PostgreSQL client error with what the store was doing.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn postgres(operation: &'static str, source: tokio_postgres::Error) -> Error {
+        Error::Backend {
+            operation,
+            source: BackendError {
+                inner: Arc::new(BackendInner::Postgres(source)),
+            },
         }
     }
 
@@ -373,9 +395,93 @@ impl Error {
     pub fn is_map_full(&self) -> bool {
         matches!(
             self,
-            Error::Lmdb { source, .. }
-                if matches!(**source, heed::Error::Mdb(heed::MdbError::MapFull))
+            Error::Backend { source, .. }
+                if matches!(*source.inner, BackendInner::Lmdb(heed::Error::Mdb(heed::MdbError::MapFull)))
         )
+    }
+}
+
+/// A storage backend's own error, kept opaque so that no backend crate's types are part
+/// of this API: its message (`Display`), its cause (`source`), and a kind through
+/// [`Error::kind`]. Cheap to clone: every unit of a failed batch carries the same one.
+#[derive(Clone)]
+pub struct BackendError {
+    inner: Arc<BackendInner>,
+}
+
+enum BackendInner {
+    Lmdb(heed::Error),
+    #[cfg(feature = "postgres")]
+    Postgres(tokio_postgres::Error),
+}
+
+impl BackendError {
+    pub(crate) fn lmdb(error: heed::Error) -> BackendError {
+        BackendError {
+            inner: Arc::new(BackendInner::Lmdb(error)),
+        }
+    }
+
+    /// The backend's name: "LMDB" or "PostgreSQL".
+    pub fn backend(&self) -> &'static str {
+        match &*self.inner {
+            BackendInner::Lmdb(_) => "LMDB",
+            #[cfg(feature = "postgres")]
+            BackendInner::Postgres(_) => "PostgreSQL",
+        }
+    }
+
+    /// The SQLSTATE code of a PostgreSQL error the server reported (such as `23505`
+    /// for a unique violation), if it is one.
+    pub fn sql_state(&self) -> Option<&str> {
+        match &*self.inner {
+            BackendInner::Lmdb(_) => None,
+            #[cfg(feature = "postgres")]
+            BackendInner::Postgres(error) => error.code().map(|code| code.code()),
+        }
+    }
+
+    fn kind(&self) -> ErrorKind {
+        match &*self.inner {
+            BackendInner::Lmdb(error) => lmdb_kind(error),
+            #[cfg(feature = "postgres")]
+            BackendInner::Postgres(error) => crate::pg::error_kind(error),
+        }
+    }
+
+    fn error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        match &*self.inner {
+            BackendInner::Lmdb(error) => error,
+            #[cfg(feature = "postgres")]
+            BackendInner::Postgres(error) => error,
+        }
+    }
+}
+
+impl std::fmt::Debug for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.error(), f)
+    }
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &*self.inner {
+            BackendInner::Lmdb(error) => std::fmt::Display::fmt(error, f),
+            // tokio-postgres says only "db error" for a server's error; its message,
+            // detail and SQLSTATE are what a reader needs.
+            #[cfg(feature = "postgres")]
+            BackendInner::Postgres(error) => match error.as_db_error() {
+                Some(db) => write!(f, "{} ({})", db, db.code().code()),
+                None => std::fmt::Display::fmt(error, f),
+            },
+        }
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error().source()
     }
 }
 

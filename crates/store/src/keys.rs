@@ -75,6 +75,19 @@ pub(crate) fn printable_expiry(key: &[u8]) -> String {
     }
 }
 
+/// The smallest key above every key that starts with `prefix`: the exclusive end of a
+/// prefix scan; `None` when there is none (an empty prefix, or one of only 0xFF bytes).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 /// The key just past every key of `session` (the exclusive end of its range).
 pub(crate) fn session_end(session: &SessionId) -> Vec<u8> {
     let mut key = session_prefix(session);

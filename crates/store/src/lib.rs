@@ -42,6 +42,7 @@ mod gate;
 mod identity;
 mod ids;
 mod keys;
+mod kv;
 mod options;
 mod queue;
 mod read;
@@ -54,12 +55,9 @@ mod tables;
 mod unmap;
 mod writer;
 
-/// The heed (LMDB) crate the store is built on: its errors appear in [`Error::Lmdb`].
-pub use heed;
-
 pub use app_table::{AppTable, ReadScope};
 pub use check::{CheckReport, TableReport, check_dir};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{BackendError, Error, ErrorKind, Result};
 pub use identity::{IDENTITY_FILE_NAME, StoreIdentity};
 pub use ids::{IDENTIFIER_BYTES_MAX, IdentifierKind, SessionId, TaskId, validate_identifier};
 pub use options::{

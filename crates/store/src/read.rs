@@ -2,6 +2,7 @@
 //! (so a failure can name its key) with its version (`records::codec`), then validated and
 //! checked against its key. A record that fails any of these is `Error::Corrupt`.
 
+use std::borrow::Cow;
 use std::ops::Bound;
 
 use heed::types::{Bytes, SerdeBincode};
@@ -11,6 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::ids::{SessionId, TaskId};
 use crate::keys;
+use crate::kv::{Builtin, KeyRange, Kv, TableRef, Visit};
 use crate::records::codec::{self, Versioned};
 use crate::records::{
     ActiveSessionValue, DeadLetterRecord, EventRecord, RemovedSession, SessionRecord,
@@ -74,10 +76,6 @@ fn checked(
         key: key(),
         reason,
     })
-}
-
-fn lmdb(operation: &'static str) -> impl FnOnce(heed::Error) -> Error {
-    move |error| Error::lmdb(operation, error)
 }
 
 /// Decodes and checks a session record stored under `key`.
@@ -174,36 +172,164 @@ fn expiry_from(key: &[u8], bytes: &[u8]) -> Result<(u64, SessionId, TaskId)> {
     })
 }
 
-pub(crate) fn session(view: View<'_>, id: &SessionId) -> Result<Option<SessionRecord>> {
-    match view
-        .tables
-        .sessions
-        .get(view.txn, id.as_str().as_bytes())
-        .map_err(lmdb("reading a session"))?
-    {
-        Some(bytes) => session_from(id.as_str().as_bytes(), bytes).map(Some),
+/// The LMDB reads of the seam: a read transaction's view of the tables.
+impl View<'_> {
+    fn table(&self, table: TableRef<'_>) -> Result<Option<Table>> {
+        let tables = self.tables;
+        Ok(match table {
+            TableRef::Builtin(builtin) => match builtin {
+                Builtin::Sessions => Some(tables.sessions),
+                Builtin::Tasks => Some(tables.tasks),
+                Builtin::Events => Some(tables.events),
+                Builtin::DeadLetters => tables.dead_letters,
+                Builtin::TaskExpiry => tables.task_expiry,
+                Builtin::ActiveSessions => tables.active_sessions,
+                Builtin::RemovedSessions => tables.removed_sessions,
+            },
+            TableRef::App(name) => Some(*app_table(tables, name)?),
+        })
+    }
+}
+
+impl Kv for View<'_> {
+    fn has_table(&self, table: TableRef<'_>) -> bool {
+        matches!(self.table(table), Ok(Some(_)))
+    }
+
+    fn get(
+        &self,
+        table: TableRef<'_>,
+        key: &[u8],
+        operation: &'static str,
+    ) -> Result<Option<Cow<'_, [u8]>>> {
+        let Some(database) = self.table(table)? else {
+            return Ok(None);
+        };
+        Ok(database
+            .get(self.txn, key)
+            .map_err(lmdb(operation))?
+            .map(Cow::Borrowed))
+    }
+
+    fn scan(
+        &self,
+        table: TableRef<'_>,
+        range: KeyRange<'_>,
+        limit: usize,
+        operation: &'static str,
+        visit: &mut Visit<'_>,
+    ) -> Result<()> {
+        let Some(database) = self.table(table)? else {
+            return Ok(());
+        };
+        if limit == 0 {
+            return Ok(());
+        }
+        let mut visited = 0_usize;
+        let mut each = |entry: heed::Result<(&[u8], &[u8])>| -> Result<bool> {
+            let (key, value) = entry.map_err(lmdb(operation))?;
+            visit(key, value)?;
+            visited += 1;
+            Ok(visited < limit)
+        };
+        // LMDB refuses an empty key as a cursor position, so an empty lower bound is a
+        // scan from the first key.
+        let range = match range.0 {
+            Bound::Included([]) => (Bound::Unbounded, range.1),
+            _ => range,
+        };
+        if matches!(range, (Bound::Unbounded, Bound::Unbounded)) {
+            for entry in database.iter(self.txn).map_err(lmdb(operation))? {
+                if !each(entry)? {
+                    break;
+                }
+            }
+        } else {
+            for entry in database.range(self.txn, &range).map_err(lmdb(operation))? {
+                if !each(entry)? {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn lmdb(operation: &'static str) -> impl FnOnce(heed::Error) -> Error {
+    move |error| Error::lmdb(operation, error)
+}
+
+const SESSIONS_T: TableRef<'static> = TableRef::Builtin(Builtin::Sessions);
+const TASKS_T: TableRef<'static> = TableRef::Builtin(Builtin::Tasks);
+const EVENTS_T: TableRef<'static> = TableRef::Builtin(Builtin::Events);
+const DEAD_LETTERS_T: TableRef<'static> = TableRef::Builtin(Builtin::DeadLetters);
+const TASK_EXPIRY_T: TableRef<'static> = TableRef::Builtin(Builtin::TaskExpiry);
+const ACTIVE_SESSIONS_T: TableRef<'static> = TableRef::Builtin(Builtin::ActiveSessions);
+const REMOVED_SESSIONS_T: TableRef<'static> = TableRef::Builtin(Builtin::RemovedSessions);
+
+/// Everything in a table.
+const ALL: KeyRange<'static> = (Bound::Unbounded, Bound::Unbounded);
+
+/// Decodes up to `limit` entries of `range`.
+fn collect<T>(
+    kv: &dyn Kv,
+    table: TableRef<'_>,
+    range: KeyRange<'_>,
+    limit: usize,
+    operation: &'static str,
+    decode: impl Fn(&[u8], &[u8]) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut records = Vec::new();
+    kv.scan(table, range, limit, operation, &mut |key, bytes| {
+        records.push(decode(key, bytes)?);
+        Ok(())
+    })?;
+    Ok(records)
+}
+
+/// Visits every entry of a table, decoded and checked by `decode`; stops at the first
+/// error.
+fn for_each_in<T>(
+    kv: &dyn Kv,
+    table: TableRef<'_>,
+    operation: &'static str,
+    decode: impl Fn(&[u8], &[u8]) -> Result<T>,
+    mut visit: impl FnMut(T) -> Result<()>,
+) -> Result<()> {
+    kv.scan(table, ALL, usize::MAX, operation, &mut |key, bytes| {
+        visit(decode(key, bytes)?)
+    })
+}
+
+/// The range of one session's keys in the tasks, events and dead-letters tables, from
+/// `start` on.
+fn session_range<'k>(start: Bound<&'k [u8]>, end: &'k [u8]) -> KeyRange<'k> {
+    (start, Bound::Excluded(end))
+}
+
+pub(crate) fn session(kv: &dyn Kv, id: &SessionId) -> Result<Option<SessionRecord>> {
+    let key = id.as_str().as_bytes();
+    match kv.get(SESSIONS_T, key, "reading a session")? {
+        Some(bytes) => session_from(key, &bytes).map(Some),
         None => Ok(None),
     }
 }
 
-pub(crate) fn sessions(view: View<'_>) -> Result<Vec<SessionRecord>> {
-    let mut records = Vec::new();
-    for entry in view
-        .tables
-        .sessions
-        .iter(view.txn)
-        .map_err(lmdb("listing sessions"))?
-    {
-        let (key, bytes) = entry.map_err(lmdb("listing sessions"))?;
-        records.push(session_from(key, bytes)?);
-    }
-    Ok(records)
+pub(crate) fn sessions(kv: &dyn Kv) -> Result<Vec<SessionRecord>> {
+    collect(
+        kv,
+        SESSIONS_T,
+        ALL,
+        usize::MAX,
+        "listing sessions",
+        session_from,
+    )
 }
 
 /// Up to `limit` session records after `after` (from the first without it), in
 /// identifier order.
 pub(crate) fn sessions_from(
-    view: View<'_>,
+    kv: &dyn Kv,
     after: Option<&SessionId>,
     limit: usize,
 ) -> Result<Vec<SessionRecord>> {
@@ -212,56 +338,32 @@ pub(crate) fn sessions_from(
         start.map_or(Bound::Unbounded, Bound::Excluded),
         Bound::Unbounded,
     );
-    let mut records = Vec::new();
-    for entry in view
-        .tables
-        .sessions
-        .range(view.txn, &range)
-        .map_err(lmdb("listing sessions"))?
-        .take(limit)
-    {
-        let (key, bytes) = entry.map_err(lmdb("listing sessions"))?;
-        records.push(session_from(key, bytes)?);
-    }
-    Ok(records)
+    collect(
+        kv,
+        SESSIONS_T,
+        range,
+        limit,
+        "listing sessions",
+        session_from,
+    )
 }
 
-pub(crate) fn task(
-    view: View<'_>,
-    session: &SessionId,
-    task: &TaskId,
-) -> Result<Option<TaskRecord>> {
+pub(crate) fn task(kv: &dyn Kv, session: &SessionId, task: &TaskId) -> Result<Option<TaskRecord>> {
     let key = keys::task_key(session, task);
-    match view
-        .tables
-        .tasks
-        .get(view.txn, &key)
-        .map_err(lmdb("reading a task"))?
-    {
-        Some(bytes) => task_from(&key, bytes).map(Some),
+    match kv.get(TASKS_T, &key, "reading a task")? {
+        Some(bytes) => task_from(&key, &bytes).map(Some),
         None => Ok(None),
     }
 }
 
-pub(crate) fn tasks(view: View<'_>, session: &SessionId) -> Result<Vec<TaskRecord>> {
-    let prefix = keys::session_prefix(session);
-    let mut records = Vec::new();
-    for entry in view
-        .tables
-        .tasks
-        .prefix_iter(view.txn, &prefix)
-        .map_err(lmdb("listing a session's tasks"))?
-    {
-        let (key, bytes) = entry.map_err(lmdb("listing a session's tasks"))?;
-        records.push(task_from(key, bytes)?);
-    }
-    Ok(records)
+pub(crate) fn tasks(kv: &dyn Kv, session: &SessionId) -> Result<Vec<TaskRecord>> {
+    tasks_from(kv, session, None, usize::MAX)
 }
 
 /// Up to `limit` tasks of a session after task `after` (from its first without it), in
 /// task identifier order.
 pub(crate) fn tasks_from(
-    view: View<'_>,
+    kv: &dyn Kv,
     session: &SessionId,
     after: Option<&TaskId>,
     limit: usize,
@@ -271,134 +373,93 @@ pub(crate) fn tasks_from(
         None => Bound::Included(keys::session_prefix(session)),
     };
     let end = keys::session_end(session);
-    let range = (
-        start.as_ref().map(Vec::as_slice),
-        Bound::Excluded(end.as_slice()),
-    );
-    let mut records = Vec::new();
-    for entry in view
-        .tables
-        .tasks
-        .range(view.txn, &range)
-        .map_err(lmdb("listing a session's tasks"))?
-        .take(limit)
-    {
-        let (key, bytes) = entry.map_err(lmdb("listing a session's tasks"))?;
-        records.push(task_from(key, bytes)?);
-    }
-    Ok(records)
+    let range = session_range(start.as_ref().map(Vec::as_slice), &end);
+    collect(
+        kv,
+        TASKS_T,
+        range,
+        limit,
+        "listing a session's tasks",
+        task_from,
+    )
 }
 
 pub(crate) fn for_each_task(
-    view: View<'_>,
-    mut visit: impl FnMut(TaskRecord) -> Result<()>,
+    kv: &dyn Kv,
+    visit: impl FnMut(TaskRecord) -> Result<()>,
 ) -> Result<()> {
-    for entry in view
-        .tables
-        .tasks
-        .iter(view.txn)
-        .map_err(lmdb("listing tasks"))?
-    {
-        let (key, bytes) = entry.map_err(lmdb("listing tasks"))?;
-        visit(task_from(key, bytes)?)?;
-    }
-    Ok(())
+    for_each_in(kv, TASKS_T, "listing tasks", task_from, visit)
 }
 
-pub(crate) fn event(view: View<'_>, session: &SessionId, seq: u64) -> Result<Option<EventRecord>> {
+pub(crate) fn event(kv: &dyn Kv, session: &SessionId, seq: u64) -> Result<Option<EventRecord>> {
     let key = keys::event_key(session, seq);
-    match view
-        .tables
-        .events
-        .get(view.txn, &key)
-        .map_err(lmdb("reading an event"))?
-    {
-        Some(bytes) => event_from(&key, bytes).map(Some),
+    match kv.get(EVENTS_T, &key, "reading an event")? {
+        Some(bytes) => event_from(&key, &bytes).map(Some),
         None => Ok(None),
     }
 }
 
 pub(crate) fn events(
-    view: View<'_>,
+    kv: &dyn Kv,
     session: &SessionId,
     from_seq: u64,
     limit: usize,
 ) -> Result<Vec<EventRecord>> {
     let start = keys::event_key(session, from_seq);
     let end = keys::session_end(session);
-    let range = (
-        Bound::Included(start.as_slice()),
-        Bound::Excluded(end.as_slice()),
-    );
-    let mut records = Vec::new();
-    for entry in view
-        .tables
-        .events
-        .range(view.txn, &range)
-        .map_err(lmdb("listing a session's events"))?
-        .take(limit)
-    {
-        let (key, bytes) = entry.map_err(lmdb("listing a session's events"))?;
-        records.push(event_from(key, bytes)?);
-    }
-    Ok(records)
+    let range = session_range(Bound::Included(&start), &end);
+    collect(
+        kv,
+        EVENTS_T,
+        range,
+        limit,
+        "listing a session's events",
+        event_from,
+    )
 }
 
 pub(crate) fn dead_letter(
-    view: View<'_>,
+    kv: &dyn Kv,
     session: &SessionId,
     seq: u64,
 ) -> Result<Option<DeadLetterRecord>> {
-    let Some(table) = view.tables.dead_letters else {
-        return Ok(None);
-    };
     let key = keys::event_key(session, seq);
-    match table
-        .get(view.txn, &key)
-        .map_err(lmdb("reading a dead letter"))?
-    {
-        Some(bytes) => dead_letter_from(&key, bytes).map(Some),
+    match kv.get(DEAD_LETTERS_T, &key, "reading a dead letter")? {
+        Some(bytes) => dead_letter_from(&key, &bytes).map(Some),
         None => Ok(None),
     }
 }
 
 pub(crate) fn dead_letters(
-    view: View<'_>,
+    kv: &dyn Kv,
     session: &SessionId,
     from_seq: u64,
     limit: usize,
 ) -> Result<Vec<DeadLetterRecord>> {
-    let Some(table) = view.tables.dead_letters else {
-        return Ok(Vec::new());
-    };
     let start = keys::event_key(session, from_seq);
     let end = keys::session_end(session);
-    let range = (
-        Bound::Included(start.as_slice()),
-        Bound::Excluded(end.as_slice()),
-    );
-    let mut records = Vec::new();
-    for entry in table
-        .range(view.txn, &range)
-        .map_err(lmdb("listing a session's dead letters"))?
-        .take(limit)
-    {
-        let (key, bytes) = entry.map_err(lmdb("listing a session's dead letters"))?;
-        records.push(dead_letter_from(key, bytes)?);
-    }
-    Ok(records)
+    let range = session_range(Bound::Included(&start), &end);
+    collect(
+        kv,
+        DEAD_LETTERS_T,
+        range,
+        limit,
+        "listing a session's dead letters",
+        dead_letter_from,
+    )
 }
 
 /// An active session must be in the `active_sessions` index (recovery reads only the
 /// index: a session missing from it would never resume).
-pub(crate) fn require_indexed_active(view: View<'_>, id: &SessionId) -> Result<()> {
-    let Some(table) = view.tables.active_sessions else {
+pub(crate) fn require_indexed_active(kv: &dyn Kv, id: &SessionId) -> Result<()> {
+    if !kv.has_table(ACTIVE_SESSIONS_T) {
         return Ok(());
-    };
-    match table
-        .get(view.txn, id.as_str().as_bytes())
-        .map_err(lmdb("reading the active-session index"))?
-    {
+    }
+    match kv.get(
+        ACTIVE_SESSIONS_T,
+        id.as_str().as_bytes(),
+        "reading the active-session index",
+    )? {
         Some(_) => Ok(()),
         None => Err(Error::Corrupt {
             table: ACTIVE_SESSIONS,
@@ -410,16 +471,16 @@ pub(crate) fn require_indexed_active(view: View<'_>, id: &SessionId) -> Result<(
 
 /// The index lists exactly the active sessions: as many entries (each valid) as there
 /// are active session records.
-pub(crate) fn require_active_index_count(view: View<'_>, active: u64) -> Result<()> {
+pub(crate) fn require_active_index_count(kv: &dyn Kv, active: u64) -> Result<()> {
     let mut indexed = 0_u64;
     let mut after: Option<SessionId> = None;
     loop {
-        let piece = active_sessions_from(view, after.as_ref(), 4096)?;
+        let piece = active_sessions_from(kv, after.as_ref(), 4096)?;
         let Some(last) = piece.last() else { break };
         indexed += piece.len() as u64;
         after = Some(last.clone());
     }
-    if view.tables.active_sessions.is_some() && indexed != active {
+    if kv.has_table(ACTIVE_SESSIONS_T) && indexed != active {
         return Err(Error::Corrupt {
             table: ACTIVE_SESSIONS,
             key: String::new(),
@@ -431,102 +492,86 @@ pub(crate) fn require_active_index_count(view: View<'_>, active: u64) -> Result<
 
 /// Up to `limit` identifiers of active sessions after `after`, in identifier order.
 pub(crate) fn active_sessions_from(
-    view: View<'_>,
+    kv: &dyn Kv,
     after: Option<&SessionId>,
     limit: usize,
 ) -> Result<Vec<SessionId>> {
-    let Some(table) = view.tables.active_sessions else {
-        return Ok(Vec::new());
-    };
     let start = after.map(|id| id.as_str().as_bytes());
-    let range: (Bound<&[u8]>, Bound<&[u8]>) = (
+    let range: KeyRange<'_> = (
         start.map_or(Bound::Unbounded, Bound::Excluded),
         Bound::Unbounded,
     );
-    let mut ids = Vec::new();
-    for entry in table
-        .range(view.txn, &range)
-        .map_err(lmdb("listing active sessions"))?
-        .take(limit)
-    {
-        let (key, bytes) = entry.map_err(lmdb("listing active sessions"))?;
-        let printable = || keys::printable(key);
-        let ActiveSessionValue = decode_record(ACTIVE_SESSIONS, printable, bytes)?;
-        ids.push(session_key(ACTIVE_SESSIONS, key)?);
-    }
-    Ok(ids)
+    collect(
+        kv,
+        ACTIVE_SESSIONS_T,
+        range,
+        limit,
+        "listing active sessions",
+        |key, bytes| {
+            let printable = || keys::printable(key);
+            let ActiveSessionValue = decode_record(ACTIVE_SESSIONS, printable, bytes)?;
+            session_key(ACTIVE_SESSIONS, key)
+        },
+    )
 }
 
 /// Up to `limit` task expiry entries with `expires_ms <= now_ms`, oldest first.
 pub(crate) fn expired_tasks(
-    view: View<'_>,
+    kv: &dyn Kv,
     now_ms: u64,
     limit: usize,
 ) -> Result<Vec<(u64, SessionId, TaskId)>> {
-    let Some(table) = view.tables.task_expiry else {
-        return Ok(Vec::new());
-    };
     let end = keys::expiry_end(now_ms);
-    let range: (Bound<&[u8]>, Bound<&[u8]>) = (
+    let range: KeyRange<'_> = (
         Bound::Unbounded,
         end.as_ref()
             .map_or(Bound::Unbounded, |end| Bound::Excluded(end.as_slice())),
     );
-    let mut entries = Vec::new();
-    for entry in table
-        .range(view.txn, &range)
-        .map_err(lmdb("listing expired tasks"))?
-        .take(limit)
-    {
-        let (key, bytes) = entry.map_err(lmdb("listing expired tasks"))?;
-        entries.push(expiry_from(key, bytes)?);
-    }
-    Ok(entries)
+    collect(
+        kv,
+        TASK_EXPIRY_T,
+        range,
+        limit,
+        "listing expired tasks",
+        expiry_from,
+    )
 }
 
 /// Reads an application table value.
 pub(crate) fn app_get<V: DeserializeOwned>(
-    view: View<'_>,
+    kv: &dyn Kv,
     name: &str,
     key: &[u8],
 ) -> Result<Option<V>> {
-    let database = app_table(view.tables, name)?;
-    match database
-        .get(view.txn, key)
-        .map_err(lmdb("reading an application table"))?
-    {
-        Some(bytes) => decode_app(name, key, bytes).map(Some),
+    match kv.get(TableRef::App(name), key, "reading an application table")? {
+        Some(bytes) => decode_app(name, key, &bytes).map(Some),
         None => Ok(None),
     }
 }
 
 /// Visits an application table's entries whose key starts with `prefix`, in key order.
 pub(crate) fn app_for_each<V: DeserializeOwned>(
-    view: View<'_>,
+    kv: &dyn Kv,
     name: &str,
     prefix: &[u8],
     mut visit: impl FnMut(&[u8], V) -> Result<()>,
 ) -> Result<()> {
-    let database = app_table(view.tables, name)?;
-    let operation = "listing an application table";
-    let mut visit_entry = |entry: heed::Result<(&[u8], &[u8])>| -> Result<()> {
-        let (key, bytes) = entry.map_err(lmdb(operation))?;
-        visit(key, decode_app(name, key, bytes)?)
-    };
-    if prefix.is_empty() {
-        // LMDB refuses an empty key as a cursor position, so "everything" is a full scan.
-        for entry in database.iter(view.txn).map_err(lmdb(operation))? {
-            visit_entry(entry)?;
-        }
-    } else {
-        for entry in database
-            .prefix_iter(view.txn, prefix)
-            .map_err(lmdb(operation))?
-        {
-            visit_entry(entry)?;
-        }
-    }
-    Ok(())
+    let end = keys::prefix_end(prefix);
+    let range: KeyRange<'_> = (
+        if prefix.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Included(prefix)
+        },
+        end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
+    );
+    kv.scan(
+        TableRef::App(name),
+        range,
+        usize::MAX,
+        "listing an application table",
+        &mut |key, bytes| visit(key, decode_app(name, key, bytes)?),
+    )
 }
 
 /// The handle of an application table named at open.
@@ -548,62 +593,27 @@ fn decode_app<V: DeserializeOwned>(name: &str, key: &[u8], bytes: &[u8]) -> Resu
 
 /// Visits every session record, in identifier order; stops at the first error.
 pub(crate) fn for_each_session(
-    view: View<'_>,
-    mut visit: impl FnMut(SessionRecord) -> Result<()>,
+    kv: &dyn Kv,
+    visit: impl FnMut(SessionRecord) -> Result<()>,
 ) -> Result<()> {
-    let raw = view.tables.sessions.remap_types::<Bytes, Bytes>();
-    for entry in raw.iter(view.txn).map_err(lmdb("listing sessions"))? {
-        let (key, bytes) = entry.map_err(lmdb("listing sessions"))?;
-        visit(session_from(key, bytes)?)?;
-    }
-    Ok(())
+    for_each_in(kv, SESSIONS_T, "listing sessions", session_from, visit)
 }
 
 /// Visits every event of every session, ordered by session then sequence number; stops
 /// at the first error.
 pub(crate) fn for_each_event(
-    view: View<'_>,
-    mut visit: impl FnMut(EventRecord) -> Result<()>,
+    kv: &dyn Kv,
+    visit: impl FnMut(EventRecord) -> Result<()>,
 ) -> Result<()> {
-    let raw = view.tables.events.remap_data_type::<Bytes>();
-    for entry in raw.iter(view.txn).map_err(lmdb("listing events"))? {
-        let (key, bytes) = entry.map_err(lmdb("listing events"))?;
-        visit(event_from(key, bytes)?)?;
-    }
-    Ok(())
-}
-
-/// Visits every entry of a later table (absent in a store only read), decoded and
-/// checked by `decode`; stops at the first error.
-fn for_each_in<T>(
-    view: View<'_>,
-    table: Option<Table>,
-    operation: &'static str,
-    decode: impl Fn(&[u8], &[u8]) -> Result<T>,
-    mut visit: impl FnMut(T) -> Result<()>,
-) -> Result<()> {
-    let Some(table) = table else {
-        return Ok(());
-    };
-    for entry in table.iter(view.txn).map_err(lmdb(operation))? {
-        let (key, bytes) = entry.map_err(lmdb(operation))?;
-        visit(decode(key, bytes)?)?;
-    }
-    Ok(())
+    for_each_in(kv, EVENTS_T, "listing events", event_from, visit)
 }
 
 /// Where a removed session's numbering stopped, if `id` was removed (and not created
 /// again since).
-pub(crate) fn removed_session(view: View<'_>, id: &SessionId) -> Result<Option<RemovedSession>> {
-    let Some(table) = view.tables.removed_sessions else {
-        return Ok(None);
-    };
+pub(crate) fn removed_session(kv: &dyn Kv, id: &SessionId) -> Result<Option<RemovedSession>> {
     let key = id.as_str().as_bytes();
-    match table
-        .get(view.txn, key)
-        .map_err(lmdb("reading a removed session"))?
-    {
-        Some(bytes) => removed_from(key, bytes).map(|(_, removed)| Some(removed)),
+    match kv.get(REMOVED_SESSIONS_T, key, "reading a removed session")? {
+        Some(bytes) => removed_from(key, &bytes).map(|(_, removed)| Some(removed)),
         None => Ok(None),
     }
 }
@@ -628,31 +638,40 @@ fn session_key(table: &'static str, key: &[u8]) -> Result<SessionId> {
 
 /// Visits every removed session's numbering, in identifier order.
 pub(crate) fn for_each_removed_session(
-    view: View<'_>,
+    kv: &dyn Kv,
     visit: impl FnMut((SessionId, RemovedSession)) -> Result<()>,
 ) -> Result<()> {
-    let table = view.tables.removed_sessions;
-    for_each_in(view, table, "listing removed sessions", removed_from, visit)
+    for_each_in(
+        kv,
+        REMOVED_SESSIONS_T,
+        "listing removed sessions",
+        removed_from,
+        visit,
+    )
 }
 
 /// Visits every dead letter, ordered by session then sequence number.
 pub(crate) fn for_each_dead_letter(
-    view: View<'_>,
+    kv: &dyn Kv,
     visit: impl FnMut(DeadLetterRecord) -> Result<()>,
 ) -> Result<()> {
-    let table = view.tables.dead_letters;
-    for_each_in(view, table, "listing dead letters", dead_letter_from, visit)
+    for_each_in(
+        kv,
+        DEAD_LETTERS_T,
+        "listing dead letters",
+        dead_letter_from,
+        visit,
+    )
 }
 
 /// Visits every task expiry entry, oldest first.
 pub(crate) fn for_each_expiry(
-    view: View<'_>,
+    kv: &dyn Kv,
     visit: impl FnMut((u64, SessionId, TaskId)) -> Result<()>,
 ) -> Result<()> {
-    let table = view.tables.task_expiry;
     for_each_in(
-        view,
-        table,
+        kv,
+        TASK_EXPIRY_T,
         "listing task expiry entries",
         expiry_from,
         visit,

@@ -1,13 +1,15 @@
 //! `WriteScope`: what a unit of work reads and writes through, on the writer thread.
 
+use std::borrow::Cow;
 use std::cell::Cell;
+use std::path::Path;
 
-use heed::types::Bytes;
 use heed::{PutFlags, RwTxn};
 
 use crate::error::{Error, Result};
 use crate::ids::{SessionId, TaskId};
 use crate::keys;
+use crate::kv::{Builtin, KeyRange, Kv, KvWrite, TableRef, Visit};
 use crate::read::{self, View};
 use crate::records::codec::{self, Versioned};
 use crate::records::{
@@ -24,13 +26,33 @@ pub const APP_KEY_BYTES_MAX: usize = 511;
 /// The largest application table value, in bytes once encoded.
 pub const APP_VALUE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
-/// One unit's view of the store: a nested write transaction inside the writer's current
-/// batch. Everything written through it commits with the batch if the unit returns
-/// `Ok`, and is discarded alone if the unit returns `Err` or panics.
+/// One unit's view of the store: its part of the writer's current batch (on LMDB, a
+/// nested write transaction; on PostgreSQL, its writes inside the batch's SQL
+/// transaction). Everything written through it commits with the batch if the unit
+/// returns `Ok`, and is discarded alone if the unit returns `Err` or panics.
 ///
-/// A unit may run more than once (when the map must grow, the whole batch is re-run), so
-/// it must have effects only through its `WriteScope`.
+/// A unit may run more than once (on LMDB, when the map must grow, the whole batch is
+/// re-run), so it must have effects only through its `WriteScope`.
 pub struct WriteScope<'t> {
+    unit: &'t mut (dyn UnitBackend + 't),
+}
+
+/// A unit's part of a batch, as a backend provides it.
+pub(crate) trait UnitBackend: KvWrite {
+    /// Where the store is, for errors.
+    fn location(&self) -> &Path;
+    /// The batch's live SQL transaction.
+    #[cfg(feature = "postgres")]
+    fn postgres(&mut self) -> Result<crate::pg::SqlTransaction<'_>> {
+        Err(Error::Unsupported {
+            what: "the SQL transaction of a unit",
+            backend: "LMDB",
+        })
+    }
+}
+
+/// A unit's nested LMDB write transaction.
+pub(crate) struct LmdbScope<'t> {
     txn: RwTxn<'t>,
     shared: &'t Shared,
     /// Set when any operation hit LMDB's "map full". LMDB then leaves the whole batch's
@@ -39,17 +61,9 @@ pub struct WriteScope<'t> {
     map_full_seen: Cell<bool>,
 }
 
-impl std::fmt::Debug for WriteScope<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteScope")
-            .field("dir", &self.shared.dir)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<'t> WriteScope<'t> {
+impl<'t> LmdbScope<'t> {
     pub(crate) fn new(txn: RwTxn<'t>, shared: &'t Shared) -> Self {
-        WriteScope {
+        LmdbScope {
             txn,
             shared,
             map_full_seen: Cell::new(false),
@@ -60,49 +74,63 @@ impl<'t> WriteScope<'t> {
     pub(crate) fn into_parts(self) -> (RwTxn<'t>, bool) {
         (self.txn, self.map_full_seen.get())
     }
+}
 
-    pub(crate) fn view(&self) -> View<'_> {
-        View {
-            txn: &self.txn,
-            tables: &self.shared.tables,
-        }
+impl UnitBackend for LmdbScope<'_> {
+    fn location(&self) -> &Path {
+        &self.shared.dir
+    }
+}
+
+impl std::fmt::Debug for WriteScope<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteScope")
+            .field("location", &self.location())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'t> WriteScope<'t> {
+    /// A unit's scope over its backend's part of the batch.
+    pub(crate) fn new(unit: &'t mut (dyn UnitBackend + 't)) -> Self {
+        WriteScope { unit }
     }
 
-    /// Remembers "map full" before handing any error to the unit.
-    fn observe<T>(&self, result: Result<T>) -> Result<T> {
-        if let Err(error) = &result
-            && error.is_map_full()
-        {
-            self.map_full_seen.set(true);
-        }
-        result
+    /// Where the store is: its directory (LMDB), or a description of its server and
+    /// schema (PostgreSQL).
+    pub fn location(&self) -> &Path {
+        self.unit.location()
     }
 
-    fn lmdb(&self, operation: &'static str, error: heed::Error) -> Error {
-        // LMDB writes pages out during a large transaction (spilling), so a full file
-        // system can show here as well as at the commit.
-        if let Some(free_bytes) = crate::writer::storage_full(&self.shared.dir, &error) {
-            return Error::StorageFull {
-                dir: self.shared.dir.clone(),
-                free_bytes,
-            };
-        }
-        let error = Error::lmdb(operation, error);
-        if error.is_map_full() {
-            self.map_full_seen.set(true);
-        }
-        error
+    /// The batch's live SQL transaction, on a store opened with
+    /// [`Store::open_postgres`](crate::Store::open_postgres): the application's own
+    /// rows written through it commit with this unit's records, or not at all. The
+    /// first call puts the unit's SQL behind a savepoint, so that a unit that fails is
+    /// rolled back alone. On LMDB this is [`Error::Unsupported`].
+    #[cfg(feature = "postgres")]
+    pub fn postgres(&mut self) -> Result<crate::pg::SqlTransaction<'_>> {
+        self.unit.postgres()
+    }
+
+    /// Reads through the backend's read half.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&dyn Kv) -> Result<T>) -> Result<T> {
+        f(&*self.unit)
+    }
+
+    /// The backend's write half.
+    fn kv(&mut self) -> &mut dyn KvWrite {
+        &mut *self.unit
     }
 
     /// The session record, if the session exists.
     pub fn session(&self, id: &SessionId) -> Result<Option<SessionRecord>> {
-        self.observe(read::session(self.view(), id))
+        self.read(|kv| read::session(kv, id))
     }
 
     /// Every session record, in identifier order (all in memory: for a large store,
     /// [`sessions_from`](Self::sessions_from) reads them in bounded pieces).
     pub fn sessions(&self) -> Result<Vec<SessionRecord>> {
-        self.observe(read::sessions(self.view()))
+        self.read(read::sessions)
     }
 
     /// Up to `limit` session records after `after` (from the first when `None`), in
@@ -113,7 +141,7 @@ impl<'t> WriteScope<'t> {
         after: Option<&SessionId>,
         limit: usize,
     ) -> Result<Vec<SessionRecord>> {
-        self.observe(read::sessions_from(self.view(), after, limit))
+        self.read(|kv| read::sessions_from(kv, after, limit))
     }
 
     /// Validates and writes a session record under its id.
@@ -124,17 +152,17 @@ impl<'t> WriteScope<'t> {
             record,
             record.validate(),
         )?;
-        self.shared
-            .tables
-            .sessions
-            .put(&mut self.txn, record.id.as_str().as_bytes(), &bytes)
-            .map_err(|e| self.lmdb("writing a session", e))?;
+        self.kv().put(
+            T_SESSIONS,
+            record.id.as_str().as_bytes(),
+            &bytes,
+            "writing a session",
+        )?;
         self.index_active(&record.id, record.is_active())
     }
 
     /// Keeps `active_sessions` listing exactly the sessions with work or events waiting.
     fn index_active(&mut self, id: &SessionId, active: bool) -> Result<()> {
-        let table = self.later_table(self.shared.tables.active_sessions)?;
         let key = id.as_str().as_bytes();
         if active {
             let marker = checked_encode(
@@ -143,14 +171,12 @@ impl<'t> WriteScope<'t> {
                 &ActiveSessionValue,
                 Ok(()),
             )?;
-            table
-                .put(&mut self.txn, key, &marker)
-                .map_err(|e| self.lmdb("indexing an active session", e))
+            self.kv()
+                .put(T_ACTIVE, key, &marker, "indexing an active session")
         } else {
-            table
-                .delete(&mut self.txn, key)
+            self.kv()
+                .delete(T_ACTIVE, key, "unindexing a session")
                 .map(|_| ())
-                .map_err(|e| self.lmdb("unindexing a session", e))
         }
     }
 
@@ -161,32 +187,35 @@ impl<'t> WriteScope<'t> {
         after: Option<&SessionId>,
         limit: usize,
     ) -> Result<Vec<SessionId>> {
-        self.observe(read::active_sessions_from(self.view(), after, limit))
+        self.read(|kv| read::active_sessions_from(kv, after, limit))
     }
 
     /// Where a removed session's numbering stopped, if `id` was removed and not created
     /// again since.
     pub fn removed_session(&self, id: &SessionId) -> Result<Option<RemovedSession>> {
-        self.observe(read::removed_session(self.view(), id))
+        self.read(|kv| read::removed_session(kv, id))
     }
 
     /// Records where a removed session's numbering stopped (with its record's deletion),
     /// so that a session created again under its identifier goes on from there.
     pub fn put_removed_session(&mut self, id: &SessionId, removed: &RemovedSession) -> Result<()> {
         let bytes = checked_encode(REMOVED_SESSIONS, || id.to_string(), removed, Ok(()))?;
-        let table = self.later_table(self.shared.tables.removed_sessions)?;
-        table
-            .put(&mut self.txn, id.as_str().as_bytes(), &bytes)
-            .map_err(|e| self.lmdb("recording a removed session", e))
+        self.kv().put(
+            T_REMOVED,
+            id.as_str().as_bytes(),
+            &bytes,
+            "recording a removed session",
+        )
     }
 
     /// Drops a removed session's numbering (the session is created again and carries it
     /// on); `false` if there was none.
     pub fn delete_removed_session(&mut self, id: &SessionId) -> Result<bool> {
-        let table = self.later_table(self.shared.tables.removed_sessions)?;
-        table
-            .delete(&mut self.txn, id.as_str().as_bytes())
-            .map_err(|e| self.lmdb("dropping a removed session", e))
+        self.kv().delete(
+            T_REMOVED,
+            id.as_str().as_bytes(),
+            "dropping a removed session",
+        )
     }
 
     /// Deletes a session's record; `false` if there was none.
@@ -196,24 +225,23 @@ impl<'t> WriteScope<'t> {
     /// dead letters and task expiry entries, in this unit or earlier ones, or they stay
     /// behind without their session.
     pub fn delete_session(&mut self, session: &SessionId) -> Result<bool> {
-        let deleted = self
-            .shared
-            .tables
-            .sessions
-            .delete(&mut self.txn, session.as_str().as_bytes())
-            .map_err(|e| self.lmdb("deleting a session", e))?;
+        let deleted = self.kv().delete(
+            T_SESSIONS,
+            session.as_str().as_bytes(),
+            "deleting a session",
+        )?;
         self.index_active(session, false)?;
         Ok(deleted)
     }
 
     /// The task record, if the task exists.
     pub fn task(&self, session: &SessionId, task: &TaskId) -> Result<Option<TaskRecord>> {
-        self.observe(read::task(self.view(), session, task))
+        self.read(|kv| read::task(kv, session, task))
     }
 
     /// Every task of a session, in task identifier order.
     pub fn tasks(&self, session: &SessionId) -> Result<Vec<TaskRecord>> {
-        self.observe(read::tasks(self.view(), session))
+        self.read(|kv| read::tasks(kv, session))
     }
 
     /// Up to `limit` tasks of a session after task `after` (from its first when `None`),
@@ -224,18 +252,14 @@ impl<'t> WriteScope<'t> {
         after: Option<&TaskId>,
         limit: usize,
     ) -> Result<Vec<TaskRecord>> {
-        self.observe(read::tasks_from(self.view(), session, after, limit))
+        self.read(|kv| read::tasks_from(kv, session, after, limit))
     }
 
     /// Deletes a task record; `false` if there was none. Its expiry entry, if it has one,
     /// is the caller's to delete ([`delete_task_expiry`](Self::delete_task_expiry)).
     pub fn delete_task(&mut self, session: &SessionId, task: &TaskId) -> Result<bool> {
         let key = keys::task_key(session, task);
-        self.shared
-            .tables
-            .tasks
-            .delete(&mut self.txn, &key)
-            .map_err(|e| self.lmdb("deleting a task", e))
+        self.kv().delete(T_TASKS, &key, "deleting a task")
     }
 
     /// Validates and writes a task record under `(session, id)`.
@@ -247,16 +271,12 @@ impl<'t> WriteScope<'t> {
             record.validate(),
         )?;
         let key = keys::task_key(&record.session, &record.id);
-        self.shared
-            .tables
-            .tasks
-            .put(&mut self.txn, &key, &bytes)
-            .map_err(|e| self.lmdb("writing a task", e))
+        self.kv().put(T_TASKS, &key, &bytes, "writing a task")
     }
 
     /// The event `seq` of a session, if it exists.
     pub fn event(&self, session: &SessionId, seq: u64) -> Result<Option<EventRecord>> {
-        self.observe(read::event(self.view(), session, seq))
+        self.read(|kv| read::event(kv, session, seq))
     }
 
     /// Up to `limit` events of a session from `from_seq` on, in sequence order.
@@ -266,7 +286,7 @@ impl<'t> WriteScope<'t> {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<EventRecord>> {
-        self.observe(read::events(self.view(), session, from_seq, limit))
+        self.read(|kv| read::events(kv, session, from_seq, limit))
     }
 
     /// Validates and appends an event under `(session, seq)`. An event is never
@@ -279,29 +299,23 @@ impl<'t> WriteScope<'t> {
             record.validate(),
         )?;
         let key = keys::event_key(&record.session, record.seq);
-        match self.shared.tables.events.put_with_flags(
-            &mut self.txn,
-            PutFlags::NO_OVERWRITE,
-            &key,
-            &bytes,
-        ) {
-            Ok(()) => Ok(()),
-            Err(heed::Error::Mdb(heed::MdbError::KeyExist)) => Err(Error::EventExists {
+        if self
+            .kv()
+            .insert_new(T_EVENTS, &key, &bytes, "writing an event")?
+        {
+            Ok(())
+        } else {
+            Err(Error::EventExists {
                 session: record.session.clone(),
                 seq: record.seq,
-            }),
-            Err(error) => Err(self.lmdb("writing an event", error)),
+            })
         }
     }
 
     /// Deletes the event `seq` of a session; `false` if there was none.
     pub fn delete_event(&mut self, session: &SessionId, seq: u64) -> Result<bool> {
         let key = keys::event_key(session, seq);
-        self.shared
-            .tables
-            .events
-            .delete(&mut self.txn, &key)
-            .map_err(|e| self.lmdb("deleting an event", e))
+        self.kv().delete(T_EVENTS, &key, "deleting an event")
     }
 
     /// Deletes every event of a session (delivered ones are gone already; this removes
@@ -313,17 +327,13 @@ impl<'t> WriteScope<'t> {
             std::ops::Bound::Included(start.as_slice()),
             std::ops::Bound::Excluded(end.as_slice()),
         );
-        self.shared
-            .tables
-            .events
-            .delete_range(&mut self.txn, &range)
-            .map(|deleted| deleted as u64)
-            .map_err(|e| self.lmdb("deleting a session's events", e))
+        self.kv()
+            .delete_range(T_EVENTS, range, "deleting a session's events")
     }
 
     /// The dead letter of event `seq` of a session, if there is one.
     pub fn dead_letter(&self, session: &SessionId, seq: u64) -> Result<Option<DeadLetterRecord>> {
-        self.observe(read::dead_letter(self.view(), session, seq))
+        self.read(|kv| read::dead_letter(kv, session, seq))
     }
 
     /// Up to `limit` dead letters of a session from `from_seq` on, in sequence order.
@@ -333,7 +343,7 @@ impl<'t> WriteScope<'t> {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<DeadLetterRecord>> {
-        self.observe(read::dead_letters(self.view(), session, from_seq, limit))
+        self.read(|kv| read::dead_letters(kv, session, from_seq, limit))
     }
 
     /// Validates and writes a dead letter under its event's `(session, seq)`; the move
@@ -349,24 +359,24 @@ impl<'t> WriteScope<'t> {
             record.validate(),
         )?;
         let key = keys::event_key(&event.session, event.seq);
-        let table = self.later_table(self.shared.tables.dead_letters)?;
-        match table.put_with_flags(&mut self.txn, PutFlags::NO_OVERWRITE, &key, &bytes) {
-            Ok(()) => Ok(()),
-            Err(heed::Error::Mdb(heed::MdbError::KeyExist)) => Err(Error::DeadLetterExists {
+        if self
+            .kv()
+            .insert_new(T_DEAD_LETTERS, &key, &bytes, "writing a dead letter")?
+        {
+            Ok(())
+        } else {
+            Err(Error::DeadLetterExists {
                 session: event.session.clone(),
                 seq: event.seq,
-            }),
-            Err(error) => Err(self.lmdb("writing a dead letter", error)),
+            })
         }
     }
 
     /// Deletes the dead letter of event `seq` of a session; `false` if there was none.
     pub fn delete_dead_letter(&mut self, session: &SessionId, seq: u64) -> Result<bool> {
         let key = keys::event_key(session, seq);
-        let table = self.later_table(self.shared.tables.dead_letters)?;
-        table
-            .delete(&mut self.txn, &key)
-            .map_err(|e| self.lmdb("deleting a dead letter", e))
+        self.kv()
+            .delete(T_DEAD_LETTERS, &key, "deleting a dead letter")
     }
 
     /// Records that task `(session, task)` may be pruned from `expires_ms` (Unix
@@ -385,10 +395,8 @@ impl<'t> WriteScope<'t> {
             &TaskExpiryValue,
             Ok(()),
         )?;
-        let table = self.later_table(self.shared.tables.task_expiry)?;
-        table
-            .put(&mut self.txn, &key, &bytes)
-            .map_err(|e| self.lmdb("writing a task expiry entry", e))
+        self.kv()
+            .put(T_EXPIRY, &key, &bytes, "writing a task expiry entry")
     }
 
     /// Deletes a task expiry entry; `false` if there was none.
@@ -399,10 +407,8 @@ impl<'t> WriteScope<'t> {
         task: &TaskId,
     ) -> Result<bool> {
         let key = keys::expiry_key(expires_ms, session, task);
-        let table = self.later_table(self.shared.tables.task_expiry)?;
-        table
-            .delete(&mut self.txn, &key)
-            .map_err(|e| self.lmdb("deleting a task expiry entry", e))
+        self.kv()
+            .delete(T_EXPIRY, &key, "deleting a task expiry entry")
     }
 
     /// Up to `limit` task expiry entries due at `now_ms` (`expires_ms <= now_ms`), oldest
@@ -412,21 +418,7 @@ impl<'t> WriteScope<'t> {
         now_ms: u64,
         limit: usize,
     ) -> Result<Vec<(u64, SessionId, TaskId)>> {
-        self.observe(read::expired_tasks(self.view(), now_ms, limit))
-    }
-
-    /// A table added after the first stores of schema 2. `Store::open` creates it, and a
-    /// `WriteScope` exists only in a store so opened, so it is always there.
-    fn later_table(&self, table: Option<Table>) -> Result<Table> {
-        table.ok_or_else(|| {
-            debug_assert!(
-                false,
-                "invariant violation: a write scope without every built-in table"
-            );
-            Error::ReadOnly {
-                dir: self.shared.dir.clone(),
-            }
-        })
+        self.read(|kv| read::expired_tasks(kv, now_ms, limit))
     }
 
     /// Writes encoded bytes into an application table (see `AppTable::put`).
@@ -439,20 +431,162 @@ impl<'t> WriteScope<'t> {
                 reason: format!("value is {} bytes, over {APP_VALUE_BYTES_MAX}", value.len()),
             });
         }
-        let database = self.observe(read::app_table(&self.shared.tables, name))?;
-        database
-            .put(&mut self.txn, key, value)
-            .map_err(|e| self.lmdb("writing an application table", e))
+        self.kv().put(
+            TableRef::App(name),
+            key,
+            value,
+            "writing an application table",
+        )
     }
 
     /// Deletes from an application table (see `AppTable::delete`).
     pub(crate) fn app_delete(&mut self, name: &str, key: &[u8]) -> Result<bool> {
         check_app_key(name, key)?;
-        let database = self.observe(read::app_table(&self.shared.tables, name))?;
+        self.kv().delete(
+            TableRef::App(name),
+            key,
+            "deleting from an application table",
+        )
+    }
+}
+
+const T_SESSIONS: TableRef<'static> = TableRef::Builtin(Builtin::Sessions);
+const T_TASKS: TableRef<'static> = TableRef::Builtin(Builtin::Tasks);
+const T_EVENTS: TableRef<'static> = TableRef::Builtin(Builtin::Events);
+const T_DEAD_LETTERS: TableRef<'static> = TableRef::Builtin(Builtin::DeadLetters);
+const T_EXPIRY: TableRef<'static> = TableRef::Builtin(Builtin::TaskExpiry);
+const T_ACTIVE: TableRef<'static> = TableRef::Builtin(Builtin::ActiveSessions);
+const T_REMOVED: TableRef<'static> = TableRef::Builtin(Builtin::RemovedSessions);
+
+impl LmdbScope<'_> {
+    fn view(&self) -> View<'_> {
+        View {
+            txn: &self.txn,
+            tables: &self.shared.tables,
+        }
+    }
+
+    fn lmdb(&self, operation: &'static str, error: heed::Error) -> Error {
+        // LMDB writes pages out during a large transaction (spilling), so a full file
+        // system can show here as well as at the commit.
+        if let Some(free_bytes) = crate::writer::storage_full(&self.shared.dir, &error) {
+            return Error::StorageFull {
+                dir: self.shared.dir.clone(),
+                free_bytes,
+            };
+        }
+        let error = Error::lmdb(operation, error);
+        if error.is_map_full() {
+            self.map_full_seen.set(true);
+        }
+        error
+    }
+
+    /// The table to write, which a store opened for writing always has (`Store::open`
+    /// creates every built-in table, and a `WriteScope` exists only in a store so opened).
+    fn table(&self, table: TableRef<'_>) -> Result<Table> {
+        let tables = &self.shared.tables;
+        let found = match table {
+            TableRef::Builtin(builtin) => match builtin {
+                Builtin::Sessions => Some(tables.sessions),
+                Builtin::Tasks => Some(tables.tasks),
+                Builtin::Events => Some(tables.events),
+                Builtin::DeadLetters => tables.dead_letters,
+                Builtin::TaskExpiry => tables.task_expiry,
+                Builtin::ActiveSessions => tables.active_sessions,
+                Builtin::RemovedSessions => tables.removed_sessions,
+            },
+            TableRef::App(name) => Some(*read::app_table(tables, name)?),
+        };
+        found.ok_or_else(|| {
+            debug_assert!(
+                false,
+                "invariant violation: a write scope without every built-in table"
+            );
+            Error::ReadOnly {
+                dir: self.shared.dir.clone(),
+            }
+        })
+    }
+}
+
+impl Kv for LmdbScope<'_> {
+    fn has_table(&self, table: TableRef<'_>) -> bool {
+        self.view().has_table(table)
+    }
+
+    fn get(
+        &self,
+        table: TableRef<'_>,
+        key: &[u8],
+        operation: &'static str,
+    ) -> Result<Option<Cow<'_, [u8]>>> {
+        let database = self.table(table)?;
+        Ok(database
+            .get(&self.txn, key)
+            .map_err(|e| self.lmdb(operation, e))?
+            .map(Cow::Borrowed))
+    }
+
+    fn scan(
+        &self,
+        table: TableRef<'_>,
+        range: KeyRange<'_>,
+        limit: usize,
+        operation: &'static str,
+        visit: &mut Visit<'_>,
+    ) -> Result<()> {
+        self.view().scan(table, range, limit, operation, visit)
+    }
+}
+
+impl KvWrite for LmdbScope<'_> {
+    fn put(
+        &mut self,
+        table: TableRef<'_>,
+        key: &[u8],
+        value: &[u8],
+        operation: &'static str,
+    ) -> Result<()> {
+        let database = self.table(table)?;
         database
-            .remap_data_type::<Bytes>()
+            .put(&mut self.txn, key, value)
+            .map_err(|e| self.lmdb(operation, e))
+    }
+
+    fn insert_new(
+        &mut self,
+        table: TableRef<'_>,
+        key: &[u8],
+        value: &[u8],
+        operation: &'static str,
+    ) -> Result<bool> {
+        let database = self.table(table)?;
+        match database.put_with_flags(&mut self.txn, PutFlags::NO_OVERWRITE, key, value) {
+            Ok(()) => Ok(true),
+            Err(heed::Error::Mdb(heed::MdbError::KeyExist)) => Ok(false),
+            Err(error) => Err(self.lmdb(operation, error)),
+        }
+    }
+
+    fn delete(&mut self, table: TableRef<'_>, key: &[u8], operation: &'static str) -> Result<bool> {
+        let database = self.table(table)?;
+        database
             .delete(&mut self.txn, key)
-            .map_err(|e| self.lmdb("deleting from an application table", e))
+            .map_err(|e| self.lmdb(operation, e))
+    }
+
+    fn delete_range(
+        &mut self,
+        table: TableRef<'_>,
+        range: KeyRange<'_>,
+        operation: &'static str,
+    ) -> Result<u64> {
+        let database = self.table(table)?;
+        database
+            .delete_range(&mut self.txn, &range)
+            .map(|deleted| deleted as u64)
+            .map_err(|e| self.lmdb(operation, e))
     }
 }
 

@@ -9,6 +9,7 @@ use crate::check::{DB_RECORD_BYTES, DbRecord, TableReport};
 use crate::error::{Error, Result};
 use crate::gate::Exclusive;
 use crate::ids::{SessionId, TaskId};
+use crate::kv::Kv;
 use crate::read::{self, View};
 use crate::records::{DeadLetterRecord, EventRecord, SessionRecord, TaskRecord};
 use crate::store::Shared;
@@ -75,6 +76,17 @@ fn adopt_map_size(shared: &Shared) -> Result<()> {
 /// reads through an older snapshot are [`Error::SnapshotTooOld`], and the writer waits
 /// no longer than that for snapshots before it fails a batch that needs a larger map.
 pub struct Snapshot {
+    inner: Inner,
+}
+
+enum Inner {
+    Lmdb(LmdbSnapshot),
+    #[cfg(feature = "postgres")]
+    Postgres(crate::pg::PgSnapshot),
+}
+
+/// An LMDB read transaction with its ticket of the map gate.
+pub(crate) struct LmdbSnapshot {
     // Field order is drop order: the read transaction ends before the ticket leaves the
     // map gate, which is what makes a map resize sound.
     txn: RoTxn<'static, WithoutTls>,
@@ -94,6 +106,16 @@ impl Drop for GateTicket {
 }
 
 impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.inner {
+            Inner::Lmdb(snapshot) => snapshot.fmt(f),
+            #[cfg(feature = "postgres")]
+            Inner::Postgres(snapshot) => snapshot.fmt(f),
+        }
+    }
+}
+
+impl std::fmt::Debug for LmdbSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Snapshot")
             .field("dir", &self.ticket.shared.dir)
@@ -116,9 +138,11 @@ impl Snapshot {
             match shared.env()?.static_read_txn() {
                 Ok(txn) => {
                     return Ok(Snapshot {
-                        txn,
-                        ticket,
-                        begun: Instant::now(),
+                        inner: Inner::Lmdb(LmdbSnapshot {
+                            txn,
+                            ticket,
+                            begun: Instant::now(),
+                        }),
                     });
                 }
                 // Only in a store opened read-only: the owner's map grew past this one.
@@ -137,9 +161,13 @@ impl Snapshot {
     /// What the store occupies, as of this snapshot: the data file's length, the pages
     /// up to the last one LMDB uses, and the entries and pages of every table (those of
     /// the application and of newer builds included).
+    ///
+    /// LMDB only: on PostgreSQL this is [`Error::Unsupported`] (the server's own
+    /// statistics say what its tables occupy).
     pub fn size(&self) -> Result<StoreSize> {
-        let view = self.view()?;
-        let shared = &self.ticket.shared;
+        let snapshot = self.lmdb("the store's size")?;
+        let view = snapshot.view()?;
+        let shared = &snapshot.ticket.shared;
         let data_path = shared.dir.join(crate::check::DATA_FILE_NAME);
         let data_bytes = std::fs::metadata(&data_path)
             .map_err(|source| Error::Io {
@@ -188,7 +216,7 @@ impl Snapshot {
     /// record: a read transaction's keys are handed out in place, on their pages in the
     /// map. It tells the store's own mapping apart from other mappings of the same file.
     pub(crate) fn map_address(&self) -> Result<Option<usize>> {
-        let view = self.view()?;
+        let view = self.lmdb("the store's map")?.view()?;
         let tables = view.tables;
         let candidates = [
             tables.names,
@@ -207,6 +235,42 @@ impl Snapshot {
         Ok(None)
     }
 
+    /// The LMDB snapshot, or `Unsupported` for `what` on another backend.
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+    fn lmdb(&self, what: &'static str) -> Result<&LmdbSnapshot> {
+        match &self.inner {
+            Inner::Lmdb(snapshot) => Ok(snapshot),
+            #[cfg(feature = "postgres")]
+            Inner::Postgres(_) => Err(Error::Unsupported {
+                what,
+                backend: "PostgreSQL",
+            }),
+        }
+    }
+
+    /// A snapshot of the PostgreSQL backend.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn postgres(snapshot: crate::pg::PgSnapshot) -> Snapshot {
+        Snapshot {
+            inner: Inner::Postgres(snapshot),
+        }
+    }
+
+    /// Reads through the backend's read half, unless the snapshot is past its maximum
+    /// age.
+    pub(crate) fn with_kv<T>(&self, f: impl FnOnce(&dyn Kv) -> Result<T>) -> Result<T> {
+        match &self.inner {
+            Inner::Lmdb(snapshot) => f(&snapshot.view()?),
+            #[cfg(feature = "postgres")]
+            Inner::Postgres(snapshot) => {
+                snapshot.check_age()?;
+                f(snapshot)
+            }
+        }
+    }
+}
+
+impl LmdbSnapshot {
     /// The view to read through, unless the snapshot is past its maximum age.
     pub(crate) fn view(&self) -> Result<View<'_>> {
         let age = self.begun.elapsed();
@@ -222,16 +286,18 @@ impl Snapshot {
             tables: &self.ticket.shared.tables,
         })
     }
+}
 
+impl Snapshot {
     /// The session record, if the session exists.
     pub fn session(&self, id: &SessionId) -> Result<Option<SessionRecord>> {
-        read::session(self.view()?, id)
+        self.with_kv(|kv| read::session(kv, id))
     }
 
     /// Every session record, in identifier order (all in memory: for a large store,
     /// [`sessions_from`](Self::sessions_from) reads them in bounded pieces).
     pub fn sessions(&self) -> Result<Vec<SessionRecord>> {
-        read::sessions(self.view()?)
+        self.with_kv(read::sessions)
     }
 
     /// Up to `limit` session records after `after` (from the first when `None`), in
@@ -244,17 +310,17 @@ impl Snapshot {
         after: Option<&SessionId>,
         limit: usize,
     ) -> Result<Vec<SessionRecord>> {
-        read::sessions_from(self.view()?, after, limit)
+        self.with_kv(|kv| read::sessions_from(kv, after, limit))
     }
 
     /// The task record, if the task exists.
     pub fn task(&self, session: &SessionId, task: &TaskId) -> Result<Option<TaskRecord>> {
-        read::task(self.view()?, session, task)
+        self.with_kv(|kv| read::task(kv, session, task))
     }
 
     /// Every task of a session, in task identifier order.
     pub fn tasks(&self, session: &SessionId) -> Result<Vec<TaskRecord>> {
-        read::tasks(self.view()?, session)
+        self.with_kv(|kv| read::tasks(kv, session))
     }
 
     /// Up to `limit` tasks of a session after task `after` (from its first when `None`),
@@ -265,18 +331,18 @@ impl Snapshot {
         after: Option<&TaskId>,
         limit: usize,
     ) -> Result<Vec<TaskRecord>> {
-        read::tasks_from(self.view()?, session, after, limit)
+        self.with_kv(|kv| read::tasks_from(kv, session, after, limit))
     }
 
     /// Visits every task of every session, ordered by session then task; stops at the
     /// first error (a corrupt record, or an error returned by `visit`).
     pub fn for_each_task(&self, visit: impl FnMut(TaskRecord) -> Result<()>) -> Result<()> {
-        read::for_each_task(self.view()?, visit)
+        self.with_kv(|kv| read::for_each_task(kv, visit))
     }
 
     /// The event `seq` of a session, if it exists.
     pub fn event(&self, session: &SessionId, seq: u64) -> Result<Option<EventRecord>> {
-        read::event(self.view()?, session, seq)
+        self.with_kv(|kv| read::event(kv, session, seq))
     }
 
     /// Up to `limit` events of a session from `from_seq` on, in sequence order.
@@ -286,12 +352,12 @@ impl Snapshot {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<EventRecord>> {
-        read::events(self.view()?, session, from_seq, limit)
+        self.with_kv(|kv| read::events(kv, session, from_seq, limit))
     }
 
     /// The dead letter of event `seq` of a session, if there is one.
     pub fn dead_letter(&self, session: &SessionId, seq: u64) -> Result<Option<DeadLetterRecord>> {
-        read::dead_letter(self.view()?, session, seq)
+        self.with_kv(|kv| read::dead_letter(kv, session, seq))
     }
 
     /// Up to `limit` dead letters of a session from `from_seq` on, in sequence order.
@@ -301,7 +367,7 @@ impl Snapshot {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<DeadLetterRecord>> {
-        read::dead_letters(self.view()?, session, from_seq, limit)
+        self.with_kv(|kv| read::dead_letters(kv, session, from_seq, limit))
     }
 
     /// Up to `limit` identifiers of sessions with open tasks or undelivered events, after
@@ -314,7 +380,7 @@ impl Snapshot {
         after: Option<&SessionId>,
         limit: usize,
     ) -> Result<Vec<SessionId>> {
-        read::active_sessions_from(self.view()?, after, limit)
+        self.with_kv(|kv| read::active_sessions_from(kv, after, limit))
     }
 
     /// Up to `limit` task expiry entries due at `now_ms` (`expires_ms <= now_ms`), oldest
@@ -324,6 +390,6 @@ impl Snapshot {
         now_ms: u64,
         limit: usize,
     ) -> Result<Vec<(u64, SessionId, TaskId)>> {
-        read::expired_tasks(self.view()?, now_ms, limit)
+        self.with_kv(|kv| read::expired_tasks(kv, now_ms, limit))
     }
 }

@@ -24,12 +24,12 @@ use std::time::{Duration, Instant};
 
 use heed::{Env, WithoutTls};
 
-use crate::error::Error;
+use crate::error::{BackendError, Error};
 use crate::gate::Exclusive;
 use crate::options::{StoreOptions, round_map_size};
 use crate::queue::Queue;
 use crate::reply::ReplySender;
-use crate::scope::WriteScope;
+use crate::scope::{LmdbScope, WriteScope};
 use crate::store::Shared;
 
 /// How many times one batch may be re-run after growing the map before its units get the
@@ -157,7 +157,7 @@ enum Retry {
 enum BatchError {
     Lmdb {
         operation: &'static str,
-        source: Arc<heed::Error>,
+        source: BackendError,
     },
     #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     FailPoint(&'static str),
@@ -175,9 +175,9 @@ enum BatchError {
 impl BatchError {
     fn to_error(&self) -> Error {
         match self {
-            BatchError::Lmdb { operation, source } => Error::Lmdb {
+            BatchError::Lmdb { operation, source } => Error::Backend {
                 operation,
-                source: Arc::clone(source),
+                source: source.clone(),
             },
             BatchError::FailPoint(name) => Error::FailPoint { name },
             BatchError::MapSizeLimit(limit_bytes) => Error::MapSizeLimit {
@@ -279,7 +279,7 @@ impl Writer {
         }
         Retry::Fatal(BatchError::Lmdb {
             operation,
-            source: Arc::new(error),
+            source: BackendError::lmdb(error),
         })
     }
 
@@ -375,9 +375,9 @@ impl Writer {
             let nested = env
                 .nested_write_txn(&mut parent)
                 .map_err(|e| self.batch_failure("beginning a unit's nested transaction", e))?;
-            let mut scope = WriteScope::new(nested, &self.shared);
-            let status = job.run(&mut scope);
-            let (nested, map_full_seen) = scope.into_parts();
+            let mut unit = LmdbScope::new(nested, &self.shared);
+            let status = job.run(&mut WriteScope::new(&mut unit));
+            let (nested, map_full_seen) = unit.into_parts();
             if map_full_seen {
                 // Dropping `parent` on return aborts the whole batch.
                 nested.abort();
@@ -464,7 +464,7 @@ impl Writer {
             }
             Exclusive::Ran(Err(error)) => Err(BatchError::Lmdb {
                 operation: "growing the map",
-                source: Arc::new(error),
+                source: BackendError::lmdb(error),
             }),
             Exclusive::Blocked(blocked) => {
                 tracing::warn!(

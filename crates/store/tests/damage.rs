@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use session_store::heed::{self, CompactionOption};
+use heed::{self, CompactionOption};
 use session_store::{
     CheckAtOpen, Error, ErrorKind, EventBody, IDENTITY_FILE_NAME, Store, StoreOptions, TaskState,
     check_dir,

@@ -95,7 +95,7 @@ fn a_full_disk_fails_the_write_and_loses_nothing() {
     // in its source); a write refused outright keeps its own errno (EFBIG here, ENOSPC on
     // a real full disk).
     assert!(
-        message.starts_with("lmdb ")
+        message.starts_with("backend ")
             && message.contains("committing")
             && (message.contains("os error 5") || message.contains("os error 27")),
         "the failure is not a typed LMDB commit error naming the OS error: {message}"
@@ -152,7 +152,7 @@ fn full_disk_child() {
             Ok(()) => println!("ack {unit}"),
             Err(error) => {
                 let kind = match &error {
-                    Error::Lmdb { .. } => "lmdb",
+                    Error::Backend { .. } => "backend",
                     Error::Io { .. } => "io",
                     _ => "other",
                 };

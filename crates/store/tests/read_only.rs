@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use common::*;
-use session_store::heed::types::Bytes;
-use session_store::heed::{CommitOrAbort, EnvOpenOptions};
+use heed::types::Bytes;
+use heed::{CommitOrAbort, EnvOpenOptions};
 use session_store::{
     DeadLetterRecord, Error, ErrorKind, EventBody, IDENTITY_FILE_NAME, SCHEMA_VERSION, Store,
     StoreOptions, TaskState, check_dir,

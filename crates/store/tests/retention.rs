@@ -8,8 +8,8 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use session_store::heed::types::Bytes;
-use session_store::heed::{self, CommitOrAbort, EnvOpenOptions};
+use heed::types::Bytes;
+use heed::{self, CommitOrAbort, EnvOpenOptions};
 use session_store::{
     CheckAtOpen, DeadLetterRecord, Error, ErrorKind, EventBody, FAILURE_MESSAGE_BYTES_MAX,
     SessionId, Store, StoreOptions, TaskId, TaskState, check_dir,

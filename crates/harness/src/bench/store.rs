@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
+use heed::types::{Bytes, SerdeBincode};
+use heed::{self, CommitOrAbort, EnvOpenOptions};
 use serde::Serialize;
-use session_store::heed::types::{Bytes, SerdeBincode};
-use session_store::heed::{self, CommitOrAbort, EnvOpenOptions};
 use session_store::{AppTable, Store, StoreOptions};
 
 /// The application table the units write.

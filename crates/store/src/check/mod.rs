@@ -177,33 +177,33 @@ pub(crate) struct RecordCounts {
 pub(crate) fn count_records(view: View<'_>) -> Result<RecordCounts> {
     let mut counts = RecordCounts::default();
     let mut active = 0_u64;
-    read::for_each_session(view, |record| {
+    read::for_each_session(&view, |record| {
         counts.sessions += 1;
         if record.is_active() {
             active += 1;
-            read::require_indexed_active(view, &record.id)?;
+            read::require_indexed_active(&view, &record.id)?;
         }
         Ok(())
     })?;
-    read::require_active_index_count(view, active)?;
-    read::for_each_task(view, |_| {
+    read::require_active_index_count(&view, active)?;
+    read::for_each_task(&view, |_| {
         counts.tasks += 1;
         Ok(())
     })?;
-    read::for_each_event(view, |_| {
+    read::for_each_event(&view, |_| {
         counts.events += 1;
         Ok(())
     })?;
-    read::for_each_dead_letter(view, |_| {
+    read::for_each_dead_letter(&view, |_| {
         counts.dead_letters += 1;
         Ok(())
     })?;
-    read::for_each_expiry(view, |_| {
+    read::for_each_expiry(&view, |_| {
         counts.task_expiries += 1;
         Ok(())
     })?;
     // A removed session's numbering is dropped when the session is created again.
-    read::for_each_removed_session(view, |(id, _)| match read::session(view, &id)? {
+    read::for_each_removed_session(&view, |(id, _)| match read::session(&view, &id)? {
         None => Ok(()),
         Some(_) => Err(Error::Corrupt {
             table: crate::tables::REMOVED_SESSIONS,
