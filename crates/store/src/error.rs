@@ -78,6 +78,12 @@ pub enum Error {
         /// The backend's own error.
         source: BackendError,
     },
+    /// An invariant of the store did not hold (a bug): the operation was refused.
+    #[error("internal error: {reason}")]
+    Internal {
+        /// What did not hold.
+        reason: String,
+    },
     /// The operation exists on another backend only (such as
     /// [`WriteScope::postgres`](crate::WriteScope) on LMDB, or a store's page
     /// statistics on PostgreSQL).
@@ -367,7 +373,9 @@ impl Error {
             Error::MapGrowthBlocked { .. }
             | Error::SnapshotTooOld { .. }
             | Error::CloseBlocked { .. } => ErrorKind::Busy,
-            Error::UnitPanicked { .. } | Error::FailPoint { .. } => ErrorKind::Internal,
+            Error::UnitPanicked { .. } | Error::FailPoint { .. } | Error::Internal { .. } => {
+                ErrorKind::Internal
+            }
         }
     }
 

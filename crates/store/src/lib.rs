@@ -44,6 +44,8 @@ mod ids;
 mod keys;
 mod kv;
 mod options;
+#[cfg(feature = "postgres")]
+mod pg;
 mod queue;
 mod read;
 mod records;
@@ -65,8 +67,14 @@ pub use options::{
     MAP_SIZE_BYTES_INITIAL, MAP_SIZE_BYTES_MAX, QUEUE_UNITS_MAX, READERS_MAX, SNAPSHOT_AGE_MS_MAX,
     StoreOptions,
 };
+#[cfg(feature = "postgres")]
+pub use pg::{PostgresOptions, SqlTransaction};
 pub use records::*;
 pub use scope::{APP_KEY_BYTES_MAX, APP_VALUE_BYTES_MAX, WriteScope};
 pub use snapshot::{Snapshot, StoreSize};
 pub use store::{LOCK_FILE_NAME, Store};
 pub use tables::CODEC_VERSION;
+/// The PostgreSQL client crate the backend is built on: [`SqlTransaction`] takes its
+/// parameter types and returns its rows.
+#[cfg(feature = "postgres")]
+pub use tokio_postgres;

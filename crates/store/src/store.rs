@@ -134,7 +134,7 @@ pub struct Store {
 }
 
 struct Inner {
-    shared: Arc<Shared>,
+    backend: Backend,
     queue: Arc<Queue>,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// The writer thread; `None` in a store opened read-only, which has none.
@@ -142,13 +142,57 @@ struct Inner {
     /// Held through `close`, so that concurrent calls run one after the other; `true`
     /// once a `close` has finished.
     closed: Mutex<bool>,
+}
+
+/// What the store keeps its records in.
+enum Backend {
+    Lmdb(LmdbParts),
+    #[cfg(feature = "postgres")]
+    Postgres(Arc<crate::pg::PgShared>),
+}
+
+/// An LMDB store's environment and what its open found.
+struct LmdbParts {
+    shared: Arc<Shared>,
     check_report: Option<CheckReport>,
     /// `None` only in a store opened read-only whose identity file is not written yet
     /// (a store of the previous release, or one whose first open is under way).
     identity: Option<StoreIdentity>,
 }
 
+/// What `pg::open` hands over.
+#[cfg(feature = "postgres")]
+pub(crate) struct PgParts {
+    pub(crate) shared: Arc<crate::pg::PgShared>,
+    pub(crate) queue: Arc<Queue>,
+    pub(crate) writer: JoinHandle<()>,
+}
+
 impl Inner {
+    fn lmdb(&self) -> Option<&LmdbParts> {
+        match &self.backend {
+            Backend::Lmdb(parts) => Some(parts),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    fn location(&self) -> &Path {
+        match &self.backend {
+            Backend::Lmdb(parts) => &parts.shared.dir,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(shared) => &shared.location,
+        }
+    }
+
+    fn check_open(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Lmdb(parts) => parts.shared.check_open(),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(shared) => shared.check_open(),
+        }
+    }
+
     /// Whether the calling thread is the writer thread (which runs the units).
     fn on_writer_thread(&self) -> bool {
         self.writer_thread == Some(thread::current().id())
@@ -171,7 +215,7 @@ impl Inner {
         if let Some(writer) = writer
             && writer.join().is_err()
         {
-            tracing::error!(dir = %self.shared.dir.display(), "the store writer thread panicked");
+            tracing::error!(location = %self.location().display(), "the store writer thread panicked");
         }
     }
 
@@ -189,7 +233,7 @@ impl Drop for Inner {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("dir", &self.inner.shared.dir)
+            .field("location", &self.inner.location())
             .finish_non_exhaustive()
     }
 }
@@ -264,11 +308,13 @@ impl Store {
             inner: Arc::new(Inner {
                 writer_thread: Some(handle.thread().id()),
                 writer: Mutex::new(Some(handle)),
-                shared,
+                backend: Backend::Lmdb(LmdbParts {
+                    shared,
+                    check_report,
+                    identity: Some(identity),
+                }),
                 queue,
                 closed: Mutex::new(false),
-                check_report,
-                identity: Some(identity),
             }),
         })
     }
@@ -334,18 +380,61 @@ impl Store {
             inner: Arc::new(Inner {
                 writer_thread: None,
                 writer: Mutex::new(None),
-                shared,
+                backend: Backend::Lmdb(LmdbParts {
+                    shared,
+                    check_report: None,
+                    identity,
+                }),
                 queue,
                 closed: Mutex::new(false),
-                check_report: None,
-                identity,
             }),
         })
     }
 
+    /// Opens (creating if needed) the store kept in PostgreSQL, in the schema
+    /// `options.schema` of the server at `options.url` (feature `postgres`).
+    ///
+    /// Connects, takes the ownership lock (a session-level advisory lock held by the
+    /// writer's connection: a second owner, in this process or another, gets
+    /// [`Error::Locked`] after waiting up to two seconds for a killed owner's lock to be
+    /// released), creates the schema and the tables that are missing (the application
+    /// tables in `options` included), checks the schema and codec versions, and starts
+    /// the writer thread. Downloads and other files stay where the application keeps
+    /// them: the store holds records only.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] for a bad schema name, URL or limit; [`Error::Locked`];
+    /// [`Error::Backend`] when the server cannot be reached or refuses;
+    /// [`Error::SchemaTooNew`] and [`Error::CodecMismatch`] for a schema written by a
+    /// build this one cannot read.
+    #[cfg(feature = "postgres")]
+    pub fn open_postgres(options: crate::pg::PostgresOptions) -> Result<Store> {
+        let parts = crate::pg::open(options)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                writer_thread: Some(parts.writer.thread().id()),
+                writer: Mutex::new(Some(parts.writer)),
+                backend: Backend::Postgres(parts.shared),
+                queue: parts.queue,
+                closed: Mutex::new(false),
+            }),
+        })
+    }
+
+    /// Which backend keeps the records: "LMDB" or "PostgreSQL".
+    pub fn backend(&self) -> &'static str {
+        match &self.inner.backend {
+            Backend::Lmdb(_) => "LMDB",
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => "PostgreSQL",
+        }
+    }
+
     /// Whether the store was opened with [`Store::open_read_only`].
     pub fn is_read_only(&self) -> bool {
-        self.inner.shared.read_only
+        self.inner
+            .lmdb()
+            .is_some_and(|parts| parts.shared.read_only)
     }
 
     /// Closes the store: new writes and snapshots (through any clone) get
@@ -363,7 +452,6 @@ impl Store {
     /// `close` is called again. [`Error::ReentrantWrite`] from inside a unit.
     pub fn close(&self) -> Result<()> {
         let inner = &self.inner;
-        let shared = &inner.shared;
         if inner.on_writer_thread() {
             return Err(Error::ReentrantWrite);
         }
@@ -371,6 +459,20 @@ impl Store {
         if *closed {
             return Ok(());
         }
+        let shared = match &inner.backend {
+            Backend::Lmdb(parts) => &parts.shared,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(shared) => {
+                // The writer releases the ownership lock as it exits; snapshots read on
+                // connections of their own and end when dropped.
+                shared.set_closed();
+                inner.stop_writer();
+                crate::pg::drop_idle_readers(shared);
+                *closed = true;
+                tracing::debug!(location = %shared.location.display(), "store closed");
+                return Ok(());
+            }
+        };
         shared.closed.store(true, Ordering::Release);
         inner.stop_writer();
         let started = Instant::now();
@@ -395,19 +497,22 @@ impl Store {
     /// What the full check at open found, if it ran: `None` for a new store and when
     /// [`CheckAtOpen`](crate::CheckAtOpen) skipped it.
     pub fn check_report(&self) -> Option<&CheckReport> {
-        self.inner.check_report.as_ref()
+        self.inner
+            .lmdb()
+            .and_then(|parts| parts.check_report.as_ref())
     }
 
     /// The store's identity (from its identity file, written when it was created).
     /// Always there in a store opened with [`Store::open`] (which writes the file if it
     /// is missing); `None` in a store opened read-only that has no identity file yet.
     pub fn identity(&self) -> Option<&StoreIdentity> {
-        self.inner.identity.as_ref()
+        self.inner.lmdb().and_then(|parts| parts.identity.as_ref())
     }
 
-    /// The store's directory.
+    /// Where the store is: its directory (LMDB), or `postgresql://host:port/db#schema`
+    /// (PostgreSQL, which has no directory; errors name the store by this).
     pub fn dir(&self) -> &Path {
-        &self.inner.shared.dir
+        self.inner.location()
     }
 
     /// Drops this process's mapping of the data file's pages (Linux; elsewhere nothing),
@@ -429,11 +534,14 @@ impl Store {
         // The snapshot's ticket keeps the writer from resizing (unmapping and mapping
         // again) and the store from closing until the release is done, so the range
         // found below is still this store's mapping when `madvise` runs.
+        let Some(parts) = self.inner.lmdb() else {
+            return Ok(0);
+        };
         let snapshot = self.snapshot()?;
         let Some(inside) = snapshot.map_address()? else {
             return Ok(0);
         };
-        let data = self.inner.shared.dir.join(check::DATA_FILE_NAME);
+        let data = parts.shared.dir.join(check::DATA_FILE_NAME);
         let released =
             crate::unmap::release(&data, inside).map_err(|source| Error::Io { path: data, source });
         drop(snapshot);
@@ -442,7 +550,9 @@ impl Store {
 
     /// How many reader slots of dead processes were cleared when the store was opened.
     pub fn stale_readers_cleared(&self) -> usize {
-        self.inner.shared.stale_readers_cleared
+        self.inner
+            .lmdb()
+            .map_or(0, |parts| parts.shared.stale_readers_cleared)
     }
 
     /// How many submitted units are waiting for the writer (not yet in a batch).
@@ -454,10 +564,9 @@ impl Store {
     /// the store is closed.
     pub fn map_size_bytes(&self) -> usize {
         self.inner
-            .shared
-            .env()
-            .map(|env| env.info().map_size)
-            .unwrap_or(0)
+            .lmdb()
+            .and_then(|parts| parts.shared.env().ok())
+            .map_or(0, |env| env.info().map_size)
     }
 
     /// Runs `unit` on the writer thread inside a nested transaction of the current batch,
@@ -531,18 +640,19 @@ impl Store {
 
     /// `ReadOnly` for a store opened read-only, `Closed` after `close`.
     fn check_writable(&self) -> Result<()> {
-        let shared = &self.inner.shared;
-        if shared.read_only {
+        if let Some(parts) = self.inner.lmdb()
+            && parts.shared.read_only
+        {
             return Err(Error::ReadOnly {
-                dir: shared.dir.clone(),
+                dir: parts.shared.dir.clone(),
             });
         }
-        shared.check_open()
+        self.inner.check_open()
     }
 
     /// Why a unit could not be submitted: the store was closed, or the writer is gone.
     fn stopped_error(&self) -> Error {
-        match self.inner.shared.check_open() {
+        match self.inner.check_open() {
             Err(closed) => closed,
             Ok(()) => Error::WriterStopped,
         }
@@ -551,7 +661,13 @@ impl Store {
     /// A read-only view of the last committed state; [`Error::Closed`] after
     /// [`Store::close`].
     pub fn snapshot(&self) -> Result<Snapshot> {
-        Snapshot::begin(&self.inner.shared)
+        match &self.inner.backend {
+            Backend::Lmdb(parts) => Snapshot::begin(&parts.shared),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(shared) => {
+                crate::pg::PgSnapshot::begin(shared).map(Snapshot::postgres)
+            }
+        }
     }
 
     /// A typed handle to an application table named in [`StoreOptions::app_tables`];
@@ -561,7 +677,12 @@ impl Store {
         V: Serialize + DeserializeOwned,
     {
         validate_app_table_name(name)?;
-        if !self.inner.shared.tables.app.contains_key(name) {
+        let known = match &self.inner.backend {
+            Backend::Lmdb(parts) => parts.shared.tables.app.contains_key(name),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(shared) => shared.has_app_table(name),
+        };
+        if !known {
             return Err(Error::UnknownTable { name: name.into() });
         }
         Ok(AppTable::new(name))

@@ -141,6 +141,35 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
+/// The fail points around a batch's commit, for a backend other than LMDB's writer:
+/// `store-before-commit` (this call) fails or aborts before the commit.
+#[cfg(feature = "postgres")]
+pub(crate) fn batch_fail_point() -> crate::error::Result<()> {
+    fail::fail_point!("store-before-commit", |arg| {
+        if arg.as_deref() == Some("abort") {
+            std::process::abort();
+        }
+        Err(Error::FailPoint {
+            name: "store-before-commit",
+        })
+    });
+    Ok(())
+}
+
+/// `store-after-commit`: fails or aborts after a backend's commit, before the replies.
+#[cfg(feature = "postgres")]
+pub(crate) fn after_commit_fail_point() -> crate::error::Result<()> {
+    fail::fail_point!("store-after-commit", |arg| {
+        if arg.as_deref() == Some("abort") {
+            std::process::abort();
+        }
+        Err(Error::FailPoint {
+            name: "store-after-commit",
+        })
+    });
+    Ok(())
+}
+
 /// Why one attempt at a batch did not commit.
 enum Retry {
     /// LMDB ran out of map (in the unit at this index, or at the batch commit): grow

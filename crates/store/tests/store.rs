@@ -1,5 +1,8 @@
-//! The store over a real LMDB in a temporary directory: records, ordering, application
-//! tables, the group-commit writer, and bad input.
+//! The store over a real LMDB in a temporary directory and over a real PostgreSQL
+//! (a throwaway cluster of the test binary, a schema per test): records, ordering,
+//! application tables, the group-commit writer, and bad input. The tests that hold on
+//! every backend run on both (`on_every_backend!`); the rest are LMDB's own (its
+//! directory, file and map).
 
 mod common;
 
@@ -45,10 +48,8 @@ impl From<Error> for AppError {
 
 /// Every record type survives a write and a read, both from a snapshot and from a later
 /// unit, and survives closing and reopening the store.
-#[test]
-fn every_record_roundtrips() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+fn every_record_roundtrips(place: &Place) {
+    let store = place.open();
     let session = session("s1");
     let tasks: Vec<_> = every_task_state()
         .into_iter()
@@ -109,16 +110,14 @@ fn every_record_roundtrips() {
     };
     check(&store);
     drop(store);
-    check(&open(dir.path()));
+    check(&place.open());
 }
 
 /// Events iterate in numeric sequence order (big-endian keys), from any starting point
 /// and with a limit, without mixing in a session whose id extends this one's; an existing
 /// sequence number is never overwritten, and deleted events disappear.
-#[test]
-fn events_iterate_in_sequence_order() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+fn events_iterate_in_sequence_order(place: &Place) {
+    let store = place.open();
     // 0..600 in a scrambled order, crossing the 255/256 byte boundary.
     let mut seqs: Vec<u64> = (0..600).map(|n| (n * 7919) % 600).collect();
     seqs.dedup();
@@ -178,10 +177,8 @@ fn events_iterate_in_sequence_order() {
 
 /// A session's tasks are found by prefix without tasks of another session whose id
 /// extends it, and `for_each_task` visits every task of every session.
-#[test]
-fn tasks_are_listed_per_session_and_in_full() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+fn tasks_are_listed_per_session_and_in_full(place: &Place) {
+    let store = place.open();
     store
         .write(|scope| {
             for (session, id) in [("s", "t2"), ("s", "t1"), ("s-2", "t1"), ("r", "z")] {
@@ -273,10 +270,8 @@ fn releasing_mapped_pages_keeps_reads_right() {
 
 /// A record that fails validation is refused before it is written, with the table and
 /// key, and nothing of the unit is written.
-#[test]
-fn invalid_records_are_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+fn invalid_records_are_refused(place: &Place) {
+    let store = place.open();
     let mut bad = session("s1");
     bad.delivered_seq = bad.next_event_seq + 1;
     let result = store.write(move |scope| {
@@ -307,10 +302,8 @@ fn invalid_records_are_refused() {
 /// Application tables: typed put, get (from the unit itself and from a snapshot),
 /// delete, ordered iteration and prefix iteration; an unknown name, a bad name and a bad
 /// key are typed errors.
-#[test]
-fn app_tables_work_and_refuse_bad_names_and_keys() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+fn app_tables_work_and_refuse_bad_names_and_keys(place: &Place) {
+    let store = place.open();
     let ledger = store
         .app_table::<(u64, String)>("ledger")
         .expect("ledger table");
@@ -366,7 +359,7 @@ fn app_tables_work_and_refuse_bad_names_and_keys() {
         Err(Error::InvalidKey { .. })
     ));
     let bad_name = Store::open(
-        dir.path().join("other"),
+        place.dir().join("other"),
         StoreOptions::default().with_app_table("a b"),
     );
     assert!(
@@ -378,10 +371,8 @@ fn app_tables_work_and_refuse_bad_names_and_keys() {
 /// In one batch, a unit that returns an error and a unit that panics are rolled back
 /// alone while the others commit: a first unit holds the writer until the four others
 /// are queued behind it, so they run together in the next batch.
-#[test]
-fn failing_and_panicking_units_are_aborted_alone() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+fn failing_and_panicking_units_are_aborted_alone(place: &Place) {
+    let store = place.open();
     let ledger = store.app_table::<u32>("ledger").expect("ledger");
     let (started, holder_started) = mpsc::channel::<()>();
     let (release, released) = mpsc::channel::<()>();
@@ -449,10 +440,8 @@ fn failing_and_panicking_units_are_aborted_alone() {
 
 /// Many threads submitting at once all get `Ok` only for durable writes: after the
 /// store is closed and reopened, every acknowledged unit's write is there.
-#[test]
-fn concurrent_thread_submitters_all_commit() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+fn concurrent_thread_submitters_all_commit(place: &Place) {
+    let store = place.open();
     let ledger = store.app_table::<u64>("ledger").expect("ledger");
     let threads: Vec<_> = (0..16)
         .map(|thread_index| {
@@ -473,7 +462,7 @@ fn concurrent_thread_submitters_all_commit() {
         thread.join().expect("submitter");
     }
     drop(store);
-    let store = open(dir.path());
+    let store = place.open();
     let ledger = store.app_table::<u64>("ledger").expect("ledger");
     let entries = ledger
         .entries(&store.snapshot().expect("snapshot"))
@@ -483,10 +472,8 @@ fn concurrent_thread_submitters_all_commit() {
 
 /// Many async tasks on a multi-threaded tokio runtime submit at once; every future
 /// resolves `Ok` and every write is present afterwards.
-#[test]
-fn concurrent_async_submitters_all_commit() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+fn concurrent_async_submitters_all_commit(place: &Place) {
+    let store = place.open();
     let ledger = store.app_table::<u64>("ledger").expect("ledger");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -520,10 +507,8 @@ fn concurrent_async_submitters_all_commit() {
 }
 
 /// `write_async` needs no async runtime: a future driven by a std-only `block_on` resolves.
-#[test]
-fn write_async_needs_no_runtime() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+fn write_async_needs_no_runtime(place: &Place) {
+    let store = place.open();
     let value = block_on(store.write_async(|scope| {
         scope.put_session(&session("s1"))?;
         Ok::<_, Error>(42)
@@ -541,10 +526,8 @@ fn write_async_needs_no_runtime() {
 }
 
 /// A unit that calls `Store::write` gets `ReentrantWrite` instead of waiting on itself.
-#[test]
-fn write_from_inside_a_unit_is_an_error() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+fn write_from_inside_a_unit_is_an_error(place: &Place) {
+    let store = place.open();
     let inner = store.clone();
     let result = store.write(move |_| inner.write(|_| Ok::<_, Error>(())));
     assert!(matches!(result, Err(Error::ReentrantWrite)), "{result:?}");
@@ -616,6 +599,142 @@ fn a_second_owner_in_this_process_is_refused() {
     drop(snapshot);
     open(dir.path());
 }
+
+/// A second owner gets `Locked` (naming the store) while the first is open, on every
+/// backend; once the first is closed, the store opens again at once.
+fn a_second_owner_is_refused_while_the_first_is_open(place: &Place) {
+    let first = place.open();
+    let second = place.open_with(&["ledger"]);
+    assert!(
+        matches!(&second, Err(Error::Locked { dir }) if dir == first.dir()),
+        "{second:?}"
+    );
+    assert_eq!(second.map(drop).unwrap_err().kind(), ErrorKind::Locked);
+    first.close().expect("close");
+    let again = place.open();
+    again.close().expect("close again");
+}
+
+/// A unit reads its own writes merged in key order with what earlier batches committed,
+/// and a later unit of the same batch reads an earlier one's: point writes, deletes and
+/// range deletes, through ranges with limits (on PostgreSQL the unit's writes are held
+/// by the writer until the batch's end, so this is where its merge of the two shows).
+fn a_unit_reads_its_own_writes_in_order(place: &Place) {
+    let store = place.open();
+    let seqs = |events: Vec<session_store::EventRecord>| -> Vec<u64> {
+        events.iter().map(|event| event.seq).collect()
+    };
+    store
+        .write(|scope| {
+            for seq in [0, 2, 4, 6] {
+                scope.put_event(&event("s", seq, EventBody::DidFinishEvents))?;
+            }
+            scope.put_event(&event("r", 9, EventBody::DidFinishEvents))?;
+            Ok::<_, Error>(())
+        })
+        .expect("committed events");
+    let ledger = store.app_table::<u32>("ledger").expect("ledger");
+    let (hold, held) = mpsc::channel::<()>();
+    let (go, went) = mpsc::channel::<()>();
+    let went = std::sync::Mutex::new(went);
+    let holder = {
+        let store = store.clone();
+        thread::spawn(move || {
+            store.write(move |_| {
+                let _ = hold.send(());
+                went.lock().expect("lock").recv().expect("go");
+                Ok::<_, Error>(())
+            })
+        })
+    };
+    held.recv().expect("the holder runs");
+    // Both units below queue behind the holder and run in one batch.
+    let first = {
+        let store = store.clone();
+        let ledger = ledger.clone();
+        thread::spawn(move || {
+            store.write(move |scope| {
+                scope.put_event(&event("s", 1, EventBody::DidFinishEvents))?;
+                scope.put_event(&event("s", 5, EventBody::DidFinishEvents))?;
+                assert!(scope.delete_event(&session_id("s"), 2)?);
+                assert!(!scope.delete_event(&session_id("s"), 3)?);
+                assert_eq!(
+                    seqs(scope.events(&session_id("s"), 0, 100)?),
+                    [0, 1, 4, 5, 6]
+                );
+                assert_eq!(seqs(scope.events(&session_id("s"), 1, 2)?), [1, 4]);
+                assert_eq!(seqs(scope.events(&session_id("s"), 5, 100)?), [5, 6]);
+                assert!(matches!(
+                    scope.put_event(&event("s", 4, EventBody::DidFinishEvents)),
+                    Err(Error::EventExists { seq: 4, .. })
+                ));
+                for (key, value) in [("b2", 2), ("a1", 1), ("b1", 1)] {
+                    ledger.put(scope, key, &value)?;
+                }
+                Ok::<_, Error>(())
+            })
+        })
+    };
+    while store.queued_units() < 1 {
+        thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let second = {
+        let store = store.clone();
+        let ledger = ledger.clone();
+        thread::spawn(move || {
+            store.write(move |scope| {
+                assert_eq!(
+                    seqs(scope.events(&session_id("s"), 0, 100)?),
+                    [0, 1, 4, 5, 6]
+                );
+                assert_eq!(scope.delete_events(&session_id("s"))?, 5);
+                assert!(scope.events(&session_id("s"), 0, 100)?.is_empty());
+                scope.put_event(&event("s", 7, EventBody::DidFinishEvents))?;
+                assert_eq!(seqs(scope.events(&session_id("s"), 0, 100)?), [7]);
+                assert_eq!(seqs(scope.events(&session_id("r"), 0, 100)?), [9]);
+                let mut keys = Vec::new();
+                ledger.for_each_with_prefix(scope, "b", |key, value| {
+                    keys.push((String::from_utf8_lossy(key).into_owned(), value));
+                    Ok(())
+                })?;
+                assert_eq!(keys, [("b1".to_string(), 1), ("b2".to_string(), 2)]);
+                Ok::<_, Error>(())
+            })
+        })
+    };
+    while store.queued_units() < 2 {
+        thread::sleep(std::time::Duration::from_millis(1));
+    }
+    go.send(()).expect("release the holder");
+    holder.join().expect("holder").expect("holder's unit");
+    first.join().expect("first").expect("first unit");
+    second.join().expect("second").expect("second unit");
+    let snapshot = store.snapshot().expect("snapshot");
+    assert_eq!(
+        seqs(snapshot.events(&session_id("s"), 0, 100).expect("events")),
+        [7]
+    );
+    assert_eq!(
+        seqs(snapshot.events(&session_id("r"), 0, 100).expect("events")),
+        [9]
+    );
+    assert_eq!(ledger.entries(&snapshot).expect("entries").len(), 3);
+}
+
+on_every_backend!(
+    a_unit_reads_its_own_writes_in_order,
+    every_record_roundtrips,
+    events_iterate_in_sequence_order,
+    tasks_are_listed_per_session_and_in_full,
+    invalid_records_are_refused,
+    app_tables_work_and_refuse_bad_names_and_keys,
+    failing_and_panicking_units_are_aborted_alone,
+    concurrent_thread_submitters_all_commit,
+    concurrent_async_submitters_all_commit,
+    write_async_needs_no_runtime,
+    write_from_inside_a_unit_is_an_error,
+    a_second_owner_is_refused_while_the_first_is_open,
+);
 
 const CHILD_DIR_VAR: &str = "SESSION_STORE_TEST_LOCK_CHILD_DIR";
 

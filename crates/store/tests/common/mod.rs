@@ -196,3 +196,134 @@ pub fn mount_tmpfs(test: &str, size_bytes: u64) -> Option<Tmpfs> {
     println!("SKIP {test}: cannot mount a tmpfs: {reason}");
     None
 }
+
+/// A backend the store tests run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Lmdb,
+    Postgres,
+}
+
+/// Where a test keeps its store: a temporary directory (LMDB), or a schema of its own
+/// in the test binary's throwaway PostgreSQL cluster. `open` may be called again after
+/// the store is closed or dropped: it opens the same store.
+pub struct Place {
+    pub backend: Backend,
+    dir: tempfile::TempDir,
+    url: String,
+    schema: String,
+}
+
+static CLUSTER: std::sync::Mutex<Option<session_harness::postgres::Cluster>> =
+    std::sync::Mutex::new(None);
+static CLUSTER_URL: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+static SCHEMAS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Stops the binary's cluster when the test binary exits (the harness of `cargo test`
+/// leaves through `exit`, which runs this).
+extern "C" fn stop_cluster() {
+    let cluster = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    drop(cluster);
+}
+
+/// The URL of the test binary's cluster, started on first use; `None` (after one skip
+/// line) where PostgreSQL is not installed and `BGSESSION_REQUIRE_POSTGRES` is not `1`.
+pub fn cluster_url(test: &str) -> Option<String> {
+    CLUSTER_URL
+        .get_or_init(|| {
+            let cluster = session_harness::postgres::postgres_or_skip(test)?;
+            let url = cluster.url();
+            *CLUSTER
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cluster);
+            // SAFETY: `stop_cluster` is an `extern "C" fn()` that neither unwinds (it
+            // only takes the cluster out of its mutex and drops it) nor calls `exit`.
+            unsafe { libc::atexit(stop_cluster) };
+            Some(url)
+        })
+        .clone()
+}
+
+impl Place {
+    /// A new LMDB store directory.
+    pub fn lmdb() -> Place {
+        Place {
+            backend: Backend::Lmdb,
+            dir: tempfile::tempdir().expect("tempdir"),
+            url: String::new(),
+            schema: String::new(),
+        }
+    }
+
+    /// A new schema in the binary's cluster, or `None` when the test is skipped.
+    pub fn postgres(test: &str) -> Option<Place> {
+        let url = cluster_url(test)?;
+        let n = SCHEMAS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(Place {
+            backend: Backend::Postgres,
+            dir: tempfile::tempdir().expect("tempdir"),
+            url,
+            schema: format!("t{}_{n}", std::process::id()),
+        })
+    }
+
+    /// The local directory of the test (LMDB's store directory).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Opens the store with these application tables.
+    pub fn open_with(&self, app_tables: &[&str]) -> session_store::Result<session_store::Store> {
+        match self.backend {
+            Backend::Lmdb => {
+                let mut options = session_store::StoreOptions::default();
+                for table in app_tables {
+                    options = options.with_app_table(*table);
+                }
+                session_store::Store::open(self.dir.path(), options)
+            }
+            Backend::Postgres => {
+                let mut options = session_store::PostgresOptions::new(&self.url, &self.schema);
+                for table in app_tables {
+                    options = options.app_table(*table);
+                }
+                session_store::Store::open_postgres(options)
+            }
+        }
+    }
+
+    /// Opens the store with the application table `ledger`.
+    pub fn open(&self) -> session_store::Store {
+        self.open_with(&["ledger"]).expect("open the store")
+    }
+}
+
+/// Runs each named test, a function taking a `&Place`, on every backend: as
+/// `lmdb::<name>` and `postgres::<name>` (the latter skipped, with one line, where
+/// PostgreSQL is not installed).
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod lmdb {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(&super::common::Place::lmdb());
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(place) = super::common::Place::postgres(stringify!($name)) {
+                        super::$name(&place);
+                    }
+                }
+            )*
+        }
+    };
+}
