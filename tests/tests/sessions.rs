@@ -1,9 +1,9 @@
-//! Integration tests of the session actors over a real LMDB in a temp dir and the real
+//! Integration tests of the session actors, on each backend (LMDB in a temp dir, PostgreSQL
+//! in a schema of a throwaway cluster: `on_every_backend!`), and the real
 //! origin server on 127.0.0.1: exactly-once delivery across in-process restarts,
 //! supervised restarts after a delegate panic, reconnects, conflicts, cancel,
 //! generations, completion handlers and faulted sessions.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
@@ -14,6 +14,7 @@ use session_actor::{
     Sessions, SessionsBuilder, TransferRequest, WriteScope, machine::MachineError,
 };
 use session_harness::origin::{Origin, OriginConfig, OriginHandle};
+use session_harness::stores::Place;
 use session_store::AppTable;
 
 const SEED: u64 = 7;
@@ -86,8 +87,9 @@ fn complete(call: &CompletionCall, scope: &mut WriteScope<'_>) -> Result<(), Del
     )
 }
 
-fn builder(dir: &Path) -> SessionsBuilder {
-    Sessions::builder(dir)
+fn builder(place: &Place) -> SessionsBuilder {
+    place
+        .sessions_builder()
         // Loopback only, whatever proxy variables the environment has.
         .engine_config(session_actor::EngineConfig {
             proxy_from_environment: false,
@@ -100,8 +102,8 @@ fn builder(dir: &Path) -> SessionsBuilder {
 
 /// Opens `Sessions` on `dir` and the named session with the recording delegate, as an
 /// application does at launch.
-async fn open(dir: &Path, session: &str) -> (Sessions, session_actor::Session) {
-    let sessions = builder(dir).open().expect("open");
+async fn open(place: &Place, session: &str) -> (Sessions, session_actor::Session) {
+    let sessions = builder(place).open().expect("open");
     let session = sessions
         .session(session, config(), Delegate::transactional(record))
         .await
@@ -119,14 +121,8 @@ fn config() -> SessionConfig {
     }
 }
 
-fn ledger(dir: &Path) -> Vec<Entry> {
-    let store = session_store::Store::open(
-        dir,
-        session_store::StoreOptions::default()
-            .with_app_table(LEDGER)
-            .with_app_table(LEDGER_NEXT),
-    )
-    .expect("open store");
+fn ledger(place: &Place) -> Vec<Entry> {
+    let store = place.open_with(&[LEDGER, LEDGER_NEXT]).expect("open store");
     let table = store.app_table::<Entry>(LEDGER).expect("ledger");
     let snapshot = store.snapshot().expect("snapshot");
     table
@@ -225,10 +221,9 @@ fn check_exactly_once(entries: &[Entry], session: &str, tasks: usize, generation
 /// Many in-process restarts (the whole actix system and `Sessions` dropped at a random
 /// moment, then reopened and the plan re-issued) still deliver every event exactly
 /// once and run the completion once, with downloads resumed through resets.
-#[test]
-fn exactly_once_across_in_process_restarts() {
+fn exactly_once_across_in_process_restarts(place: &Place) {
     let origin = origin();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = place;
     let tasks = 12;
     let urls: Vec<String> = (0..tasks)
         .map(|i| match i % 3 {
@@ -244,7 +239,7 @@ fn exactly_once_across_in_process_restarts() {
         })
         .collect();
     for launch in 0..10u64 {
-        let dir = dir.path().to_path_buf();
+        let dir = dir.clone();
         let urls = urls.clone();
         let last = launch == 9;
         actix::System::new().block_on(async move {
@@ -268,21 +263,20 @@ fn exactly_once_across_in_process_restarts() {
             }
         });
     }
-    check_exactly_once(&ledger(dir.path()), "restarts", tasks, 1);
+    check_exactly_once(&ledger(dir), "restarts", tasks, 1);
 }
 
 /// A delegate that panics once is a failed delivery like any other: the event is
 /// delivered again, exactly once, nothing is lost, and the session is not restarted.
-#[test]
-fn delegate_panic_is_retried_without_duplicate_or_loss() {
+fn delegate_panic_is_retried_without_duplicate_or_loss(place: &Place) {
     let origin = origin();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = place;
     let panicked = Arc::new(AtomicBool::new(false));
     let urls: Vec<String> = (0..4)
         .map(|i| origin.url(&format!("/objects/p{i}?size=1000")))
         .collect();
     let flag = panicked.clone();
-    let path = dir.path().to_path_buf();
+    let path = dir.clone();
     actix::System::new().block_on(async move {
         let sessions = builder(&path).open().expect("open");
         let delegate = move |delivery: &Delivery, scope: &mut WriteScope<'_>| {
@@ -316,22 +310,21 @@ fn delegate_panic_is_retried_without_duplicate_or_loss() {
         assert!(status.faulted.is_none());
     });
     assert!(panicked.load(Ordering::SeqCst));
-    check_exactly_once(&ledger(dir.path()), "panics", 4, 1);
+    check_exactly_once(&ledger(dir), "panics", 4, 1);
 }
 
 /// Re-issuing a task identifier reconnects: the origin sees one transfer, in the same
 /// launch and after a restart once the task finished; a different description for the
 /// same identifier is a conflict.
-#[test]
-fn reconnect_starts_no_second_transfer_and_conflicts() {
+fn reconnect_starts_no_second_transfer_and_conflicts(place: &Place) {
     let origin = origin();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = place;
     let url = origin.url("/objects/once?size=50000&fault=drip:10000:20");
     let other = origin.url("/objects/other?size=10");
     for launch in 0..2 {
         let url = url.clone();
         let other = other.clone();
-        let dir = dir.path().to_path_buf();
+        let dir = dir.clone();
         actix::System::new().block_on(async move {
             let (_sessions, session) = open(&dir, "reconnect").await;
             let first = session
@@ -371,12 +364,11 @@ fn reconnect_starts_no_second_transfer_and_conflicts() {
 }
 
 /// Cancelling a running task ends it `Cancelled`, reported by exactly one event.
-#[test]
-fn cancel_reports_cancelled_once() {
+fn cancel_reports_cancelled_once(place: &Place) {
     let origin = origin();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = place;
     let url = origin.url("/objects/slow?size=1000000&fault=drip:1000:50");
-    let path = dir.path().to_path_buf();
+    let path = dir.clone();
     actix::System::new().block_on(async move {
         let (sessions, session) = open(&path, "cancel").await;
         let handle = session
@@ -394,9 +386,9 @@ fn cancel_reports_cancelled_once() {
         session.cancel("t").await.expect("cancel again");
         wait_for(|| completions_in(&sessions) == 1, "the completion").await;
     });
-    let entries = ledger(dir.path());
+    let entries = ledger(dir);
     check_exactly_once(&entries, "cancel", 1, 1);
-    let left: Vec<_> = std::fs::read_dir(dir.path().join("downloads").join("cancel"))
+    let left: Vec<_> = std::fs::read_dir(dir.dir().join("downloads").join("cancel"))
         .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(
@@ -409,13 +401,12 @@ fn cancel_reports_cancelled_once() {
 
 /// New work after a generation finished opens the next generation; each generation's
 /// completion runs once, after its own "did finish events".
-#[test]
-fn second_generation_after_finished() {
+fn second_generation_after_finished(place: &Place) {
     let origin = origin();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = place;
     let a = origin.url("/objects/gen-a?size=100");
     let b = origin.url("/objects/gen-b?size=200");
-    let path = dir.path().to_path_buf();
+    let path = dir.clone();
     actix::System::new().block_on(async move {
         let (sessions, session) = open(&path, "generations").await;
         let first = session
@@ -448,19 +439,18 @@ fn second_generation_after_finished() {
         assert_eq!(record.generation, 2);
         assert_eq!(record.state, session_store::SessionState::Finished);
     });
-    check_exactly_once(&ledger(dir.path()), "generations", 2, 2);
+    check_exactly_once(&ledger(dir), "generations", 2, 2);
 }
 
 /// A stored completion whose handler is not registered in a later launch makes the
 /// session wait, visibly; once a launch registers it, it runs exactly once. A name not
 /// registered in this process is refused at enqueue (it could never run here).
-#[test]
-fn unknown_completion_waits_then_runs_once() {
+fn unknown_completion_waits_then_runs_once(place: &Place) {
     let origin = origin();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = place;
     // The first request stalls, so the task is still open when the first launch ends.
     let url = origin.url("/objects/later?size=10&fault=stall&times=1");
-    let path = dir.path().to_path_buf();
+    let path = dir.clone();
     let origin_counters = &origin;
     actix::System::new().block_on(async move {
         let sessions = builder(&path)
@@ -492,7 +482,7 @@ fn unknown_completion_waits_then_runs_once() {
         wait_for(|| origin_counters.counters().requests_total == 1, "the stalled request").await;
         sessions.shutdown().await.expect("shutdown");
     });
-    let path = dir.path().to_path_buf();
+    let path = dir.clone();
     actix::System::new().block_on(async move {
         let (sessions, session) = open(&path, "waits").await;
         let mut blocked = None;
@@ -507,7 +497,7 @@ fn unknown_completion_waits_then_runs_once() {
         assert_eq!(completions_in(&sessions), 0);
         sessions.shutdown().await.expect("shutdown");
     });
-    let path = dir.path().to_path_buf();
+    let path = dir.clone();
     actix::System::new().block_on(async move {
         let sessions = builder(&path)
             .completion("later", complete)
@@ -523,20 +513,19 @@ fn unknown_completion_waits_then_runs_once() {
         actix_rt::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(completions_in(&sessions), 1);
     });
-    check_exactly_once(&ledger(dir.path()), "waits", 1, 1);
+    check_exactly_once(&ledger(dir), "waits", 1, 1);
 }
 
 /// A delegate that always fails on an event is retried with backoff, visibly: the status
 /// names the event (its real sequence number), the attempts and the error; nothing is
 /// marked delivered past it, and the session is never parked.
-#[test]
-fn failing_delegate_is_retried_and_visible() {
+fn failing_delegate_is_retried_and_visible(place: &Place) {
     let origin = origin();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = place;
     let url = origin.url("/objects/bad?size=10");
     let calls = Arc::new(AtomicU32::new(0));
     let counted = calls.clone();
-    let path = dir.path().to_path_buf();
+    let path = dir.clone();
     actix::System::new().block_on(async move {
         let sessions = builder(&path).restart_limit(3).open().expect("open");
         let delegate = move |delivery: &Delivery, scope: &mut WriteScope<'_>| {
@@ -587,8 +576,7 @@ fn failing_delegate_is_retried_and_visible() {
 
 /// An at-least-once delegate receives every event with its stable delivery key, in
 /// order; the stored completion still runs (transactionally) once.
-#[test]
-fn at_least_once_delegate_gets_every_key() {
+fn at_least_once_delegate_gets_every_key(place: &Place) {
     use std::sync::Mutex;
 
     struct Collect(Arc<Mutex<Vec<session_actor::DeliveryKey>>>);
@@ -606,13 +594,13 @@ fn at_least_once_delegate_gets_every_key() {
     }
 
     let origin = origin();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = place;
     let keys = Arc::new(Mutex::new(Vec::new()));
     let seen = keys.clone();
     let urls: Vec<String> = (0..3)
         .map(|i| origin.url(&format!("/objects/alo{i}?size=500")))
         .collect();
-    let path = dir.path().to_path_buf();
+    let path = dir.clone();
     actix::System::new().block_on(async move {
         let sessions = builder(&path).open().expect("open");
         let session = sessions
@@ -641,7 +629,7 @@ fn at_least_once_delegate_gets_every_key() {
         keys.iter()
             .all(|k| k.session.as_str() == "alo" && k.generation == 1)
     );
-    let completions = ledger(dir.path())
+    let completions = ledger(dir)
         .into_iter()
         .filter(|e| matches!(e, Entry::Completion { .. }))
         .count();
@@ -650,13 +638,12 @@ fn at_least_once_delegate_gets_every_key() {
 
 /// Invalidating a session cancels every unfinished task (each reported once), and the
 /// task list shows every task with its state.
-#[test]
-fn invalidate_cancels_open_tasks_and_lists_them() {
+fn invalidate_cancels_open_tasks_and_lists_them(place: &Place) {
     let origin = origin();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = place;
     let quick = origin.url("/objects/quick?size=10");
     let slow = origin.url("/objects/stuck?size=100000&fault=stall");
-    let path = dir.path().to_path_buf();
+    let path = dir.clone();
     actix::System::new().block_on(async move {
         let (sessions, session) = open(&path, "invalidate").await;
         let stuck = session
@@ -682,17 +669,16 @@ fn invalidate_cancels_open_tasks_and_lists_them() {
         assert!(tasks.iter().all(|t| t.state.is_terminal()));
         wait_for(|| completions_in(&sessions) == 1, "the completion").await;
     });
-    check_exactly_once(&ledger(dir.path()), "invalidate", 2, 1);
+    check_exactly_once(&ledger(dir), "invalidate", 2, 1);
 }
 
 /// A server's Retry-After becomes the task's persisted not-before time: after a
 /// restart the task is not started again before it, and then it succeeds.
-#[test]
-fn retry_after_is_persisted_and_rearmed_after_restart() {
+fn retry_after_is_persisted_and_rearmed_after_restart(place: &Place) {
     let origin = origin();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = place;
     let url = origin.url("/objects/busy?size=100&fault=status:503:2");
-    let path = dir.path().to_path_buf();
+    let path = dir.clone();
     let request_url = url.clone();
     let not_before_ms = actix::System::new().block_on(async move {
         let (_sessions, session) = open(&path, "retry").await;
@@ -723,7 +709,7 @@ fn retry_after_is_persisted_and_rearmed_after_restart() {
         "Retry-After: 2 honoured ({not_before_ms} vs {now_ms})"
     );
     assert_eq!(origin.counters().requests_for("busy"), 1);
-    let path = dir.path().to_path_buf();
+    let path = dir.clone();
     let origin_ref = &origin;
     actix::System::new().block_on(async move {
         let sessions = builder(&path).open().expect("open");
@@ -751,12 +737,11 @@ fn retry_after_is_persisted_and_rearmed_after_restart() {
 
 /// A transfer still running at the task's resource deadline is stopped and the task
 /// fails with `DeadlineExceeded`, reported once.
-#[test]
-fn resource_deadline_stops_a_running_transfer() {
+fn resource_deadline_stops_a_running_transfer(place: &Place) {
     let origin = origin();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = place;
     let url = origin.url("/objects/never?size=100000&fault=stall");
-    let path = dir.path().to_path_buf();
+    let path = dir.clone();
     actix::System::new().block_on(async move {
         let sessions = builder(&path).open().expect("open");
         let session = sessions
@@ -787,10 +772,9 @@ fn resource_deadline_stops_a_running_transfer() {
 /// A batch enqueued with its completion lands in one generation even when its tasks
 /// finish at once; re-issuing the batch after a restart reconnects and runs nothing
 /// again.
-#[test]
-fn batch_shares_one_generation_and_reissues_safely() {
+fn batch_shares_one_generation_and_reissues_safely(place: &Place) {
     let origin = origin();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = place;
     let batch: Vec<(String, TransferRequest)> = (0..5)
         .map(|i| {
             (
@@ -800,7 +784,7 @@ fn batch_shares_one_generation_and_reissues_safely() {
         })
         .collect();
     for launch in 0..2 {
-        let path = dir.path().to_path_buf();
+        let path = dir.clone();
         let batch = batch.clone();
         actix::System::new().block_on(async move {
             let (sessions, session) = open(&path, "batch").await;
@@ -815,6 +799,21 @@ fn batch_shares_one_generation_and_reissues_safely() {
             wait_for(|| completions_in(&sessions) == 1, "the completion").await;
         });
     }
-    check_exactly_once(&ledger(dir.path()), "batch", 5, 1);
+    check_exactly_once(&ledger(dir), "batch", 5, 1);
     assert_eq!(origin.counters().requests_total, 5, "no task ran twice");
 }
+
+session_harness::on_every_backend!(
+    exactly_once_across_in_process_restarts,
+    delegate_panic_is_retried_without_duplicate_or_loss,
+    reconnect_starts_no_second_transfer_and_conflicts,
+    cancel_reports_cancelled_once,
+    second_generation_after_finished,
+    unknown_completion_waits_then_runs_once,
+    failing_delegate_is_retried_and_visible,
+    at_least_once_delegate_gets_every_key,
+    invalidate_cancels_open_tasks_and_lists_them,
+    retry_after_is_persisted_and_rearmed_after_restart,
+    resource_deadline_stops_a_running_transfer,
+    batch_shares_one_generation_and_reissues_safely,
+);

@@ -18,4 +18,5 @@ pub mod crash;
 pub mod origin;
 /// Throwaway PostgreSQL clusters for tests, the crash harness and benchmarks.
 pub mod postgres;
+pub mod stores;
 pub mod testkit;

@@ -65,6 +65,9 @@ impl fmt::Debug for Matching {
 pub struct SessionsBuilder {
     root: PathBuf,
     store: StoreOptions,
+    /// Keep the records in PostgreSQL rather than in LMDB under `root`.
+    #[cfg(feature = "postgres")]
+    postgres: Option<session_store::PostgresOptions>,
     engine: EngineConfig,
     completions: Completions,
     invalid_completion: Option<Error>,
@@ -122,6 +125,19 @@ impl SessionsBuilder {
         self
     }
 
+    /// Keeps the sessions' records in PostgreSQL (feature `postgres`): in the schema and
+    /// on the server `options` name, instead of an LMDB store under the root directory.
+    /// Downloads still go to files under the root. Transactional delegates and
+    /// completion handlers then get the batch's live SQL transaction through
+    /// [`WriteScope::postgres`](session_store::WriteScope::postgres), so the
+    /// application's own rows commit with the delivery cursor. The application tables
+    /// declared with [`app_table`](Self::app_table) are added to `options`.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(mut self, options: session_store::PostgresOptions) -> Self {
+        self.postgres = Some(options);
+        self
+    }
+
     /// Replaces the transfer engine's configuration.
     pub fn engine_config(mut self, config: EngineConfig) -> Self {
         self.engine = config;
@@ -153,6 +169,27 @@ impl SessionsBuilder {
         self
     }
 
+    /// The LMDB store under the root, or the PostgreSQL store (with the root made for
+    /// downloads).
+    fn open_store(&mut self) -> Result<Store> {
+        #[cfg(feature = "postgres")]
+        if let Some(mut options) = self.postgres.take() {
+            std::fs::create_dir_all(&self.root).map_err(|source| {
+                Error::Store(session_store::Error::Io {
+                    path: self.root.clone(),
+                    source,
+                })
+            })?;
+            for table in &self.store.app_tables {
+                if !options.app_tables.contains(table) {
+                    options.app_tables.push(table.clone());
+                }
+            }
+            return Ok(Store::open_postgres(options)?);
+        }
+        Ok(Store::open(&self.root, std::mem::take(&mut self.store))?)
+    }
+
     /// Opens the store, starts the actor runtime, recovers every unfinished session and
     /// starts its actor.
     ///
@@ -168,7 +205,7 @@ impl SessionsBuilder {
     /// An invalid completion name, the store's errors (another owner, a corrupt record,
     /// a newer schema, ...), an engine that cannot be built, or a runtime that cannot
     /// start.
-    pub fn open(self) -> Result<Sessions> {
+    pub fn open(mut self) -> Result<Sessions> {
         if let Some(error) = self.invalid_completion {
             return Err(error);
         }
@@ -176,7 +213,7 @@ impl SessionsBuilder {
         // A `Sessions` of this process on the same root, dropped a moment ago, may still
         // be closing in the background: its lock is about to be released.
         closing::wait_for(&self.root);
-        let store = Store::open(&self.root, self.store)?;
+        let store = self.open_store()?;
         let (runtime, engine) = match ActorRuntime::start(self.engine) {
             Ok(started) => started,
             Err(error) => {
@@ -310,6 +347,8 @@ impl Sessions {
         SessionsBuilder {
             root: root.as_ref().to_path_buf(),
             store: StoreOptions::default(),
+            #[cfg(feature = "postgres")]
+            postgres: None,
             engine: EngineConfig::default(),
             completions: HashMap::new(),
             invalid_completion: None,

@@ -721,7 +721,7 @@ fn a_unit_reads_its_own_writes_in_order(place: &Place) {
     assert_eq!(ledger.entries(&snapshot).expect("entries").len(), 3);
 }
 
-on_every_backend!(
+session_harness::on_every_backend!(
     a_unit_reads_its_own_writes_in_order,
     every_record_roundtrips,
     events_iterate_in_sequence_order,
