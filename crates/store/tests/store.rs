@@ -13,6 +13,7 @@ use std::sync::mpsc;
 use std::thread;
 
 use common::*;
+use session_harness::stores::Place;
 use session_store::{
     CheckAtOpen, Error, ErrorKind, EventBody, SCHEMA_VERSION, SessionState, Store, StoreOptions,
     TaskState,

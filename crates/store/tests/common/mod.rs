@@ -196,5 +196,3 @@ pub fn mount_tmpfs(test: &str, size_bytes: u64) -> Option<Tmpfs> {
     println!("SKIP {test}: cannot mount a tmpfs: {reason}");
     None
 }
-
-pub use session_harness::stores::Place;
