@@ -72,6 +72,31 @@ pub fn exact_delegate(deliveries: &PgDeliveries) -> Delegate {
     })
 }
 
+/// The delegate under test on the PostgreSQL backend: one `app.received` row per
+/// delivery, written through the batch's own SQL transaction (`WriteScope::postgres`),
+/// so it commits with the delivery cursor. With `arm` set, its first delivery arms that
+/// fail point (`store-before-commit` or `store-after-commit`, as `return(abort)`) once
+/// the row is written, so the process aborts in the same batch, between the row's write
+/// and the commit or just after the commit.
+pub fn backend_delegate(arm: Option<&'static str>) -> Delegate {
+    let armed = std::sync::atomic::AtomicBool::new(false);
+    Delegate::transactional(
+        move |delivery: &Delivery, scope: &mut session_actor::WriteScope<'_>| {
+            let (session, what) = row(delivery);
+            scope.postgres()?.execute(
+                "INSERT INTO app.received (session, what) VALUES ($1, $2)",
+                &[&session, &what],
+            )?;
+            if let Some(point) = arm
+                && !armed.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                fail::cfg(point, "return(abort)").map_err(session_actor::DelegateError::new)?;
+            }
+            Ok(())
+        },
+    )
+}
+
 /// How many rows of `app.<table>` each (session, what) has.
 ///
 /// # Panics

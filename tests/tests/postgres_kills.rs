@@ -1,5 +1,10 @@
-//! SIGKILLs at random instants of a service that delivers into its own PostgreSQL
-//! through `PgDeliveries` (a throwaway cluster on 127.0.0.1, started by the test): each
+//! SIGKILLs at random instants of a service that delivers into its own PostgreSQL (a
+//! throwaway cluster on 127.0.0.1, started by the test), in two ways: through
+//! `PgDeliveries` (records in LMDB, the delivery key in PostgreSQL), and with the records
+//! themselves in PostgreSQL, the delegate writing its row in the batch's own SQL
+//! transaction (`WriteScope::postgres`). Aborts at the store's fail points right after
+//! the delegate wrote its row (before the batch's commit, and just after it) are tested
+//! too. Each
 //! launch re-issues all its earlier work, as a service does at launch, and adds a new
 //! batch per session (joining a running generation or opening the next), so every kill
 //! lands among transfers and deliveries; at the end every application row exists
@@ -14,14 +19,16 @@ use session_actor::postgres::PgDeliveries;
 use session_actor::{SessionConfig, TransferRequest};
 use session_harness::postgres::postgres_or_skip;
 use session_tests::ledger::{builder, origin};
-use session_tests::pg::{connect, create_received, exact_delegate, row_counts};
+use session_tests::pg::{backend_delegate, connect, create_received, exact_delegate, row_counts};
 
 const SESSIONS: usize = 3;
 /// Tasks per session added by each launch.
 const TASKS: usize = 4;
 const KILLS: usize = 12;
 const SEED: u64 = 0x5eed_0016;
-/// The child's arguments: `URL DIR OBJECTS_URL LAUNCH FINAL(0|1)`.
+/// The child's arguments: `URL DIR OBJECTS_URL LAUNCH FINAL(0|1) MODE`, MODE one of
+/// `deliveries`, `backend`, or `backend:<fail point>` (abort in the first delivery's
+/// batch at that point).
 const CHILD_ENV: &str = "BGSESSION_PG_KILL_CHILD";
 
 fn config() -> SessionConfig {
@@ -96,10 +103,103 @@ fn the_checker_catches_a_duplicate_and_a_missing_row() {
 
 #[test]
 fn sigkills_during_pg_deliveries_keep_every_row_once() {
+    campaign(
+        "sigkills_during_pg_deliveries_keep_every_row_once",
+        "deliveries",
+    );
+}
+
+#[test]
+fn sigkills_with_the_records_in_postgres_keep_every_row_once() {
+    campaign(
+        "sigkills_with_the_records_in_postgres_keep_every_row_once",
+        "backend",
+    );
+}
+
+/// An abort between the delegate's row and the commit of its batch (the row is rolled
+/// back with the cursor, and written again at the relaunch), or right after the commit
+/// (both are in; nothing is delivered again): the row exists once either way.
+#[test]
+fn aborts_between_the_delegate_and_the_commit_keep_the_row_once() {
     if std::env::var_os(CHILD_ENV).is_some() {
         return;
     }
-    let Some(cluster) = postgres_or_skip("postgres_kills") else {
+    let test = "aborts_between_the_delegate_and_the_commit_keep_the_row_once";
+    let Some(cluster) = postgres_or_skip(test) else {
+        return;
+    };
+    let url = cluster.url();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let origin = origin();
+    let objects = origin.url("/objects/");
+    for point in ["store-before-commit", "store-after-commit"] {
+        runtime.block_on(async {
+            let client = connect(&url).await;
+            create_received(&client).await;
+            client
+                .batch_execute("TRUNCATE app.received; DROP SCHEMA IF EXISTS bgsession CASCADE")
+                .await
+                .expect("a fresh start");
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = |mode: &str, last: bool| {
+            Command::new(std::env::current_exe().expect("test binary"))
+                .args(["--exact", "kill_child", "--nocapture", "--test-threads=1"])
+                .env(
+                    CHILD_ENV,
+                    format!(
+                        "{url} {} {objects} 0 {} {mode}",
+                        dir.path().display(),
+                        u8::from(last)
+                    ),
+                )
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("run the service")
+        };
+        let aborted = run(&format!("backend:{point}"), true);
+        assert!(
+            !aborted.success(),
+            "{point}: the service aborts at its first delivery: {aborted}"
+        );
+        let rows_after_abort: i64 = runtime.block_on(async {
+            row_counts(&connect(&url).await, "received")
+                .await
+                .values()
+                .sum()
+        });
+        // Before the commit, nothing of the batch (the first with a delivery) is in;
+        // after it, at least the delivery that armed the point is.
+        if point == "store-before-commit" {
+            assert_eq!(
+                rows_after_abort, 0,
+                "{point}: rows committed by the aborted run"
+            );
+        } else {
+            assert!(
+                rows_after_abort >= 1,
+                "{point}: the batch committed before the abort"
+            );
+        }
+        let finished = run("backend", true);
+        assert!(
+            finished.success(),
+            "{point}: the relaunch finishes: {finished}"
+        );
+        let counts = runtime.block_on(async { row_counts(&connect(&url).await, "received").await });
+        let found = violations(&counts, 1);
+        assert!(found.is_empty(), "after an abort at {point}: {found:?}");
+    }
+    drop(cluster);
+}
+
+fn campaign(test: &str, mode: &'static str) {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    let Some(cluster) = postgres_or_skip(test) else {
         return;
     };
     let url = cluster.url();
@@ -114,7 +214,7 @@ fn sigkills_during_pg_deliveries_keep_every_row_once() {
             .env(
                 CHILD_ENV,
                 format!(
-                    "{url} {} {objects} {launch} {}",
+                    "{url} {} {objects} {launch} {} {mode}",
                     dir.path().display(),
                     u8::from(last)
                 ),
@@ -168,20 +268,36 @@ fn kill_child() {
     };
     let args = args.to_string_lossy().into_owned();
     let parts: Vec<&str> = args.split(' ').collect();
-    let [url, dir, objects, launch, last] = parts[..] else {
-        panic!("{CHILD_ENV} is `URL DIR OBJECTS_URL LAUNCH FINAL`, not {args:?}");
+    let [url, dir, objects, launch, last, mode] = parts[..] else {
+        panic!("{CHILD_ENV} is `URL DIR OBJECTS_URL LAUNCH FINAL MODE`, not {args:?}");
     };
     let launch: usize = launch.parse().expect("the launch number");
+    let _scenario = fail::FailScenario::setup();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let deliveries = PgDeliveries::install(connect(url).await, "app")
-            .await
-            .expect("install");
-        let sessions = builder(std::path::Path::new(dir)).open().expect("open");
+        let builder = builder(std::path::Path::new(dir));
+        let (sessions, delegate) = if mode == "deliveries" {
+            let deliveries = PgDeliveries::install(connect(url).await, "app")
+                .await
+                .expect("install");
+            (builder.open().expect("open"), exact_delegate(&deliveries))
+        } else {
+            let arm = match mode.strip_prefix("backend:") {
+                Some("store-before-commit") => Some("store-before-commit"),
+                Some("store-after-commit") => Some("store-after-commit"),
+                Some(other) => panic!("unknown fail point {other}"),
+                None => None,
+            };
+            let sessions = builder
+                .postgres(session_store::PostgresOptions::new(url, "bgsession"))
+                .open()
+                .expect("open");
+            (sessions, backend_delegate(arm))
+        };
         let mut batches = Vec::new();
         for s in 0..SESSIONS {
             let session = sessions
-                .session(&format!("kills-{s}"), config(), exact_delegate(&deliveries))
+                .session(&format!("kills-{s}"), config(), delegate.clone())
                 .await
                 .expect("session");
             // Everything issued before, and this launch's new tasks; dripped bodies, so
