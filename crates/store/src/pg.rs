@@ -338,6 +338,10 @@ impl PgShared {
         self.closed.store(true, Ordering::Release);
     }
 
+    pub(crate) fn schema(&self) -> &str {
+        &self.schema
+    }
+
     pub(crate) fn has_app_table(&self, name: &str) -> bool {
         self.app.contains_key(name)
     }
@@ -1298,6 +1302,13 @@ impl PgSnapshot {
 
     fn conn(&self) -> Result<&Conn> {
         self.conn.as_ref().ok_or_else(|| self.shared.closed_error())
+    }
+
+    /// Runs a read-only query of the application's inside the snapshot's transaction.
+    pub(crate) fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        self.check_age()?;
+        self.conn()?
+            .query(sql, params, "running the application's query in a snapshot")
     }
 }
 

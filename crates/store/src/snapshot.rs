@@ -248,6 +248,24 @@ impl Snapshot {
         }
     }
 
+    /// Runs a query of the application's own tables inside this snapshot's read-only
+    /// `REPEATABLE READ` transaction (PostgreSQL only; on LMDB [`Error::Unsupported`]):
+    /// what it reads is consistent with the store's records this snapshot reads.
+    #[cfg(feature = "postgres")]
+    pub fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        match &self.inner {
+            Inner::Postgres(snapshot) => snapshot.query(sql, params),
+            Inner::Lmdb(_) => Err(Error::Unsupported {
+                what: "an SQL query in a snapshot",
+                backend: "LMDB",
+            }),
+        }
+    }
+
     /// A snapshot of the PostgreSQL backend.
     #[cfg(feature = "postgres")]
     pub(crate) fn postgres(snapshot: crate::pg::PgSnapshot) -> Snapshot {

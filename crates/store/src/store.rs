@@ -430,6 +430,15 @@ impl Store {
         }
     }
 
+    /// The PostgreSQL schema holding the store's tables; `None` on LMDB.
+    pub fn schema(&self) -> Option<&str> {
+        match &self.inner.backend {
+            Backend::Lmdb(_) => None,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(shared) => Some(shared.schema()),
+        }
+    }
+
     /// Whether the store was opened with [`Store::open_read_only`].
     pub fn is_read_only(&self) -> bool {
         self.inner

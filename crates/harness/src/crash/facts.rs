@@ -8,9 +8,9 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
-use session_store::{EventRecord, SessionRecord, Store, StoreOptions, TaskRecord};
+use session_store::{EventRecord, SessionRecord, Store, TaskRecord};
 
-use super::ledger::{LEDGER_TABLE, Ledger, LedgerEntry};
+use super::ledger::{Ledger, LedgerEntry};
 use super::worker::STORE_DIR;
 use crate::origin::CountersSnapshot;
 
@@ -153,13 +153,9 @@ pub fn open_run_store(dir: &Path, app_tables: &[String]) -> anyhow::Result<Store
     if !root.is_dir() {
         anyhow::bail!("{} has no store (no worker ever ran there)", root.display());
     }
-    let mut options = StoreOptions::default().with_app_table(LEDGER_TABLE);
-    for table in app_tables {
-        if table != LEDGER_TABLE {
-            options = options.with_app_table(table.clone());
-        }
-    }
-    Store::open(&root, options).with_context(|| format!("opening the store in {}", root.display()))
+    super::run_store::RunStore::load(dir)?
+        .open(&root, app_tables)
+        .with_context(|| format!("opening the store of {}", root.display()))
 }
 
 /// The files under the download directory: complete ones and partial ones.

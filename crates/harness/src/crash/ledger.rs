@@ -5,12 +5,18 @@
 //! `e` + a big-endian counter that is read and incremented inside the same transaction
 //! (key `n`). Completion markers (`c<session>/<generation>`) only let the worker see
 //! cheaply that a completion ran; the verifier reads the entries.
+//!
+//! On PostgreSQL the ledger is SQL tables of the application's own schema
+//! (`<store schema>_app`): `ledger (n, entry)`, `ledger_next (n)` and
+//! `ledger_completions`, written with statements run in the batch's SQL transaction, the
+//! one that advances the delivery cursor; the counter row is read and incremented in it
+//! just as the key `n` is.
 
 use std::io::Read as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use session_store::{AppTable, ReadScope, Store, WriteScope};
+use session_store::{AppTable, Snapshot, Store, WriteScope};
 use sha2::{Digest, Sha256};
 
 /// The application table's name.
@@ -129,8 +135,26 @@ fn counter_table(store: &Store) -> session_store::Result<AppTable<u64>> {
 /// Appends to the ledger through a unit's scope; what it needs of the store.
 #[derive(Debug, Clone)]
 pub struct Ledger {
-    entries: AppTable<LedgerEntry>,
-    counter: AppTable<u64>,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    /// The application table `ledger` (either backend).
+    Table {
+        entries: AppTable<LedgerEntry>,
+        counter: AppTable<u64>,
+    },
+    /// SQL tables in this schema (PostgreSQL).
+    Sql { schema: std::sync::Arc<str> },
+}
+
+fn sql_error(what: &str, reason: impl std::fmt::Display) -> session_store::Error {
+    session_store::Error::InvalidRecord {
+        table: "ledger",
+        key: what.to_owned(),
+        reason: reason.to_string(),
+    }
 }
 
 fn entry_key(index: u64) -> [u8; 9] {
@@ -152,10 +176,39 @@ impl Ledger {
     /// # Errors
     /// The table was not declared.
     pub fn new(store: &Store) -> session_store::Result<Ledger> {
+        if let Some(schema) = store.schema() {
+            return Ok(Ledger::sql(schema));
+        }
         Ok(Ledger {
-            entries: entries_table(store)?,
-            counter: counter_table(store)?,
+            kind: Kind::Table {
+                entries: entries_table(store)?,
+                counter: counter_table(store)?,
+            },
         })
+    }
+
+    /// The SQL ledger of the store in `store_schema` (PostgreSQL): tables of the
+    /// application's schema `<store_schema>_app` (see [`Ledger::create_sql`]).
+    pub fn sql(store_schema: &str) -> Ledger {
+        Ledger {
+            kind: Kind::Sql {
+                schema: format!("{store_schema}_app").into(),
+            },
+        }
+    }
+
+    /// The statements that create the SQL ledger's tables (empty for the table ledger).
+    pub fn create_sql(&self) -> String {
+        let Kind::Sql { schema } = &self.kind else {
+            return String::new();
+        };
+        format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {schema}.ledger (n bigint PRIMARY KEY, entry bytea NOT NULL);
+             CREATE TABLE IF NOT EXISTS {schema}.ledger_next (one boolean PRIMARY KEY, n bigint NOT NULL);
+             INSERT INTO {schema}.ledger_next (one, n) VALUES (true, 0) ON CONFLICT DO NOTHING;
+             CREATE TABLE IF NOT EXISTS {schema}.ledger_completions (session text NOT NULL, generation bigint NOT NULL, n bigint NOT NULL, PRIMARY KEY (session, generation));"
+        )
     }
 
     /// The ledger by its table's name alone, for units that run before a store handle
@@ -166,8 +219,10 @@ impl Ledger {
     /// None in practice: the name is valid.
     pub fn named() -> session_store::Result<Ledger> {
         Ok(Ledger {
-            entries: AppTable::named(LEDGER_TABLE)?,
-            counter: AppTable::named(LEDGER_TABLE)?,
+            kind: Kind::Table {
+                entries: AppTable::named(LEDGER_TABLE)?,
+                counter: AppTable::named(LEDGER_TABLE)?,
+            },
         })
     }
 
@@ -180,11 +235,34 @@ impl Ledger {
         scope: &mut WriteScope<'_>,
         mut entry: LedgerEntry,
     ) -> session_store::Result<u64> {
-        let index = self.counter.get(scope, NEXT_KEY)?.unwrap_or(0);
-        self.counter.put(scope, NEXT_KEY, &(index + 1))?;
-        entry.index = index;
-        self.entries.put(scope, entry_key(index), &entry)?;
-        Ok(index)
+        match &self.kind {
+            Kind::Table { entries, counter } => {
+                let index = counter.get(scope, NEXT_KEY)?.unwrap_or(0);
+                counter.put(scope, NEXT_KEY, &(index + 1))?;
+                entry.index = index;
+                entries.put(scope, entry_key(index), &entry)?;
+                Ok(index)
+            }
+            Kind::Sql { schema } => {
+                let mut sql = scope.postgres()?;
+                let row = sql
+                    .query_opt(
+                        &format!(
+                            "UPDATE {schema}.ledger_next SET n = n + 1 WHERE one RETURNING n - 1"
+                        ),
+                        &[],
+                    )?
+                    .ok_or_else(|| sql_error("next", "the counter row is missing"))?;
+                let index: i64 = row.try_get(0).map_err(|e| sql_error("next", e))?;
+                entry.index = u64::try_from(index).map_err(|e| sql_error("next", e))?;
+                let bytes = bincode::serialize(&entry).map_err(|e| sql_error("entry", e))?;
+                sql.execute(
+                    &format!("INSERT INTO {schema}.ledger (n, entry) VALUES ($1, $2)"),
+                    &[&index, &bytes],
+                )?;
+                Ok(entry.index)
+            }
+        }
     }
 
     /// Marks that the completion of a plan generation ran (in the same transaction as
@@ -199,8 +277,24 @@ impl Ledger {
         generation: u64,
         index: u64,
     ) -> session_store::Result<()> {
-        self.counter
-            .put(scope, marker_key(session, generation), &index)
+        match &self.kind {
+            Kind::Table { counter, .. } => {
+                counter.put(scope, marker_key(session, generation), &index)
+            }
+            Kind::Sql { schema } => {
+                let generation =
+                    i64::try_from(generation).map_err(|e| sql_error("generation", e))?;
+                let index = i64::try_from(index).map_err(|e| sql_error("index", e))?;
+                scope.postgres()?.execute(
+                    &format!(
+                        "INSERT INTO {schema}.ledger_completions (session, generation, n) \
+                         VALUES ($1, $2, $3) ON CONFLICT (session, generation) DO NOTHING"
+                    ),
+                    &[&session, &generation, &index],
+                )?;
+                Ok(())
+            }
+        }
     }
 
     /// Whether the completion of a plan generation has run.
@@ -209,35 +303,73 @@ impl Ledger {
     /// Store errors.
     pub fn completion_ran(
         &self,
-        reader: &impl ReadScope,
+        reader: &Snapshot,
         session: &str,
         generation: u64,
     ) -> session_store::Result<bool> {
-        Ok(self
-            .counter
-            .get(reader, marker_key(session, generation))?
-            .is_some())
+        match &self.kind {
+            Kind::Table { counter, .. } => Ok(counter
+                .get(reader, marker_key(session, generation))?
+                .is_some()),
+            Kind::Sql { schema } => {
+                let generation =
+                    i64::try_from(generation).map_err(|e| sql_error("generation", e))?;
+                Ok(!reader
+                    .query(
+                        &format!(
+                            "SELECT 1 FROM {schema}.ledger_completions WHERE session = $1 AND generation = $2"
+                        ),
+                        &[&session, &generation],
+                    )?
+                    .is_empty())
+            }
+        }
     }
 
     /// How many entries were appended (committed, as `reader` sees it).
     ///
     /// # Errors
     /// Store errors.
-    pub fn count(&self, reader: &impl ReadScope) -> session_store::Result<u64> {
-        Ok(self.counter.get(reader, NEXT_KEY)?.unwrap_or(0))
+    pub fn count(&self, reader: &Snapshot) -> session_store::Result<u64> {
+        match &self.kind {
+            Kind::Table { counter, .. } => Ok(counter.get(reader, NEXT_KEY)?.unwrap_or(0)),
+            Kind::Sql { schema } => {
+                let rows = reader.query(&format!("SELECT n FROM {schema}.ledger_next"), &[])?;
+                let n: i64 = match rows.first() {
+                    Some(row) => row.try_get(0).map_err(|e| sql_error("next", e))?,
+                    None => 0,
+                };
+                u64::try_from(n).map_err(|e| sql_error("next", e))
+            }
+        }
     }
 
     /// Every entry, in append order.
     ///
     /// # Errors
     /// Store errors (an entry that does not decode).
-    pub fn entries(&self, reader: &impl ReadScope) -> session_store::Result<Vec<LedgerEntry>> {
-        let mut entries = Vec::new();
-        self.entries
-            .for_each_with_prefix(reader, [ENTRY_PREFIX], |_, entry| {
-                entries.push(entry);
-                Ok(())
-            })?;
-        Ok(entries)
+    pub fn entries(&self, reader: &Snapshot) -> session_store::Result<Vec<LedgerEntry>> {
+        let mut found = Vec::new();
+        match &self.kind {
+            Kind::Table { entries, .. } => {
+                entries.for_each_with_prefix(reader, [ENTRY_PREFIX], |_, entry| {
+                    found.push(entry);
+                    Ok(())
+                })?;
+            }
+            Kind::Sql { schema } => {
+                for row in reader.query(
+                    &format!("SELECT n, entry FROM {schema}.ledger ORDER BY n"),
+                    &[],
+                )? {
+                    let n: i64 = row.try_get(0).map_err(|e| sql_error("entry", e))?;
+                    let bytes: &[u8] = row.try_get(1).map_err(|e| sql_error("entry", e))?;
+                    let entry = bincode::deserialize(bytes)
+                        .map_err(|e| sql_error(&format!("entry {n}"), e))?;
+                    found.push(entry);
+                }
+            }
+        }
+        Ok(found)
     }
 }

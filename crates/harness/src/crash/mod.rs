@@ -5,7 +5,9 @@
 //!
 //! - `plan`: the plan generated from a seed (`plan.json`), what each task must end as.
 //! - `manifest`: a plan read from a manifest, against someone else's server.
-//! - `ledger`: what the delegate and the completion handler saw, in an application table.
+//! - `ledger`: what the delegate and the completion handler saw, in an application table
+//!   (on PostgreSQL, in SQL tables of the application's schema).
+//! - `run_store`: which backend the run keeps its records in (`crash --store`).
 //! - `worker`: the child process that runs the plan through the real library (its core
 //!   shared with [`crate::testkit`]).
 //! - `schedule`: the fault schedule over the expected run, and the pacer that places
@@ -28,6 +30,7 @@ pub mod manifest;
 pub mod orchestrator;
 pub mod plan;
 pub mod report;
+pub mod run_store;
 pub mod schedule;
 pub mod verifier;
 pub mod worker;
@@ -37,6 +40,7 @@ pub use inspect::InspectArgs;
 pub use ledger::{EntryKind, FileFact, LedgerEntry};
 pub use plan::{Expect, Plan, PlannedKind};
 pub use report::{Report, RunStats};
+pub use run_store::RunStore;
 pub use schedule::{FailPoint, Fault, FaultKind, FaultSchedule};
 pub use verifier::{Findings, verify};
 pub use worker::{DelegateMode, WorkerArgs};
@@ -74,6 +78,10 @@ pub struct CrashArgs {
     /// Write the report as one JSON object to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Where the records go: `lmdb`, `postgres` (a throwaway cluster the harness starts
+    /// and stops), or a `postgres://...` URL of a server (a new schema per run).
+    #[arg(long, default_value = "lmdb")]
+    pub store: String,
     /// Someone else's server (with --manifest) instead of the built-in origin.
     #[arg(long, requires = "manifest")]
     pub origin: Option<String>,

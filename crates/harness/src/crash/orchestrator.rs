@@ -25,6 +25,7 @@ use super::facts::{Facts, OriginFacts};
 use super::inspect;
 use super::plan::{self, Plan, PlanShape};
 use super::report::{RUN_FILE_NAME, Report, RunStats, events_under_faults};
+use super::run_store::RunStore;
 use super::schedule::{
     self, FAILPOINT_WAIT_MIN, FailPoint, FailPointChooser, Fault, FaultKind, FaultSchedule,
     MeasuredRun, Pacer, random_fail_point,
@@ -356,6 +357,10 @@ pub fn run(args: &CrashArgs) -> anyhow::Result<ExitCode> {
     let seed = args.seed.unwrap_or_else(rand::random);
     eprintln!("crash: seed {seed} (repeat with --seed {seed})");
     let (_temp, dir) = run_dir(args.dir.as_deref())?;
+    // The throwaway cluster (if any) lives until the facts are read.
+    let (cluster, run_store) = prepare_store(&args.store, seed)?;
+    run_store.save(&dir)?;
+    run_store.prepare()?;
     let (plan, server) = prepare_plan(args, seed, &dir)?;
     let flaky = match (&plan.faults.flaky_origin, plan.content_seed()) {
         (Some(flaky), Some(content_seed)) => Some(FlakyServer::start(flaky, content_seed)?),
@@ -372,6 +377,7 @@ pub fn run(args: &CrashArgs) -> anyhow::Result<ExitCode> {
     let stats = RunStats {
         seed,
         delegate: args.delegate.name().to_owned(),
+        store: run_store.name().to_owned(),
         dir: args.dir.as_ref().map(|dir| dir.display().to_string()),
         ..RunStats::default()
     };
@@ -415,11 +421,58 @@ pub fn run(args: &CrashArgs) -> anyhow::Result<ExitCode> {
         eprintln!("crash: run directory kept in {}", kept.display());
     }
     drop(server);
+    if let Some(cluster) = cluster {
+        if args.dir.is_some() {
+            eprintln!(
+                "crash: the throwaway PostgreSQL cluster is stopped; `verify --dir` needs a \
+                 server: run with --store postgres://... to keep the records"
+            );
+        }
+        cluster
+            .stop()
+            .context("stopping the throwaway PostgreSQL cluster")?;
+    }
     Ok(if report.passed() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The store of `--store`: LMDB, a throwaway cluster started here, or a server's URL
+/// (with a schema of this run's own, named after the seed).
+fn prepare_store(
+    store: &str,
+    seed: u64,
+) -> anyhow::Result<(Option<crate::postgres::Cluster>, RunStore)> {
+    match store {
+        "lmdb" => Ok((None, RunStore::Lmdb)),
+        "postgres" => {
+            let cluster = crate::postgres::Cluster::start_temp()
+                .context("starting a throwaway PostgreSQL cluster (is PostgreSQL installed?)")?;
+            let url = cluster.url();
+            eprintln!("crash: records in PostgreSQL, a throwaway cluster at {url}");
+            Ok((
+                Some(cluster),
+                RunStore::Postgres {
+                    url,
+                    schema: "bgsession_crash".into(),
+                },
+            ))
+        }
+        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let schema = format!("bgsession_crash_{:08x}", seed as u32);
+            eprintln!("crash: records in PostgreSQL, schema {schema}");
+            Ok((
+                None,
+                RunStore::Postgres {
+                    url: url.to_owned(),
+                    schema,
+                },
+            ))
+        }
+        other => bail!("--store is lmdb, postgres or a postgres:// URL, not {other:?}"),
+    }
 }
 
 fn check_args(args: &CrashArgs) -> anyhow::Result<()> {

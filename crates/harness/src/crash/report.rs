@@ -23,6 +23,8 @@ pub struct RunStats {
     pub seed: u64,
     /// `transactional` or `at-least-once`.
     pub delegate: String,
+    /// Where the records were kept: `lmdb` or `postgres` (empty in an older `run.json`).
+    pub store: String,
     /// Worker processes started, the last clean one included.
     pub runs: u64,
     /// Workers killed with SIGKILL.
@@ -126,8 +128,11 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "bgsession crash run   seed {}   delegate {}   {:.1} s",
-            r.seed, r.delegate, r.wall_s
+            "bgsession crash run   seed {}   delegate {}   store {}   {:.1} s",
+            r.seed,
+            r.delegate,
+            if r.store.is_empty() { "lmdb" } else { &r.store },
+            r.wall_s
         );
         let rows: Vec<(&str, String, bool)> = vec![
             (

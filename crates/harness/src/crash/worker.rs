@@ -270,8 +270,10 @@ async fn work(plan: Plan, run: WorkerRun, app: App) -> anyhow::Result<()> {
     let mut engine = session_actor::EngineConfig::default();
     engine.connections_per_host_max = CONNECTIONS_PER_HOST_MAX;
     engine.connections_max = engine.connections_max.max(CONNECTIONS_PER_HOST_MAX);
-    let ledger = Ledger::named()?;
-    let mut builder = Sessions::builder(&root)
+    let run_store = super::run_store::RunStore::load(&run.dir)?;
+    let ledger = run_store.ledger()?;
+    let mut builder = run_store
+        .builder(&root)
         .app_table(LEDGER_TABLE)
         .engine_config(engine)
         .restart_limit(RESTART_LIMIT);
