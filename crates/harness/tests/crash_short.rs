@@ -133,3 +133,64 @@ fn manifest_run_against_a_separate_server() {
     assert_eq!(bad.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("the file of task d2"), "{stdout}");
 }
+
+/// The same short run with the records in PostgreSQL (the test's throwaway cluster,
+/// given as `--store URL`): the ledger is SQL tables of the application's schema written
+/// in the batches' own transactions, and the verdict is the same; `verify --dir` re-reads
+/// the kept run from the server.
+#[test]
+fn short_crash_run_on_postgres_passes() {
+    let Some(cluster) =
+        session_harness::postgres::postgres_or_skip("short_crash_run_on_postgres_passes")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let run_dir = dir.path().join("run");
+    let json = dir.path().join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_session-harness"))
+        .args([
+            "crash",
+            "--seed",
+            "20261203",
+            "--sessions",
+            "8",
+            "--tasks",
+            "8",
+        ])
+        .args(["--kills", "20", "--aborts", "5", "--store", &cluster.url()])
+        .arg("--dir")
+        .arg(&run_dir)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("the session-harness binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "crash run failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("store postgres"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON report"))
+            .expect("the report is JSON");
+    assert_eq!(report["verdict"], "pass", "{report:#}");
+    assert_eq!(report["store"], "postgres", "{report:#}");
+    assert!(report["kills"].as_u64().unwrap_or(0) >= 20, "{report:#}");
+    assert_eq!(report["duplicate_events"], 0, "{report:#}");
+    assert_eq!(report["lost_events"], 0, "{report:#}");
+    let verify = Command::new(env!("CARGO_BIN_EXE_session-harness"))
+        .arg("verify")
+        .arg("--dir")
+        .arg(&run_dir)
+        .output()
+        .expect("verify runs");
+    assert!(
+        verify.status.success(),
+        "verify --dir failed:\n{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    drop(cluster);
+}

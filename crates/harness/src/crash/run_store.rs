@@ -80,8 +80,10 @@ impl RunStore {
         tables.extend(app_tables.iter().filter(|t| *t != LEDGER_TABLE).cloned());
         match self {
             RunStore::Lmdb => {
-                let mut options = StoreOptions::default();
-                options.app_tables = tables;
+                let options = StoreOptions {
+                    app_tables: tables,
+                    ..StoreOptions::default()
+                };
                 Store::open(root, options)
             }
             RunStore::Postgres { url, schema } => {
