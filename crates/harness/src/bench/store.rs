@@ -1,6 +1,9 @@
 //! `session-harness bench store`: durable units per second through the store's
 //! group-commit writer, against one commit per put made directly with heed in the same
-//! run, directory and file system.
+//! run, directory and file system; with `--store postgres` (a throwaway cluster) or
+//! `--store postgres://...`, through the PostgreSQL backend's writer, against one INSERT
+//! per committed transaction on the same server (one connection, a prepared statement,
+//! autocommit: what a writer without group commit does).
 //!
 //! The writer side runs `--submitters` async tasks (512 by default) on a two-thread tokio
 //! runtime; each submits units one after another with `Store::write_async`, and each unit
@@ -63,11 +66,17 @@ pub struct StoreArgs {
     /// Print one JSON object instead of lines for a person.
     #[arg(long)]
     pub json: bool,
+    /// Where: `lmdb`, `postgres` (a throwaway cluster) or a `postgres://` URL (the
+    /// benchmark's own schemas, dropped afterwards).
+    #[arg(long, default_value = "lmdb")]
+    pub store: String,
 }
 
 /// What `bench store` measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreReport {
+    /// `lmdb` or `postgres`.
+    pub store: String,
     /// Units committed through the writer.
     pub units: u64,
     /// Concurrent submitters.
@@ -81,7 +90,8 @@ pub struct StoreReport {
     pub baseline_commits: u64,
     /// Seconds the baseline took, summed over the rounds.
     pub baseline_s: f64,
-    /// Durable commits (one put each) per second, with heed directly.
+    /// Durable commits (one put each) per second: with heed directly (LMDB), or one
+    /// INSERT per committed transaction (PostgreSQL).
     pub baseline_commits_per_s: f64,
     /// `units_per_s / baseline_commits_per_s`.
     pub ratio: f64,
@@ -97,8 +107,20 @@ pub fn run(args: &StoreArgs) -> anyhow::Result<StoreReport> {
         bail!("--units, --submitters, --baseline-commits and --rounds must be at least 1");
     }
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let writer = WriterSide::open(&dir.path().join("store"))?;
-    let baseline = BaselineSide::open(&dir.path().join("baseline"))?;
+    let server = crate::postgres::server_for(&args.store)?;
+    let (writer, baseline) = match &server {
+        None => (
+            WriterSide::open(&dir.path().join("store"))?,
+            BaselineSide::open(&dir.path().join("baseline"))?,
+        ),
+        Some((_, url)) => {
+            let suffix = std::process::id();
+            (
+                WriterSide::open_postgres(url, &format!("bench_store_{suffix}"))?,
+                BaselineSide::open_postgres(url, &format!("bench_baseline_{suffix}"))?,
+            )
+        }
+    };
     let (mut units_s, mut baseline_s) = (0.0, 0.0);
     let (mut units_done, mut commits_done) = (0, 0);
     for round in 1..=args.rounds {
@@ -120,9 +142,12 @@ pub fn run(args: &StoreArgs) -> anyhow::Result<StoreReport> {
             args.baseline_commits
         );
     }
+    writer.store.close()?;
+    baseline.drop_schemas(writer.store.schema())?;
     let units_per_s = args.units as f64 / units_s;
     let baseline_commits_per_s = args.baseline_commits as f64 / baseline_s;
     let report = StoreReport {
+        store: if server.is_some() { "postgres" } else { "lmdb" }.to_owned(),
         units: args.units,
         submitters: args.submitters,
         units_s,
@@ -140,8 +165,12 @@ pub fn run(args: &StoreArgs) -> anyhow::Result<StoreReport> {
             report.units, report.submitters, report.units_s, report.units_per_s
         );
         println!(
-            "bench store: baseline {} commits of one put in {:.3} s: {:.0} commits/s",
-            report.baseline_commits, report.baseline_s, report.baseline_commits_per_s
+            "bench store ({}): baseline {} commits of one {} in {:.3} s: {:.0} commits/s",
+            report.store,
+            report.baseline_commits,
+            if server.is_some() { "INSERT" } else { "put" },
+            report.baseline_s,
+            report.baseline_commits_per_s
         );
         println!("bench store: ratio {:.1}", report.ratio);
     }
@@ -162,6 +191,21 @@ impl WriterSide {
             ..StoreOptions::default().with_app_table(TABLE)
         };
         let store = Store::open(dir, options)?;
+        let table = store.app_table::<BenchRecord>(TABLE)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .context("building the tokio runtime")?;
+        Ok(WriterSide {
+            store,
+            table,
+            runtime,
+        })
+    }
+
+    fn open_postgres(url: &str, schema: &str) -> anyhow::Result<Self> {
+        let options = session_store::PostgresOptions::new(url, schema).app_table(TABLE);
+        let store = Store::open_postgres(options)?;
         let table = store.app_table::<BenchRecord>(TABLE)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -223,10 +267,19 @@ impl WriterSide {
     }
 }
 
-/// A plain heed environment: one put per durable commit.
-struct BaselineSide {
-    env: heed::Env,
-    database: heed::Database<'static, Bytes, SerdeBincode<BenchRecord>>,
+/// One put per durable commit: a plain heed environment, or one INSERT per committed
+/// transaction on a PostgreSQL connection.
+enum BaselineSide {
+    Lmdb {
+        env: heed::Env,
+        database: heed::Database<'static, Bytes, SerdeBincode<BenchRecord>>,
+    },
+    Postgres {
+        runtime: tokio::runtime::Runtime,
+        client: tokio_postgres::Client,
+        insert: tokio_postgres::Statement,
+        schema: String,
+    },
 }
 
 impl BaselineSide {
@@ -246,25 +299,111 @@ impl BaselineSide {
         let CommitOrAbort::Commit(database) = created else {
             bail!("creating the baseline table was aborted");
         };
-        Ok(BaselineSide { env, database })
+        Ok(BaselineSide::Lmdb { env, database })
+    }
+
+    /// A connection to `url` and a table `schema.records (k bytea, v bytea)`, the shape
+    /// the backend's tables have.
+    fn open_postgres(url: &str, schema: &str) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building the tokio runtime")?;
+        let (client, insert) = runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .with_context(|| format!("connecting to {url}"))?;
+            tokio::spawn(connection);
+            client
+                .batch_execute(&format!(
+                    "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; \
+                     CREATE TABLE {schema}.records (k bytea PRIMARY KEY, v bytea NOT NULL)"
+                ))
+                .await
+                .context("creating the baseline table")?;
+            let insert = client
+                .prepare(&format!(
+                    "INSERT INTO {schema}.records (k, v) VALUES ($1, $2)"
+                ))
+                .await?;
+            anyhow::Ok((client, insert))
+        })?;
+        Ok(BaselineSide::Postgres {
+            runtime,
+            client,
+            insert,
+            schema: schema.to_owned(),
+        })
+    }
+
+    /// Drops the baseline's schema and the writer's (PostgreSQL).
+    fn drop_schemas(&self, writer: Option<&str>) -> anyhow::Result<()> {
+        if let BaselineSide::Postgres {
+            runtime,
+            client,
+            schema,
+            ..
+        } = self
+        {
+            let mut sql = format!("DROP SCHEMA {schema} CASCADE;");
+            if let Some(writer) = writer {
+                sql.push_str(&format!(" DROP SCHEMA {writer} CASCADE;"));
+            }
+            runtime.block_on(client.batch_execute(&sql))?;
+        }
+        Ok(())
     }
 
     /// Commits the records numbered `indexes`, one per write transaction; returns the
     /// seconds taken.
     fn commit(&self, indexes: Range<u64>) -> anyhow::Result<f64> {
         let started = Instant::now();
-        for index in indexes {
-            let mut wtxn = self.env.write_txn()?;
-            self.database
-                .put(&mut wtxn, &index.to_be_bytes(), &record(index))?;
-            wtxn.commit()?;
+        match self {
+            BaselineSide::Lmdb { env, database } => {
+                for index in indexes {
+                    let mut wtxn = env.write_txn()?;
+                    database.put(&mut wtxn, &index.to_be_bytes(), &record(index))?;
+                    wtxn.commit()?;
+                }
+            }
+            BaselineSide::Postgres {
+                runtime,
+                client,
+                insert,
+                ..
+            } => runtime.block_on(async {
+                for index in indexes {
+                    // The bytes the backend's unit writes: the key and the record as
+                    // `AppTable` encodes it.
+                    let value = bincode::serialize(&record(index))?;
+                    let key = index.to_be_bytes();
+                    client.execute(insert, &[&&key[..], &value]).await?;
+                }
+                anyhow::Ok(())
+            })?,
         }
         Ok(started.elapsed().as_secs_f64())
     }
 
     /// How many records the commits left.
     fn stored(&self) -> anyhow::Result<u64> {
-        let rtxn = self.env.read_txn()?;
-        Ok(self.database.len(&rtxn)?)
+        match self {
+            BaselineSide::Lmdb { env, database } => {
+                let rtxn = env.read_txn()?;
+                Ok(database.len(&rtxn)?)
+            }
+            BaselineSide::Postgres {
+                runtime,
+                client,
+                schema,
+                ..
+            } => {
+                let row = runtime.block_on(
+                    client.query_one(&format!("SELECT count(*) FROM {schema}.records"), &[]),
+                )?;
+                let count: i64 = row.try_get(0)?;
+                Ok(u64::try_from(count)?)
+            }
+        }
     }
 }

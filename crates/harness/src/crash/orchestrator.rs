@@ -439,40 +439,23 @@ pub fn run(args: &CrashArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The store of `--store`: LMDB, a throwaway cluster started here, or a server's URL
-/// (with a schema of this run's own, named after the seed).
+/// The store of `--store`: LMDB, a throwaway cluster started here (schema
+/// `bgsession_crash`), or a server's URL (with a schema of this run's own, named after
+/// the seed).
 fn prepare_store(
     store: &str,
     seed: u64,
 ) -> anyhow::Result<(Option<crate::postgres::Cluster>, RunStore)> {
-    match store {
-        "lmdb" => Ok((None, RunStore::Lmdb)),
-        "postgres" => {
-            let cluster = crate::postgres::Cluster::start_temp()
-                .context("starting a throwaway PostgreSQL cluster (is PostgreSQL installed?)")?;
-            let url = cluster.url();
-            eprintln!("crash: records in PostgreSQL, a throwaway cluster at {url}");
-            Ok((
-                Some(cluster),
-                RunStore::Postgres {
-                    url,
-                    schema: "bgsession_crash".into(),
-                },
-            ))
-        }
-        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            let schema = format!("bgsession_crash_{:08x}", seed as u32);
-            eprintln!("crash: records in PostgreSQL, schema {schema}");
-            Ok((
-                None,
-                RunStore::Postgres {
-                    url: url.to_owned(),
-                    schema,
-                },
-            ))
-        }
-        other => bail!("--store is lmdb, postgres or a postgres:// URL, not {other:?}"),
-    }
+    let Some((cluster, url)) = crate::postgres::server_for(store)? else {
+        return Ok((None, RunStore::Lmdb));
+    };
+    let schema = if cluster.is_some() {
+        "bgsession_crash".to_owned()
+    } else {
+        format!("bgsession_crash_{:08x}", seed as u32)
+    };
+    eprintln!("crash: records in PostgreSQL at {url}, schema {schema}");
+    Ok((cluster, RunStore::Postgres { url, schema }))
 }
 
 fn check_args(args: &CrashArgs) -> anyhow::Result<()> {

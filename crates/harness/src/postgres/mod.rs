@@ -40,6 +40,31 @@ pub use cluster::{
 pub use skip::{REQUIRE_ENV, binaries_or_skip, postgres_or_skip};
 pub use user::{RunAs, UNPRIVILEGED_USERS};
 
+/// The server a `--store` option names: `None` for `lmdb`; for `postgres`, a throwaway
+/// cluster started here (returned, so that it lives as long as the caller keeps it) and
+/// its URL; for a `postgres://` or `postgresql://` URL, that URL.
+///
+/// # Errors
+/// Another value, or a cluster that does not start.
+pub fn server_for(store: &str) -> anyhow::Result<Option<(Option<Cluster>, String)>> {
+    match store {
+        "lmdb" => Ok(None),
+        "postgres" => {
+            let cluster = Cluster::start_temp().map_err(|error| {
+                anyhow::anyhow!(
+                    "starting a throwaway PostgreSQL cluster (is PostgreSQL installed?): {error}"
+                )
+            })?;
+            let url = cluster.url();
+            Ok(Some((Some(cluster), url)))
+        }
+        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(Some((None, url.to_owned())))
+        }
+        other => anyhow::bail!("--store is lmdb, postgres or a postgres:// URL, not {other:?}"),
+    }
+}
+
 /// The result of this module's operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
