@@ -274,12 +274,15 @@ enum BaselineSide {
         env: heed::Env,
         database: heed::Database<'static, Bytes, SerdeBincode<BenchRecord>>,
     },
-    Postgres {
-        runtime: tokio::runtime::Runtime,
-        client: tokio_postgres::Client,
-        insert: tokio_postgres::Statement,
-        schema: String,
-    },
+    Postgres(Box<PgBaseline>),
+}
+
+/// The PostgreSQL baseline's connection.
+struct PgBaseline {
+    runtime: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+    insert: tokio_postgres::Statement,
+    schema: String,
 }
 
 impl BaselineSide {
@@ -328,23 +331,23 @@ impl BaselineSide {
                 .await?;
             anyhow::Ok((client, insert))
         })?;
-        Ok(BaselineSide::Postgres {
+        Ok(BaselineSide::Postgres(Box::new(PgBaseline {
             runtime,
             client,
             insert,
             schema: schema.to_owned(),
-        })
+        })))
     }
 
     /// Drops the baseline's schema and the writer's (PostgreSQL).
     fn drop_schemas(&self, writer: Option<&str>) -> anyhow::Result<()> {
-        if let BaselineSide::Postgres {
-            runtime,
-            client,
-            schema,
-            ..
-        } = self
-        {
+        if let BaselineSide::Postgres(pg) = self {
+            let PgBaseline {
+                runtime,
+                client,
+                schema,
+                ..
+            } = &**pg;
             let mut sql = format!("DROP SCHEMA {schema} CASCADE;");
             if let Some(writer) = writer {
                 sql.push_str(&format!(" DROP SCHEMA {writer} CASCADE;"));
@@ -366,12 +369,8 @@ impl BaselineSide {
                     wtxn.commit()?;
                 }
             }
-            BaselineSide::Postgres {
-                runtime,
-                client,
-                insert,
-                ..
-            } => runtime.block_on(async {
+            BaselineSide::Postgres(pg) => pg.runtime.block_on(async {
+                let PgBaseline { client, insert, .. } = &**pg;
                 for index in indexes {
                     // The bytes the backend's unit writes: the key and the record as
                     // `AppTable` encodes it.
@@ -392,12 +391,13 @@ impl BaselineSide {
                 let rtxn = env.read_txn()?;
                 Ok(database.len(&rtxn)?)
             }
-            BaselineSide::Postgres {
-                runtime,
-                client,
-                schema,
-                ..
-            } => {
+            BaselineSide::Postgres(pg) => {
+                let PgBaseline {
+                    runtime,
+                    client,
+                    schema,
+                    ..
+                } = &**pg;
                 let row = runtime.block_on(
                     client.query_one(&format!("SELECT count(*) FROM {schema}.records"), &[]),
                 )?;
