@@ -72,6 +72,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SCAN_PAGE_ROWS: usize = 512;
 /// Idle snapshot connections kept for the next snapshot.
 const IDLE_READERS_MAX: usize = 4;
+/// Prepared statements kept per connection; past this many (an application that builds
+/// its SQL text per call) the cache starts again.
+const STATEMENTS_MAX: usize = 512;
+/// A multi-row statement of the batch's flush carries at most this many rows...
+const FLUSH_ROWS_MAX: usize = 8192;
+/// ...and at most about this many bytes of keys and values (a parameter is bounded by
+/// the server's 1 GiB, and a batch of large application values can exceed it).
+const FLUSH_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// The savepoint of a unit's SQL.
 const SAVEPOINT: &str = "bgsession_unit";
 
@@ -243,10 +251,14 @@ impl Conn {
         }
         let statement =
             block_on(self.client.prepare(sql)).map_err(|e| Error::postgres(operation, e))?;
-        self.statements
+        let mut statements = self
+            .statements
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(sql.to_string(), statement.clone());
+            .unwrap_or_else(PoisonError::into_inner);
+        if statements.len() >= STATEMENTS_MAX {
+            statements.clear();
+        }
+        statements.insert(sql.to_string(), statement.clone());
         Ok(statement)
     }
 
@@ -299,9 +311,12 @@ impl Drop for PgShared {
 }
 
 impl PgShared {
-    fn connect(&self, operation: &'static str) -> Result<Conn> {
+    /// A new connection, named in `pg_stat_activity` as `bgsession-<role>:<schema>`
+    /// (role `w` for the writer, `r` for a reader).
+    fn connect(&self, role: char, operation: &'static str) -> Result<Conn> {
         let runtime = self.runtime.as_ref().ok_or_else(|| self.closed_error())?;
-        let config = self.config.clone();
+        let mut config = self.config.clone();
+        config.application_name(format!("bgsession-{role}:{}", self.schema));
         let connected = block_on(runtime.spawn(async move {
             let (client, connection) = config.connect(NoTls).await?;
             tokio::spawn(async move {
@@ -398,7 +413,6 @@ pub(crate) fn open(options: PostgresOptions) -> Result<crate::store::PgParts> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
-    config.application_name("bgsession");
     let location = location(&config, &options.schema);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -425,7 +439,7 @@ pub(crate) fn open(options: PostgresOptions) -> Result<crate::store::PgParts> {
         closed: AtomicBool::new(false),
         idle_readers: Mutex::new(Vec::new()),
     };
-    let conn = shared.connect("connecting the writer")?;
+    let conn = shared.connect('w', "connecting the writer")?;
     shared.take_lock(&conn)?;
     shared.app = migrate(&shared, &conn, &options.app_tables)?;
     let shared = Arc::new(shared);
@@ -766,7 +780,9 @@ impl PgUnit<'_> {
     }
 }
 
-/// Errors of the unit's SQL are kept to fail it later: the `Backend` ones clone.
+/// A copy of an error for every unit of a failed batch, or for a unit's SQL failure kept
+/// to fail it later: the variants the writer meets keep their kind; any other becomes
+/// `Internal` with its message.
 fn clone_error(error: &Error) -> Error {
     match error {
         Error::Backend { operation, source } => Error::Backend {
@@ -774,6 +790,12 @@ fn clone_error(error: &Error) -> Error {
             source: source.clone(),
         },
         Error::FailPoint { name } => Error::FailPoint { name },
+        Error::Locked { dir } => Error::Locked { dir: dir.clone() },
+        Error::Closed { dir } => Error::Closed { dir: dir.clone() },
+        Error::Io { path, source } => Error::Io {
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
         other => Error::Internal {
             reason: other.to_string(),
         },
@@ -1089,7 +1111,7 @@ impl PgWriter {
             self.conn = None;
         }
         if self.conn.is_none() {
-            let conn = self.shared.connect("connecting the writer again")?;
+            let conn = self.shared.connect('w', "connecting the writer again")?;
             self.shared.take_lock(&conn)?;
             self.conn = Some(conn);
         }
@@ -1207,17 +1229,19 @@ fn flush(shared: &PgShared, conn: &Conn, overlay: &Overlay) -> Result<()> {
         if !deleted.is_empty() {
             let statement =
                 conn.statement(&format!("DELETE FROM {table} WHERE k = ANY($1)"), operation)?;
-            steps.push(Step {
-                statement,
-                params: vec![Box::new(deleted)],
-            });
+            for chunk in deleted.chunks(FLUSH_ROWS_MAX) {
+                steps.push(Step {
+                    statement: statement.clone(),
+                    params: vec![Box::new(chunk.to_vec())],
+                });
+            }
         }
-        let (keys, values): (Vec<&[u8]>, Vec<&[u8]>) = writes
+        let written: Vec<(&[u8], &[u8])> = writes
             .entries
             .iter()
             .filter_map(|(key, value)| value.as_deref().map(|value| (key.as_slice(), value)))
-            .unzip();
-        if !keys.is_empty() {
+            .collect();
+        if !written.is_empty() {
             let statement = conn.statement(
                 &format!(
                     "INSERT INTO {table} (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
@@ -1225,10 +1249,13 @@ fn flush(shared: &PgShared, conn: &Conn, overlay: &Overlay) -> Result<()> {
                 ),
                 operation,
             )?;
-            steps.push(Step {
-                statement,
-                params: vec![Box::new(keys), Box::new(values)],
-            });
+            for chunk in flush_chunks(&written) {
+                let (keys, values): (Vec<&[u8]>, Vec<&[u8]>) = chunk.iter().copied().unzip();
+                steps.push(Step {
+                    statement: statement.clone(),
+                    params: vec![Box::new(keys), Box::new(values)],
+                });
+            }
         }
     }
     let _ = shared;
@@ -1246,6 +1273,25 @@ fn flush(shared: &PgShared, conn: &Conn, overlay: &Overlay) -> Result<()> {
         result.map_err(|e| Error::postgres(operation, e))?;
     }
     Ok(())
+}
+
+/// Cuts the rows of one upsert into statements of at most `FLUSH_ROWS_MAX` rows and
+/// about `FLUSH_BYTES_MAX` bytes (a single larger row goes alone).
+fn flush_chunks<'r, 'b>(rows: &'r [(&'b [u8], &'b [u8])]) -> Vec<&'r [(&'b [u8], &'b [u8])]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (index, (key, value)) in rows.iter().enumerate() {
+        let size = key.len() + value.len();
+        if index > start && (index - start >= FLUSH_ROWS_MAX || bytes + size > FLUSH_BYTES_MAX) {
+            chunks.push(&rows[start..index]);
+            (start, bytes) = (index, 0);
+        }
+        bytes += size;
+    }
+    if start < rows.len() {
+        chunks.push(&rows[start..]);
+    }
+    chunks
 }
 
 /// A snapshot: a read-only `REPEATABLE READ` transaction on a connection of its own
@@ -1274,7 +1320,7 @@ impl PgSnapshot {
             .pop();
         let conn = match idle {
             Some(conn) if !conn.client.is_closed() => conn,
-            _ => shared.connect("connecting a reader")?,
+            _ => shared.connect('r', "connecting a reader")?,
         };
         // The snapshot is taken at the first statement after BEGIN, so the SELECT pins
         // it to now.
@@ -1399,6 +1445,21 @@ mod tests {
         ] {
             assert!(validate_schema(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn flushes_are_cut_by_rows_and_bytes() {
+        let big = vec![0_u8; FLUSH_BYTES_MAX / 2 + 1];
+        let rows: Vec<(&[u8], &[u8])> = vec![(b"a", &big), (b"b", &big), (b"c", b"x")];
+        let chunks = flush_chunks(&rows);
+        assert_eq!(chunks.iter().map(|c| c.len()).collect::<Vec<_>>(), [1, 2]);
+        let small: Vec<(&[u8], &[u8])> = vec![(b"k", b"v"); FLUSH_ROWS_MAX * 2 + 1];
+        let chunks = flush_chunks(&small);
+        assert_eq!(
+            chunks.iter().map(|c| c.len()).collect::<Vec<_>>(),
+            [FLUSH_ROWS_MAX, FLUSH_ROWS_MAX, 1]
+        );
+        assert!(flush_chunks(&[]).is_empty());
     }
 
     #[test]

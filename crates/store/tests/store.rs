@@ -737,6 +737,87 @@ session_harness::on_every_backend!(
     a_second_owner_is_refused_while_the_first_is_open,
 );
 
+/// PostgreSQL: the writer's connection, cut by the server (`pg_terminate_backend`), is
+/// made again (with the ownership lock taken again) and writes go on, the committed
+/// records intact; and an owner that lost its connection while a new owner took the lock
+/// is fenced: its writes are `Locked`, the new owner's commit.
+#[test]
+fn postgres_writer_reconnects_and_a_new_owner_fences_the_old() {
+    let Some(place) = Place::postgres("postgres_writer_reconnects_and_a_new_owner_fences_the_old")
+    else {
+        return;
+    };
+    let (url, schema) = place.postgres_target();
+    let terminate_writer = || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let (client, connection) =
+                session_store::tokio_postgres::connect(url, session_store::tokio_postgres::NoTls)
+                    .await
+                    .expect("connect");
+            tokio::spawn(connection);
+            let rows = client
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                    &[&format!("bgsession-w:{schema}")],
+                )
+                .await
+                .expect("terminate");
+            assert_eq!(rows.len(), 1, "one writer connection");
+        });
+    };
+    let store = place.open();
+    let ledger = store.app_table::<u32>("ledger").expect("ledger");
+    let put = |store: &Store, key: &'static str| {
+        let ledger = ledger.clone();
+        store.write(move |scope| ledger.put(scope, key, &1))
+    };
+    put(&store, "before").expect("a first write");
+    terminate_writer();
+    // The batch that finds the connection gone fails; the writer connects again.
+    let mut tries = Vec::new();
+    while tries.len() < 5 {
+        let result = put(&store, "after");
+        let done = result.is_ok();
+        tries.push(result);
+        if done {
+            break;
+        }
+        thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(tries.last().is_some_and(Result::is_ok), "{tries:?}");
+    let snapshot = store.snapshot().expect("snapshot");
+    assert_eq!(ledger.get(&snapshot, "before").expect("read"), Some(1));
+    assert_eq!(ledger.get(&snapshot, "after").expect("read"), Some(1));
+    drop(snapshot);
+
+    // Cut again, and let a second owner take the lock before the first writes.
+    terminate_writer();
+    thread::sleep(std::time::Duration::from_millis(200));
+    let second = place.open();
+    let mut fenced = Vec::new();
+    for _ in 0..3 {
+        fenced.push(put(&store, "fenced"));
+    }
+    assert!(
+        fenced.iter().all(Result::is_err),
+        "the old owner must not commit: {fenced:?}"
+    );
+    assert!(
+        fenced
+            .iter()
+            .any(|result| matches!(result, Err(Error::Locked { .. }))),
+        "{fenced:?}"
+    );
+    put(&second, "second").expect("the new owner writes");
+    let snapshot = second.snapshot().expect("snapshot");
+    assert_eq!(ledger.get(&snapshot, "fenced").expect("read"), None);
+    assert_eq!(ledger.get(&snapshot, "second").expect("read"), Some(1));
+}
+
 const CHILD_DIR_VAR: &str = "SESSION_STORE_TEST_LOCK_CHILD_DIR";
 
 /// A second owner in another process gets `Locked`: this test binary runs itself as a
