@@ -168,7 +168,7 @@ pub use session_http as http;
 pub use session_http::{
     Body, EngineConfig, Limits, Method, Progress, SENSITIVE_HEADERS, TransferKind, TransferRequest,
 };
-/// The store crate (LMDB persistence, records, application tables), for what the
+/// The store crate (records over LMDB or PostgreSQL, application tables), for what the
 /// re-exports above do not name.
 pub use session_store as store;
 pub use session_store::{
@@ -177,3 +177,6 @@ pub use session_store::{
     SessionState, Snapshot, Store, StoreOptions, StoredCompletion, TaskId, TaskKind, TaskRecord,
     TaskState, TaskWait, WaitReason, WriteScope,
 };
+/// Where and how to keep the records in PostgreSQL ([`SessionsBuilder::postgres`]).
+#[cfg(feature = "postgres")]
+pub use session_store::{PostgresOptions, SqlTransaction};

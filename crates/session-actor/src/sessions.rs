@@ -132,6 +132,28 @@ impl SessionsBuilder {
     /// [`WriteScope::postgres`](session_store::WriteScope::postgres), so the
     /// application's own rows commit with the delivery cursor. The application tables
     /// declared with [`app_table`](Self::app_table) are added to `options`.
+    ///
+    /// ```no_run
+    /// use session_actor::{Delegate, Delivery, Event, PostgresOptions, Sessions, WriteScope};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sessions = Sessions::builder("/var/lib/my-service/transfers")
+    ///     .postgres(PostgresOptions::new("postgres://me@127.0.0.1/mydb", "transfers"))
+    ///     .open()?;
+    /// let delegate = Delegate::transactional(|delivery: &Delivery, scope: &mut WriteScope<'_>| {
+    ///     if let Event::TaskCompleted { task, .. } = &delivery.event {
+    ///         // Commits with "this event was delivered", or not at all.
+    ///         scope.postgres()?.execute(
+    ///             "INSERT INTO my_service.received (task) VALUES ($1)",
+    ///             &[&task.as_str()],
+    ///         )?;
+    ///     }
+    ///     Ok(())
+    /// });
+    /// # let _ = (sessions, delegate);
+    /// # Ok(())
+    /// # }
+    /// ```
     #[cfg(feature = "postgres")]
     pub fn postgres(mut self, options: session_store::PostgresOptions) -> Self {
         self.postgres = Some(options);
