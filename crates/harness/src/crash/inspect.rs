@@ -883,6 +883,13 @@ fn list_sessions<W: Write>(
 /// # Errors
 /// A directory without a store, or a store that cannot be read (exit 2).
 pub fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
+    if let super::RunStore::Postgres { url, schema } = super::RunStore::load(&args.dir)? {
+        anyhow::bail!(
+            "inspect reads LMDB stores without disturbing their owner; this run kept its \
+             records in PostgreSQL (schema {schema} at {url}): re-check it with verify --dir, \
+             or read the tables with psql"
+        );
+    }
     let root = Root::locate(&args.dir)?;
     let report = if args.check {
         match check(&root, args.json) {
