@@ -818,6 +818,175 @@ fn postgres_writer_reconnects_and_a_new_owner_fences_the_old() {
     assert_eq!(ledger.get(&snapshot, "second").expect("read"), Some(1));
 }
 
+/// A unit's own SQL runs in the batch's transaction: its rows commit with its records; a
+/// unit whose statement failed is rolled back alone (records and rows) and gets the
+/// error even if it swallowed it, while the batch's other units commit. On LMDB there is
+/// no SQL transaction: `Unsupported`.
+#[test]
+fn postgres_unit_sql_commits_with_its_records_or_not_at_all() {
+    let lmdb = Place::lmdb().open();
+    let refused = lmdb.write(|scope| scope.postgres().map(|_| ()));
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Unsupported {
+                backend: "LMDB",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let Some(place) = Place::postgres("postgres_unit_sql_commits_with_its_records_or_not_at_all")
+    else {
+        return;
+    };
+    let store = place.open();
+    let ledger = store.app_table::<u32>("ledger").expect("ledger");
+    store
+        .write(|scope| {
+            scope.postgres()?.batch_execute(
+                "CREATE SCHEMA IF NOT EXISTS unit_sql; \
+                 CREATE TABLE unit_sql.rows (name text PRIMARY KEY)",
+            )
+        })
+        .expect("the application's table");
+    let (hold, held) = mpsc::channel::<()>();
+    let (go, went) = mpsc::channel::<()>();
+    let went = std::sync::Mutex::new(went);
+    let holder = {
+        let store = store.clone();
+        thread::spawn(move || {
+            store.write(move |_| {
+                let _ = hold.send(());
+                went.lock().expect("lock").recv().expect("go");
+                Ok::<_, Error>(())
+            })
+        })
+    };
+    held.recv().expect("the holder runs");
+    let unit = |name: &'static str, swallow_a_failure: bool| {
+        let store = store.clone();
+        let ledger = ledger.clone();
+        thread::spawn(move || {
+            store.write(move |scope| {
+                ledger.put(scope, name, &1)?;
+                let mut sql = scope.postgres()?;
+                sql.execute("INSERT INTO unit_sql.rows (name) VALUES ($1)", &[&name])?;
+                if swallow_a_failure {
+                    let _ = sql.execute("INSERT INTO unit_sql.rows (name) VALUES ($1)", &[&name]);
+                }
+                Ok::<_, Error>(())
+            })
+        })
+    };
+    let units = [unit("a", false), unit("b", true), unit("c", false)];
+    while store.queued_units() < 3 {
+        thread::sleep(std::time::Duration::from_millis(1));
+    }
+    go.send(()).expect("go");
+    holder.join().expect("holder").expect("holder's unit");
+    let results: Vec<_> = units
+        .into_iter()
+        .map(|unit| unit.join().expect("unit"))
+        .collect();
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    assert!(
+        matches!(&results[1], Err(Error::Backend { source, .. }) if source.sql_state() == Some("23505")),
+        "the unit whose statement failed gets that error: {results:?}"
+    );
+    let snapshot = store.snapshot().expect("snapshot");
+    let rows: Vec<String> = snapshot
+        .query("SELECT name FROM unit_sql.rows ORDER BY name", &[])
+        .expect("query")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(rows, ["a", "c"]);
+    assert_eq!(ledger.get(&snapshot, "a").expect("read"), Some(1));
+    assert_eq!(ledger.get(&snapshot, "b").expect("read"), None);
+    assert_eq!(ledger.get(&snapshot, "c").expect("read"), Some(1));
+}
+
+/// PostgreSQL's bad days are typed errors: a schema name that is not a plain identifier
+/// and a URL that does not parse (`InvalidOptions`), a server that is not there
+/// (`Backend`, kind `Io`), a schema written by a newer build (`SchemaTooNew`), and a
+/// damaged record (`Corrupt`, naming its table).
+#[test]
+fn postgres_bad_options_servers_and_records_are_typed_errors() {
+    let bad_schema = Store::open_postgres(session_store::PostgresOptions::new(
+        "postgres://127.0.0.1/x",
+        "Bad-Name",
+    ));
+    assert!(
+        matches!(bad_schema, Err(Error::InvalidOptions { .. })),
+        "{bad_schema:?}"
+    );
+    let bad_url = Store::open_postgres(session_store::PostgresOptions::new("postgres://[", "ok"));
+    assert!(
+        matches!(bad_url, Err(Error::InvalidOptions { .. })),
+        "{bad_url:?}"
+    );
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a port")
+        .port();
+    let nobody = Store::open_postgres(session_store::PostgresOptions::new(
+        format!("postgres://postgres@127.0.0.1:{closed_port}/postgres"),
+        "ok",
+    ));
+    assert!(
+        matches!(&nobody, Err(error @ Error::Backend { .. }) if error.kind() == ErrorKind::Io),
+        "{nobody:?}"
+    );
+    let Some(place) = Place::postgres("postgres_bad_options_servers_and_records_are_typed_errors")
+    else {
+        return;
+    };
+    let (url, schema) = place.postgres_target();
+    let sql = |statement: String| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let (client, connection) =
+                session_store::tokio_postgres::connect(url, session_store::tokio_postgres::NoTls)
+                    .await
+                    .expect("connect");
+            tokio::spawn(connection);
+            client.batch_execute(&statement).await.expect("statement");
+        });
+    };
+    let store = place.open();
+    store
+        .write(|scope| scope.put_session(&session("s1")))
+        .expect("a session");
+    sql(format!("UPDATE {schema}.sessions SET v = '\\x00ff'"));
+    let snapshot = store.snapshot().expect("snapshot");
+    let damaged = snapshot.session(&session_id("s1"));
+    assert!(
+        matches!(
+            &damaged,
+            Err(Error::Corrupt {
+                table: "sessions",
+                ..
+            })
+        ),
+        "{damaged:?}"
+    );
+    drop(snapshot);
+    store.close().expect("close");
+    sql(format!(
+        "UPDATE {schema}.meta SET value = {} WHERE name = 'schema_version'",
+        SCHEMA_VERSION + 1
+    ));
+    let newer = place.open_with(&["ledger"]);
+    assert!(
+        matches!(newer, Err(Error::SchemaTooNew { .. })),
+        "{newer:?}"
+    );
+}
+
 const CHILD_DIR_VAR: &str = "SESSION_STORE_TEST_LOCK_CHILD_DIR";
 
 /// A second owner in another process gets `Locked`: this test binary runs itself as a
