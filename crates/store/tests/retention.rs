@@ -1,7 +1,8 @@
-//! What keeps the store small and walkable, over a real LMDB in a temporary directory:
-//! deletes of tasks, sessions and events; the dead-letter table; the task expiry index
-//! read oldest first in bounded pieces; listing sessions and tasks in bounded pieces;
-//! and the record walk (at open and in `check_dir`) over the new tables.
+//! What keeps the store small and walkable, over a real LMDB in a temporary directory
+//! (and, for the tests in `on_every_backend!`, over PostgreSQL too): deletes of tasks,
+//! sessions and events; the dead-letter table; the task expiry index read oldest first in
+//! bounded pieces; listing sessions and tasks in bounded pieces; and the record walk (at
+//! open and in `check_dir`) over the new tables.
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::path::Path;
 use common::*;
 use heed::types::Bytes;
 use heed::{self, CommitOrAbort, EnvOpenOptions};
+use session_harness::stores::Place;
 use session_store::{
     CheckAtOpen, DeadLetterRecord, Error, ErrorKind, EventBody, FAILURE_MESSAGE_BYTES_MAX,
     SessionId, Store, StoreOptions, TaskId, TaskState, check_dir,
@@ -41,10 +43,8 @@ fn dead_letter(session: &str, seq: u64) -> DeadLetterRecord {
 /// say whether there was anything: the other session's records and the neighbouring
 /// task stay, a second delete finds nothing, and the deletes commit (a reopened store
 /// sees them).
-#[test]
-fn deletes_remove_what_they_name() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+fn deletes_remove_what_they_name(place: &Place) {
+    let store = place.open();
     store
         .write(|scope| {
             for id in ["a", "b"] {
@@ -80,7 +80,7 @@ fn deletes_remove_what_they_name() {
     assert_eq!(found, (true, false, false, 4, 0, true, false));
     drop(store);
 
-    let store = open(dir.path());
+    let store = place.open();
     let snapshot = store.snapshot().expect("snapshot");
     assert_eq!(snapshot.session(&a).expect("read"), None);
     let a_tasks: Vec<String> = snapshot
@@ -100,10 +100,8 @@ fn deletes_remove_what_they_name() {
 /// a snapshot); range reads give a session's dead letters from a sequence number on, in
 /// order, at most `limit`, never another session's; an existing one is never
 /// overwritten (`DeadLetterExists`); an invalid one is refused; and a delete removes it.
-#[test]
-fn dead_letters_roundtrip_range_and_delete() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+fn dead_letters_roundtrip_range_and_delete(place: &Place) {
+    let store = place.open();
     let seqs = [1_u64, 2, 5, 256, 1000];
     store
         .write(move |scope| {
@@ -192,10 +190,8 @@ fn dead_letters_roundtrip_range_and_delete() {
 /// (`expires_ms <= now_ms`, the boundary included), at most `limit`; writing an entry
 /// twice keeps one; deleting one says whether it was there; `u64::MAX` as now sees
 /// everything.
-#[test]
-fn expired_tasks_are_oldest_first_bounded_and_limited() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+fn expired_tasks_are_oldest_first_bounded_and_limited(place: &Place) {
+    let store = place.open();
     let entries: Vec<(u64, &str, &str)> = vec![
         (300, "a", "t3"),
         (100, "b", "t1"),
@@ -269,12 +265,10 @@ fn expired_tasks_are_oldest_first_bounded_and_limited() {
 /// 2,500 sessions, walked with `sessions_from` in pieces of 97, each piece on a new
 /// snapshot, come back once each in identifier order; the same holds for a session's
 /// tasks with `tasks_from`, which never strays into a session whose id extends it.
-#[test]
-fn sessions_and_tasks_are_listed_in_bounded_pieces() {
+fn sessions_and_tasks_are_listed_in_bounded_pieces(place: &Place) {
     const SESSIONS: usize = 2500;
     const PIECE: usize = 97;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+    let store = place.open();
     store
         .write(|scope| {
             for n in 0..SESSIONS {
@@ -574,3 +568,10 @@ fn removed_session_numbering_roundtrips_and_is_walked() {
     drop(store);
     check_dir(dir.path()).expect("repaired");
 }
+
+session_harness::on_every_backend!(
+    deletes_remove_what_they_name,
+    dead_letters_roundtrip_range_and_delete,
+    expired_tasks_are_oldest_first_bounded_and_limited,
+    sessions_and_tasks_are_listed_in_bounded_pieces,
+);
