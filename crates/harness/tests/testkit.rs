@@ -422,3 +422,167 @@ fn workloads_against_your_own_urls() {
     );
     let _ = std::fs::remove_dir_all(&failure.dir);
 }
+
+/// Orders kept in the application's own PostgreSQL table, written through the batch's SQL
+/// transaction (`WriteScope::postgres`), with the records in PostgreSQL too.
+struct SqlDesk {
+    schema: Option<String>,
+    /// The planted bug: task `b`'s row is written twice.
+    duplicate: bool,
+}
+
+impl TransactionalDelegate for SqlDesk {
+    fn deliver(
+        &self,
+        delivery: &Delivery,
+        scope: &mut WriteScope<'_>,
+    ) -> Result<(), DelegateError> {
+        let Event::TaskCompleted { task, outcome, .. } = &delivery.event else {
+            return Ok(());
+        };
+        let schema = self
+            .schema
+            .as_deref()
+            .ok_or_else(|| DelegateError::new("no SQL schema: the test runs on PostgreSQL"))?;
+        let key = format!("{}/{task}", delivery.key.session);
+        let mut sql = scope.postgres()?;
+        sql.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {schema}.orders (key text NOT NULL, outcome text NOT NULL)"
+        ))?;
+        let times = if self.duplicate && task.as_str() == "b" {
+            2
+        } else {
+            1
+        };
+        for _ in 0..times {
+            sql.execute(
+                &format!("INSERT INTO {schema}.orders (key, outcome) VALUES ($1, $2)"),
+                &[&key, &outcome.name()],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Every task has exactly one row, with its outcome.
+fn sql_check(view: &CheckView<'_>) -> CheckResult {
+    let schema = view.sql_schema().ok_or("no SQL schema")?;
+    let mut rows: BTreeMap<String, (String, i64)> = BTreeMap::new();
+    for row in view.snapshot().query(
+        &format!("SELECT key, min(outcome), count(*) FROM {schema}.orders GROUP BY key"),
+        &[],
+    )? {
+        rows.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
+    }
+    let mut violations = Vec::new();
+    for (session, _, task) in view.workload().tasks() {
+        let key = format!("{}/{}", session.id, task.id);
+        match rows.remove(&key) {
+            None => violations.push(format!("row {key} is missing")),
+            Some((_, count)) if count != 1 => {
+                violations.push(format!("row {key} was written {count} times"));
+            }
+            Some((outcome, _)) if Some(outcome.as_str()) != view.outcome(&session.id, &task.id) => {
+                violations.push(format!("row {key} has the wrong outcome {outcome}"));
+            }
+            Some(_) => {}
+        }
+    }
+    violations.extend(
+        rows.keys()
+            .map(|key| format!("row {key} was never asked for")),
+    );
+    Ok(violations)
+}
+
+/// The test kit on PostgreSQL: the records in the case's schema, the delegate's rows in
+/// the application's, written in the batch's SQL transaction; kills and fail points leave
+/// every row once. The same desk with a row written twice fails, naming the row.
+#[test]
+fn sql_desk_on_postgres_survives_crashes_and_a_planted_duplicate_is_caught() {
+    let worker = std::env::var_os(session_harness::testkit::WORKER_ENV).is_some();
+    let test = "sql_desk_on_postgres_survives_crashes_and_a_planted_duplicate_is_caught";
+    // A worker child reads its store from the case's directory; only the parent starts
+    // the cluster.
+    let cluster = if worker {
+        None
+    } else {
+        match session_harness::postgres::postgres_or_skip(test) {
+            Some(cluster) => Some(cluster),
+            None => return,
+        }
+    };
+    let url = cluster
+        .as_ref()
+        .map(|cluster| cluster.url())
+        .unwrap_or_default();
+    let duplicate = std::env::var_os("BGSESSION_TESTKIT_SQL_DUPLICATE").is_some();
+    let desk = |duplicate: bool| {
+        CrashTest::new()
+            .test_name(test)
+            .postgres(url.clone())
+            .delegate(move |app: &AppContext| SqlDesk {
+                schema: app.sql_schema().map(str::to_owned),
+                duplicate,
+            })
+            .check(sql_check)
+            .workload(Workload::new(vec![SessionWork::new(
+                "desk",
+                vec![BatchWork::new(vec![
+                    TaskWork::data("a", 100),
+                    TaskWork::data("b", 200),
+                    TaskWork::download("c", 20_000).with_fault("reset:5000", 1),
+                ])],
+            )]))
+            .faults(FaultSchedule {
+                faults: vec![
+                    Fault {
+                        at: 0.2,
+                        kind: FaultKind::FailPoint {
+                            point: FailPoint::AfterDelegateBeforeCommit,
+                            hits: 0,
+                        },
+                    },
+                    Fault {
+                        at: 0.5,
+                        kind: FaultKind::Kill,
+                    },
+                ],
+                panic_rate: 0.0,
+            })
+            .cases(0)
+            .seeds([7])
+            .shrink_runs_max(0)
+    };
+    if worker {
+        // The worker of whichever run started it: the same desk as its parent.
+        desk(duplicate).run();
+        return;
+    }
+    let summary = desk(false)
+        .try_run()
+        .unwrap_or_else(|error| panic!("the desk on PostgreSQL: {error}"));
+    assert!(
+        !summary.cases.is_empty()
+            && summary
+                .cases
+                .iter()
+                .all(|case| case.kills + case.aborts >= 1),
+        "every case was faulted: {summary:?}"
+    );
+    // SAFETY: set before the kit starts this run's worker children, which inherit it;
+    // the test's own threads do not read the environment meanwhile.
+    unsafe { std::env::set_var("BGSESSION_TESTKIT_SQL_DUPLICATE", "1") };
+    let failed = desk(true).try_run();
+    unsafe { std::env::remove_var("BGSESSION_TESTKIT_SQL_DUPLICATE") };
+    let Err(Error::Failed(failure)) = failed else {
+        panic!("the planted duplicate must fail the case: {failed:?}");
+    };
+    assert!(
+        failure
+            .to_string()
+            .contains("row desk/b was written 2 times"),
+        "{failure}"
+    );
+    drop(cluster);
+}

@@ -130,6 +130,15 @@ impl RunStore {
         })
     }
 
+    /// The application's SQL schema beside the store's (`<schema>_app`, which also holds
+    /// the ledger); `None` on LMDB.
+    pub fn app_schema(&self) -> Option<String> {
+        match self {
+            RunStore::Lmdb => None,
+            RunStore::Postgres { schema, .. } => Some(format!("{schema}_app")),
+        }
+    }
+
     /// "lmdb" or "postgres".
     pub fn name(&self) -> &'static str {
         match self {

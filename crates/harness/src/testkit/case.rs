@@ -322,6 +322,8 @@ impl Runner<'_> {
             .workload
             .plan(case.seed, &origin.url(""), content_seed, dir.path());
         prepare_dir(dir.path(), &case, &plan).map_err(setup("preparing the run directory"))?;
+        self.prepare_store(dir.path())
+            .map_err(setup("preparing the case's PostgreSQL schemas"))?;
         let measured = self
             .measure(dir.path(), &case, content_seed)
             .map_err(setup("the measured run"))?;
@@ -377,7 +379,24 @@ impl Runner<'_> {
             .plan(case.seed, &origin.url(""), content_seed, &scratch);
         std::fs::create_dir_all(&scratch)?;
         prepare_dir(&scratch, case, &plan)?;
+        self.prepare_store(&scratch)?;
         measure_run(&self.launcher, &scratch, self.test.final_timeout)
+    }
+
+    /// With [`CrashTest::postgres`](super::CrashTest::postgres), new schemas for the run
+    /// directory `dir` (named in its `store.json`); nothing for LMDB.
+    fn prepare_store(&self, dir: &Path) -> anyhow::Result<()> {
+        static STORES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let Some(url) = &self.test.postgres else {
+            return Ok(());
+        };
+        let n = STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let store = crate::crash::RunStore::Postgres {
+            url: url.clone(),
+            schema: format!("testkit_{}_{n}", std::process::id()),
+        };
+        store.save(dir)?;
+        store.prepare()
     }
 
     /// The verifier, then the check, over one snapshot of the store.
@@ -418,11 +437,13 @@ impl Runner<'_> {
             return Ok(Vec::new());
         };
         let snapshot = store.snapshot()?;
+        let sql_schema = crate::crash::RunStore::load(dir)?.app_schema();
         let view = CheckView {
             snapshot: &snapshot,
             workload: &case.workload,
             tasks,
             dir: &app_dir(dir),
+            sql_schema: sql_schema.as_deref(),
         };
         let violations = match catch_unwind(AssertUnwindSafe(|| check(&view))) {
             Ok(Ok(violations)) => violations,

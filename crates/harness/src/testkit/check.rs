@@ -18,11 +18,26 @@ pub type CheckResult = Result<Vec<String>, Box<dyn std::error::Error + Send + Sy
 pub struct AppContext {
     dir: PathBuf,
     run: u32,
+    sql_schema: Option<String>,
 }
 
 impl AppContext {
-    pub(crate) fn new(dir: PathBuf, run: u32) -> AppContext {
-        AppContext { dir, run }
+    pub(crate) fn new(dir: PathBuf, run: u32, sql_schema: Option<String>) -> AppContext {
+        AppContext {
+            dir,
+            run,
+            sql_schema,
+        }
+    }
+
+    /// With [`CrashTest::postgres`](super::CrashTest::postgres): a PostgreSQL schema of the
+    /// application's own, new for each case and the same in every worker run of it and in
+    /// the check ([`CheckView::sql_schema`]), for the tables the delegate writes through
+    /// [`WriteScope::postgres`](session_store::WriteScope::postgres). It exists when the
+    /// first worker starts; the delegate creates its tables in it (`CREATE TABLE IF NOT
+    /// EXISTS`, in its unit). `None` on LMDB.
+    pub fn sql_schema(&self) -> Option<&str> {
+        self.sql_schema.as_deref()
     }
 
     /// A directory of the application's own, the same in every worker run of a case
@@ -57,6 +72,7 @@ pub struct CheckView<'a> {
     pub(crate) workload: &'a Workload,
     pub(crate) tasks: &'a [TaskRecord],
     pub(crate) dir: &'a Path,
+    pub(crate) sql_schema: Option<&'a str>,
 }
 
 impl CheckView<'_> {
@@ -107,6 +123,12 @@ impl CheckView<'_> {
     /// The application's directory ([`AppContext::dir`]).
     pub fn dir(&self) -> &Path {
         self.dir
+    }
+
+    /// The application's PostgreSQL schema ([`AppContext::sql_schema`]); read its tables
+    /// with [`Snapshot::query`] on [`snapshot`](Self::snapshot).
+    pub fn sql_schema(&self) -> Option<&str> {
+        self.sql_schema
     }
 }
 

@@ -311,6 +311,8 @@ pub struct CrashTest {
     cases: u32,
     shrink_runs_max: u32,
     final_timeout: Duration,
+    /// The server whose schemas keep each case's records, instead of LMDB.
+    postgres: Option<String>,
 }
 
 impl fmt::Debug for CrashTest {
@@ -356,7 +358,19 @@ impl CrashTest {
             cases: CASES_DEFAULT,
             shrink_runs_max: SHRINK_RUNS_DEFAULT,
             final_timeout: FINAL_TIMEOUT_DEFAULT,
+            postgres: None,
         }
+    }
+
+    /// Keeps each case's records in PostgreSQL, at the server of `url` (a throwaway
+    /// cluster: [`crate::postgres::Cluster`]), in schemas of the case's own: the store's,
+    /// and one for the application ([`AppContext::sql_schema`]) that also holds the
+    /// kit's ledger. The delegate and the completion handlers get the batch's SQL
+    /// transaction through [`WriteScope::postgres`](session_store::WriteScope::postgres).
+    /// The schemas stay on the server after the case.
+    pub fn postgres(mut self, url: impl Into<String>) -> Self {
+        self.postgres = Some(url.into());
+        self
     }
 
     /// The libtest name of the test (its full path, as `cargo test` lists it), when
@@ -499,7 +513,14 @@ impl CrashTest {
             );
             std::process::exit(2);
         }
-        let context = AppContext::new(case::app_dir(&orders.run.dir), orders.run.run);
+        let sql_schema = match crate::crash::RunStore::load(&orders.run.dir) {
+            Ok(store) => store.app_schema(),
+            Err(error) => {
+                eprintln!("bgsession testkit worker: {error:#}");
+                std::process::exit(2);
+            }
+        };
+        let context = AppContext::new(case::app_dir(&orders.run.dir), orders.run.run, sql_schema);
         let app = crate::crash::worker::App {
             tables: self.tables.clone(),
             completions: self.completions.clone(),
