@@ -449,6 +449,15 @@ impl BackendError {
         }
     }
 
+    /// The PostgreSQL client's error, if it is one.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn postgres_error(&self) -> Option<&tokio_postgres::Error> {
+        match &*self.inner {
+            BackendInner::Lmdb(_) => None,
+            BackendInner::Postgres(error) => Some(error),
+        }
+    }
+
     fn kind(&self) -> ErrorKind {
         match &*self.inner {
             BackendInner::Lmdb(error) => lmdb_kind(error),

@@ -444,11 +444,24 @@ pub(crate) fn open(options: PostgresOptions) -> Result<crate::store::PgParts> {
     shared.app = migrate(&shared, &conn, &options.app_tables)?;
     let shared = Arc::new(shared);
     let queue = Arc::new(Queue::new(options.queue_units_max));
+    let batches: i64 = conn
+        .query(
+            &format!(
+                "SELECT value FROM {}.meta WHERE name = 'batch'",
+                shared.schema
+            ),
+            &[],
+            "reading the last batch's number",
+        )?
+        .first()
+        .and_then(|row| row.try_get(0).ok())
+        .unwrap_or(0);
     let writer = PgWriter {
         shared: Arc::clone(&shared),
         queue: Arc::clone(&queue),
         conn: Some(conn),
         batch_units_max: options.batch_units_max,
+        batches,
     };
     let handle = thread::Builder::new()
         .name("session-store-pg-writer".into())
@@ -533,6 +546,13 @@ fn migrate(
                 operation,
             )?;
         }
+        conn.query(
+            &format!(
+                "INSERT INTO {schema}.meta (name, value) VALUES ('batch', 0) ON CONFLICT (name) DO NOTHING"
+            ),
+            &[],
+            operation,
+        )?;
         let found = version("codec_version", CODEC_VERSION)?;
         if found != CODEC_VERSION {
             return Err(Error::CodecMismatch {
@@ -1071,6 +1091,36 @@ struct PgWriter {
     /// `None` after the connection was lost, until the next batch connects again.
     conn: Option<Conn>,
     batch_units_max: usize,
+    /// The number of the last batch this writer sent; each batch writes its number into
+    /// `meta` (name `batch`), so that a commit whose reply was lost can be looked up.
+    batches: i64,
+}
+
+/// Why an attempt at a batch did not end with a known commit.
+enum NotCommitted {
+    /// It did not commit (or it cannot be known): every unit gets the error.
+    Failed(Error),
+    /// The connection went while `COMMIT` was under way: the batch numbered `number`
+    /// may have committed.
+    Unknown { error: Error, number: i64, ran: Ran },
+}
+
+impl From<Error> for NotCommitted {
+    fn from(error: Error) -> Self {
+        NotCommitted::Failed(error)
+    }
+}
+
+/// Whether `error` says the connection failed (no reply from the server), rather than
+/// the server refusing: after a `COMMIT`, only the former leaves the outcome unknown.
+fn connection_failed(error: &Error) -> bool {
+    match error {
+        Error::Backend { source, .. } => source
+            .postgres_error()
+            .is_some_and(|error| error.as_db_error().is_none()),
+        Error::Io { .. } => true,
+        _ => false,
+    }
 }
 
 /// How a batch's units came out, before the commit.
@@ -1118,8 +1168,38 @@ impl PgWriter {
         self.conn.as_ref().ok_or_else(|| self.shared.closed_error())
     }
 
+    /// Whether the batch numbered `number` committed, asked on a new connection (with the
+    /// ownership lock taken again).
+    fn committed(&mut self, number: i64) -> Result<bool> {
+        self.conn = None;
+        let schema = self.shared.schema.clone();
+        let conn = self.conn()?;
+        let rows = conn.query(
+            &format!("SELECT value FROM {schema}.meta WHERE name = 'batch'"),
+            &[],
+            "looking up a batch whose commit reply was lost",
+        )?;
+        let found: Option<i64> = rows.first().and_then(|row| row.try_get(0).ok());
+        Ok(found == Some(number))
+    }
+
     fn commit_batch(&mut self, batch: &mut Vec<Box<dyn Job>>) {
-        match self.attempt(batch) {
+        let attempt = match self.attempt(batch) {
+            Err(NotCommitted::Unknown { error, number, ran }) => match self.committed(number) {
+                Ok(true) => {
+                    tracing::info!(location = %self.shared.location.display(), batch = number, "a batch whose commit reply was lost had committed");
+                    Ok(ran)
+                }
+                Ok(false) => Err(error),
+                Err(lookup) => {
+                    tracing::warn!(location = %self.shared.location.display(), %lookup, "cannot learn whether a batch committed");
+                    Err(error)
+                }
+            },
+            Err(NotCommitted::Failed(error)) => Err(error),
+            Ok(ran) => Ok(ran),
+        };
+        match attempt {
             Ok(ran) => {
                 for (job, failed) in batch.drain(..).zip(ran.failed) {
                     job.finish(match failed {
@@ -1140,7 +1220,9 @@ impl PgWriter {
         }
     }
 
-    fn attempt(&mut self, batch: &mut [Box<dyn Job>]) -> Result<Ran> {
+    fn attempt(&mut self, batch: &mut [Box<dyn Job>]) -> Result<Ran, NotCommitted> {
+        self.batches += 1;
+        let number = self.batches;
         let shared = Arc::clone(&self.shared);
         let conn = self.conn()?;
         conn.simple("BEGIN", "beginning a batch")?;
@@ -1177,8 +1259,31 @@ impl PgWriter {
             failed.push(sql_failed.filter(|_| matches!(status, UnitStatus::Succeeded)));
         }
         crate::writer::batch_fail_point()?;
-        flush(&shared, conn, &overlay)?;
-        conn.simple("COMMIT", "committing a batch")?;
+        flush(&shared, conn, &overlay, number)?;
+        let committed = conn.simple("COMMIT", "committing a batch");
+        #[cfg(feature = "failpoints")]
+        let committed = committed.and_then(|()| {
+            // "The reply was lost": the batch committed, the writer does not know it.
+            fail::fail_point!("store-pg-commit-reply-lost", |_| Err(Error::Io {
+                path: shared.location.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "fail point store-pg-commit-reply-lost"
+                ),
+            }));
+            Ok(())
+        });
+        if let Err(error) = committed {
+            return Err(if connection_failed(&error) {
+                NotCommitted::Unknown {
+                    error,
+                    number,
+                    ran: Ran { failed },
+                }
+            } else {
+                NotCommitted::Failed(error)
+            });
+        }
         if let Err(error) = crate::writer::after_commit_fail_point() {
             // Committed: every unit gets the fail point's error, as on LMDB.
             return Ok(Ran {
@@ -1194,7 +1299,7 @@ impl PgWriter {
 
 /// Sends the batch's writes: per table, its range deletes, then one multi-row delete
 /// and one multi-row upsert, all pipelined; then checks every reply.
-fn flush(shared: &PgShared, conn: &Conn, overlay: &Overlay) -> Result<()> {
+fn flush(shared: &PgShared, conn: &Conn, overlay: &Overlay, number: i64) -> Result<()> {
     let operation = "writing a batch";
     struct Step<'o> {
         statement: Statement,
@@ -1258,7 +1363,16 @@ fn flush(shared: &PgShared, conn: &Conn, overlay: &Overlay) -> Result<()> {
             }
         }
     }
-    let _ = shared;
+    steps.push(Step {
+        statement: conn.statement(
+            &format!(
+                "UPDATE {}.meta SET value = $1 WHERE name = 'batch'",
+                shared.schema
+            ),
+            operation,
+        )?,
+        params: vec![Box::new(number)],
+    });
     let client = &conn.client;
     let params: Vec<Vec<&(dyn ToSql + Sync)>> = steps
         .iter()

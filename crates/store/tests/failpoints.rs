@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
+use session_harness::stores::Place;
 use session_store::{Error, Store, StoreOptions};
 
 fn open(dir: &Path) -> Store {
@@ -33,10 +34,32 @@ fn put(store: &Store, id: &str) -> Result<(), Error> {
 /// nothing; at `store-after-commit` the unit also gets `FailPoint` but its write is
 /// durable (the "committed, reply lost" case the layers above must tolerate); with the
 /// points removed, writes go through again.
+///
+/// On LMDB, then on PostgreSQL (one after the other: fail points are global), where a
+/// commit whose reply is lost (`store-pg-commit-reply-lost`: committed, but the writer is
+/// told the connection failed) is looked up on a new connection and reported committed.
 #[test]
 fn fail_points_fail_the_batch_in_process() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+    fail_points_fail_the_batch(&Place::lmdb());
+    if let Some(place) = Place::postgres("fail_points_fail_the_batch_in_process") {
+        fail_points_fail_the_batch(&place);
+        a_lost_commit_reply_is_looked_up(&place);
+    }
+}
+
+fn a_lost_commit_reply_is_looked_up(place: &Place) {
+    let store = place.open();
+    fail::cfg("store-pg-commit-reply-lost", "1*return").expect("configure");
+    let result = put(&store, "reply-lost");
+    fail::remove("store-pg-commit-reply-lost");
+    assert!(result.is_ok(), "the batch committed: {result:?}");
+    assert!(has_session(&store, "reply-lost"));
+    put(&store, "next").expect("the writer goes on, on its new connection");
+    assert!(has_session(&store, "next"));
+}
+
+fn fail_points_fail_the_batch(place: &Place) {
+    let store = place.open();
 
     fail::cfg("store-before-commit", "return").expect("configure");
     let result = put(&store, "before");
