@@ -1432,16 +1432,23 @@ impl PgSnapshot {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
-        let conn = match idle {
-            Some(conn) if !conn.client.is_closed() => conn,
-            _ => shared.connect('r', "connecting a reader")?,
-        };
         // The snapshot is taken at the first statement after BEGIN, so the SELECT pins
         // it to now.
-        conn.simple(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1",
-            "beginning a snapshot",
-        )?;
+        let begin = |conn: &Conn| {
+            conn.simple(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1",
+                "beginning a snapshot",
+            )
+        };
+        let conn = match idle {
+            // An idle connection the server closed meanwhile is replaced once.
+            Some(conn) if !conn.client.is_closed() && begin(&conn).is_ok() => conn,
+            _ => {
+                let conn = shared.connect('r', "connecting a reader")?;
+                begin(&conn)?;
+                conn
+            }
+        };
         Ok(PgSnapshot {
             shared: Arc::clone(shared),
             conn: Some(conn),

@@ -748,7 +748,7 @@ fn postgres_writer_reconnects_and_a_new_owner_fences_the_old() {
         return;
     };
     let (url, schema) = place.postgres_target();
-    let terminate_writer = || {
+    let terminate = |role: char| -> usize {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -762,13 +762,14 @@ fn postgres_writer_reconnects_and_a_new_owner_fences_the_old() {
             let rows = client
                 .query(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-                    &[&format!("bgsession-w:{schema}")],
+                    &[&format!("bgsession-{role}:{schema}")],
                 )
                 .await
                 .expect("terminate");
-            assert_eq!(rows.len(), 1, "one writer connection");
-        });
+            rows.len()
+        })
     };
+    let terminate_writer = || assert_eq!(terminate('w'), 1, "one writer connection");
     let store = place.open();
     let ledger = store.app_table::<u32>("ledger").expect("ledger");
     let put = |store: &Store, key: &'static str| {
@@ -792,6 +793,14 @@ fn postgres_writer_reconnects_and_a_new_owner_fences_the_old() {
     let snapshot = store.snapshot().expect("snapshot");
     assert_eq!(ledger.get(&snapshot, "before").expect("read"), Some(1));
     assert_eq!(ledger.get(&snapshot, "after").expect("read"), Some(1));
+    drop(snapshot);
+    // The idle reader connection, cut too, is replaced by the next snapshot.
+    assert!(terminate('r') >= 1, "an idle reader connection");
+    thread::sleep(std::time::Duration::from_millis(100));
+    let snapshot = store
+        .snapshot()
+        .expect("a snapshot after its connection was cut");
+    assert_eq!(ledger.get(&snapshot, "before").expect("read"), Some(1));
     drop(snapshot);
 
     // Cut again, and let a second owner take the lock before the first writes.
