@@ -655,17 +655,20 @@ type VisitWhile<'v> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'v;
 type OwnedRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
 
 /// Visits the server's entries in `range` in key order, a page per round trip, while
-/// `visit` returns `true`.
+/// `visit` returns `true`. The first page asks for `wanted` rows (what the caller expects
+/// to need, at most a page), the later ones for a full page.
 fn server_scan(
     shared: &PgShared,
     conn: &Conn,
     table: TableRef<'_>,
     range: KeyRange<'_>,
+    wanted: usize,
     operation: &'static str,
     visit: &mut VisitWhile<'_>,
 ) -> Result<()> {
     let sql_table = shared.sql_table(table)?;
     let mut lower: Bound<Vec<u8>> = range.0.map(<[u8]>::to_vec);
+    let mut page_rows = wanted.clamp(1, SCAN_PAGE_ROWS);
     loop {
         let page = (lower.as_ref().map(Vec::as_slice), range.1);
         let (lower_sql, upper_sql) = range_sql(&page);
@@ -674,7 +677,7 @@ fn server_scan(
         );
         let start = bound_value(page.0);
         let end = bound_value(page.1);
-        let rows = conn.query(&sql, &[&start, &end, &(SCAN_PAGE_ROWS as i64)], operation)?;
+        let rows = conn.query(&sql, &[&start, &end, &(page_rows as i64)], operation)?;
         let mut last = None;
         for row in &rows {
             let key: &[u8] = row.try_get(0).map_err(|e| Error::postgres(operation, e))?;
@@ -685,9 +688,10 @@ fn server_scan(
             last = Some(key);
         }
         match last {
-            Some(key) if rows.len() == SCAN_PAGE_ROWS => lower = Bound::Excluded(key.to_vec()),
+            Some(key) if rows.len() == page_rows => lower = Bound::Excluded(key.to_vec()),
             _ => return Ok(()),
         }
+        page_rows = SCAN_PAGE_ROWS;
     }
 }
 
@@ -876,6 +880,13 @@ impl Kv for PgUnit<'_> {
                 .flatten()
                 .any(|level| level.hides(key) || level.entries.contains_key(key))
         };
+        // Server rows the overlays replace or delete are skipped: ask for that many more.
+        let hidden_ranges: usize = levels.into_iter().flatten().map(|l| l.ranges.len()).sum();
+        let wanted = if hidden_ranges > 0 {
+            SCAN_PAGE_ROWS
+        } else {
+            limit.saturating_add(overlay.len())
+        };
         let mut pending = overlay
             .into_iter()
             .filter_map(|(key, value)| value.map(|value| (key, value)))
@@ -893,6 +904,7 @@ impl Kv for PgUnit<'_> {
             self.conn,
             table,
             range,
+            wanted,
             operation,
             &mut |key, value| {
                 while let Some((written, written_value)) =
@@ -1527,6 +1539,7 @@ impl Kv for PgSnapshot {
             self.conn()?,
             table,
             range,
+            limit,
             operation,
             &mut |key, value| {
                 visit(key, value)?;

@@ -996,6 +996,119 @@ fn postgres_bad_options_servers_and_records_are_typed_errors() {
     );
 }
 
+/// What one unit does in `postgres_unit_reads_match_lmdb_on_random_writes`.
+#[derive(Debug, Clone)]
+enum EventOp {
+    Put(bool, u64),
+    Delete(bool, u64),
+    DeleteAll(bool),
+    Scan(bool, u64, usize),
+}
+
+fn event_op() -> impl proptest::strategy::Strategy<Value = EventOp> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (any::<bool>(), 0..24_u64).prop_map(|(s, seq)| EventOp::Put(s, seq)),
+        3 => (any::<bool>(), 0..24_u64).prop_map(|(s, seq)| EventOp::Delete(s, seq)),
+        1 => any::<bool>().prop_map(EventOp::DeleteAll),
+        3 => (any::<bool>(), 0..24_u64, 0..8_usize).prop_map(|(s, from, n)| EventOp::Scan(s, from, n)),
+    ]
+}
+
+/// Runs `ops` in one unit over `base` (committed first, after clearing both sessions)
+/// and returns what the unit observed and what committed.
+fn run_event_ops(store: &Store, base: &[(bool, u64)], ops: &[EventOp]) -> Vec<String> {
+    let name = |s: bool| if s { "a" } else { "a-b" };
+    let base = base.to_vec();
+    store
+        .write(move |scope| {
+            for s in [true, false] {
+                scope.delete_events(&session_id(name(s)))?;
+            }
+            for (s, seq) in &base {
+                let _ = scope.put_event(&event(name(*s), *seq, EventBody::DidFinishEvents));
+            }
+            Ok::<_, Error>(())
+        })
+        .expect("the base");
+    let ops = ops.to_vec();
+    let mut seen = store
+        .write(move |scope| {
+            let mut seen = Vec::new();
+            for op in &ops {
+                seen.push(match op {
+                    EventOp::Put(s, seq) => format!(
+                        "put {s} {seq}: {}",
+                        scope
+                            .put_event(&event(name(*s), *seq, EventBody::DidFinishEvents))
+                            .is_ok()
+                    ),
+                    EventOp::Delete(s, seq) => format!(
+                        "delete {s} {seq}: {}",
+                        scope.delete_event(&session_id(name(*s)), *seq)?
+                    ),
+                    EventOp::DeleteAll(s) => format!(
+                        "delete all {s}: {}",
+                        scope.delete_events(&session_id(name(*s)))?
+                    ),
+                    EventOp::Scan(s, from, n) => format!(
+                        "scan {s} {from} {n}: {:?}",
+                        scope
+                            .events(&session_id(name(*s)), *from, *n)?
+                            .iter()
+                            .map(|e| e.seq)
+                            .collect::<Vec<_>>()
+                    ),
+                });
+            }
+            Ok::<_, Error>(seen)
+        })
+        .expect("the unit");
+    let snapshot = store.snapshot().expect("snapshot");
+    for s in [true, false] {
+        let committed: Vec<u64> = snapshot
+            .events(&session_id(name(s)), 0, 100)
+            .expect("events")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        seen.push(format!("committed {s}: {committed:?}"));
+    }
+    seen
+}
+
+/// The PostgreSQL writer's overlay (a unit's writes held until the batch's end, merged
+/// with the server's rows on every read) against LMDB's nested transaction, on random
+/// puts, deletes, range deletes and limited scans over committed events: the unit
+/// observes the same, and the same commits.
+#[test]
+fn postgres_unit_reads_match_lmdb_on_random_writes() {
+    use proptest::prelude::*;
+    let Some(place) = Place::postgres("postgres_unit_reads_match_lmdb_on_random_writes") else {
+        return;
+    };
+    let postgres = place.open();
+    let lmdb_place = Place::lmdb();
+    let lmdb = lmdb_place.open();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let strategy = (
+        proptest::collection::vec((any::<bool>(), 0..24_u64), 0..16),
+        proptest::collection::vec(event_op(), 1..24),
+    );
+    runner
+        .run(&strategy, |(base, ops)| {
+            let expected = run_event_ops(&lmdb, &base, &ops);
+            let found = run_event_ops(&postgres, &base, &ops);
+            prop_assert_eq!(found, expected);
+            Ok(())
+        })
+        .unwrap_or_else(|failure| panic!("{failure}"));
+}
+
 const CHILD_DIR_VAR: &str = "SESSION_STORE_TEST_LOCK_CHILD_DIR";
 
 /// A second owner in another process gets `Locked`: this test binary runs itself as a
