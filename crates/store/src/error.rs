@@ -78,6 +78,16 @@ pub enum Error {
         /// The backend's own error.
         source: BackendError,
     },
+    /// The connection to the store's server was lost while a batch was committing, and
+    /// whether it committed could not be learned: the unit's writes may or may not be
+    /// durable (a later read tells).
+    #[error("the commit of a batch of the store {dir} may or may not have happened: {reason}")]
+    CommitUnknown {
+        /// The store.
+        dir: PathBuf,
+        /// The commit's error and the lookup's.
+        reason: String,
+    },
     /// An invariant of the store did not hold (a bug): the operation was refused.
     #[error("internal error: {reason}")]
     Internal {
@@ -364,7 +374,7 @@ impl Error {
             | Error::Truncated { .. }
             | Error::CorruptFile { .. } => ErrorKind::Corrupt,
             Error::Locked { .. } | Error::OpenInThisProcess { .. } => ErrorKind::Locked,
-            Error::Io { .. } => ErrorKind::Io,
+            Error::Io { .. } | Error::CommitUnknown { .. } => ErrorKind::Io,
             Error::Backend { source, .. } => source.kind(),
             Error::Unsupported { .. } => ErrorKind::InvalidInput,
             Error::SchemaTooNew { .. } | Error::CodecMismatch { .. } => ErrorKind::Incompatible,

@@ -68,6 +68,10 @@ const LOCK_WAIT: Duration = Duration::from_secs(2);
 const LOCK_RETRY_DELAY: Duration = Duration::from_millis(25);
 /// How long a connection attempt may take when the URL does not say.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long sent data may stay unacknowledged before the connection counts as lost.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a statement of the store's connections waits for a lock.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Rows fetched per round trip by a scan.
 const SCAN_PAGE_ROWS: usize = 512;
 /// Idle snapshot connections kept for the next snapshot.
@@ -161,13 +165,131 @@ impl PostgresOptions {
     }
 }
 
-/// A schema name the library can put into SQL unquoted and unescaped.
+/// PostgreSQL's reserved key words and those reserved as names of functions and types:
+/// neither can name a schema unquoted.
+const RESERVED: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
+    "binary",
+    "both",
+    "case",
+    "cast",
+    "check",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "group",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "intersect",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "lateral",
+    "leading",
+    "left",
+    "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "natural",
+    "not",
+    "notnull",
+    "null",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "outer",
+    "overlaps",
+    "placing",
+    "primary",
+    "references",
+    "returning",
+    "right",
+    "select",
+    "session_user",
+    "similar",
+    "some",
+    "symmetric",
+    "system_user",
+    "table",
+    "tablesample",
+    "then",
+    "to",
+    "trailing",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
+];
+
+/// Schemas the store must not share: the default one and the standard's catalog.
+const SHARED_SCHEMAS: &[&str] = &["public", "information_schema"];
+
+/// A schema name the library can put into SQL unquoted and unescaped, and one of the
+/// store's own.
 pub(crate) fn validate_schema(name: &str) -> Result<()> {
     let mut bytes = name.bytes();
     let first_ok = bytes
         .next()
         .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
     let rest_ok = bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if RESERVED.contains(&name) || SHARED_SCHEMAS.contains(&name) {
+        return Err(Error::InvalidOptions {
+            reason: format!(
+                "schema {name:?} is a reserved SQL word or a schema others use; name one of \
+                 the store's own"
+            ),
+        });
+    }
     if !first_ok || !rest_ok || name.len() > 48 || name.starts_with("pg_") {
         return Err(Error::InvalidOptions {
             reason: format!(
@@ -187,7 +309,14 @@ pub(crate) fn error_kind(error: &tokio_postgres::Error) -> ErrorKind {
         Some(code) if *code == SqlState::DISK_FULL || *code == SqlState::OUT_OF_MEMORY => {
             ErrorKind::Full
         }
-        Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE => ErrorKind::Busy,
+        Some(code)
+            if *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+                || *code == SqlState::LOCK_NOT_AVAILABLE
+                || *code == SqlState::TOO_MANY_CONNECTIONS =>
+        {
+            ErrorKind::Busy
+        }
         Some(code) if code.code().starts_with("08") || code.code().starts_with("57") => {
             ErrorKind::Io
         }
@@ -196,8 +325,24 @@ pub(crate) fn error_kind(error: &tokio_postgres::Error) -> ErrorKind {
             ErrorKind::InvalidInput
         }
         Some(_) => ErrorKind::Internal,
-        None => ErrorKind::Io,
+        // No SQLSTATE: the connection (closed, or an I/O error underneath), or the client
+        // itself (a parameter of the wrong type or count, a value that does not decode).
+        None if error.is_closed() || io_source(error) => ErrorKind::Io,
+        None if error.to_string().contains("timed out") => ErrorKind::Io,
+        None => ErrorKind::InvalidInput,
     }
+}
+
+/// Whether an I/O error is in the error's source chain.
+fn io_source(error: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if cause.is::<std::io::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// Waits for `future` by parking the thread: no runtime needed, none entered, so it
@@ -269,7 +414,35 @@ impl Conn {
         operation: &'static str,
     ) -> Result<Vec<Row>> {
         let statement = self.statement(sql, operation)?;
-        block_on(self.client.query(&statement, params)).map_err(|e| Error::postgres(operation, e))
+        block_on(self.client.query(&statement, params)).map_err(|e| self.failed(sql, operation, e))
+    }
+
+    fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        operation: &'static str,
+    ) -> Result<u64> {
+        let statement = self.statement(sql, operation)?;
+        block_on(self.client.execute(&statement, params))
+            .map_err(|e| self.failed(sql, operation, e))
+    }
+
+    /// The error of a prepared statement; one the server says is stale (a table it
+    /// reads changed shape since it was prepared) leaves the cache, so the next use
+    /// prepares it again.
+    fn failed(&self, sql: &str, operation: &'static str, error: tokio_postgres::Error) -> Error {
+        use tokio_postgres::error::SqlState;
+        if error.code().is_some_and(|code| {
+            *code == SqlState::FEATURE_NOT_SUPPORTED
+                || *code == SqlState::INVALID_SQL_STATEMENT_NAME
+        }) {
+            self.statements
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(sql);
+        }
+        Error::postgres(operation, error)
     }
 
     fn simple(&self, sql: &str, operation: &'static str) -> Result<()> {
@@ -413,6 +586,23 @@ pub(crate) fn open(options: PostgresOptions) -> Result<crate::store::PgParts> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
+    // A half-open connection (a server or network gone without a word) ends in seconds
+    // rather than hours, so the writer connects again instead of waiting forever.
+    config.keepalives(true);
+    config.keepalives_idle(Duration::from_secs(10));
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    // A lock the application's SQL waits for (held by a snapshot of this very process,
+    // say, which PostgreSQL cannot see as a deadlock) fails the statement instead.
+    let server_options = config.get_options().map(str::to_owned).unwrap_or_default();
+    config.options(
+        format!(
+            "{server_options} -c lock_timeout={}",
+            LOCK_TIMEOUT.as_millis()
+        )
+        .trim_start(),
+    );
     let location = location(&config, &options.schema);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -444,24 +634,11 @@ pub(crate) fn open(options: PostgresOptions) -> Result<crate::store::PgParts> {
     shared.app = migrate(&shared, &conn, &options.app_tables)?;
     let shared = Arc::new(shared);
     let queue = Arc::new(Queue::new(options.queue_units_max));
-    let batches: i64 = conn
-        .query(
-            &format!(
-                "SELECT value FROM {}.meta WHERE name = 'batch'",
-                shared.schema
-            ),
-            &[],
-            "reading the last batch's number",
-        )?
-        .first()
-        .and_then(|row| row.try_get(0).ok())
-        .unwrap_or(0);
     let writer = PgWriter {
         shared: Arc::clone(&shared),
         queue: Arc::clone(&queue),
         conn: Some(conn),
         batch_units_max: options.batch_units_max,
-        batches,
     };
     let handle = thread::Builder::new()
         .name("session-store-pg-writer".into())
@@ -815,6 +992,10 @@ fn clone_error(error: &Error) -> Error {
         },
         Error::FailPoint { name } => Error::FailPoint { name },
         Error::Locked { dir } => Error::Locked { dir: dir.clone() },
+        Error::CommitUnknown { dir, reason } => Error::CommitUnknown {
+            dir: dir.clone(),
+            reason: reason.clone(),
+        },
         Error::Closed { dir } => Error::Closed { dir: dir.clone() },
         Error::Io { path, source } => Error::Io {
             path: path.clone(),
@@ -1014,8 +1195,9 @@ impl UnitBackend for PgUnit<'_> {
 /// Statements are prepared once per text and connection, and run one at a time (the
 /// writer waits for each). A failing statement fails the unit: its error is returned,
 /// and the unit's writes (SQL and records) are rolled back even if the unit returns
-/// `Ok`. Do not run `COMMIT`, `ROLLBACK` or savepoint statements: the writer owns the
-/// transaction.
+/// `Ok`. The writer owns the transaction: statements that would end or split it
+/// (`BEGIN`, `COMMIT`, `ROLLBACK`, savepoints, advisory unlocks) are refused with
+/// [`Error::InvalidRecord`] (table `sql`).
 pub struct SqlTransaction<'u> {
     unit: &'u mut (dyn SqlUnit + 'u),
 }
@@ -1054,21 +1236,21 @@ impl SqlTransaction<'_> {
 
     /// Runs a statement; returns the number of rows it affected.
     pub fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
-        let operation = "running the application's statement";
-        let conn = self.unit.conn();
-        let result = conn.statement(sql, operation).and_then(|statement| {
-            block_on(conn.client.execute(&statement, params))
-                .map_err(|e| Error::postgres(operation, e))
+        let result = transaction_control(sql).and_then(|()| {
+            self.unit
+                .conn()
+                .execute(sql, params, "running the application's statement")
         });
         self.run(result)
     }
 
     /// Runs a query; returns its rows.
     pub fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
-        let result = self
-            .unit
-            .conn()
-            .query(sql, params, "running the application's query");
+        let result = transaction_control(sql).and_then(|()| {
+            self.unit
+                .conn()
+                .query(sql, params, "running the application's query")
+        });
         self.run(result)
     }
 
@@ -1088,12 +1270,58 @@ impl SqlTransaction<'_> {
     /// Runs statements separated by semicolons, without parameters (the simple query
     /// protocol: for DDL such as the application's `CREATE TABLE IF NOT EXISTS`).
     pub fn batch_execute(&mut self, sql: &str) -> Result<()> {
-        let result = self
-            .unit
-            .conn()
-            .simple(sql, "running the application's statements");
+        let result = transaction_control(sql).and_then(|()| {
+            self.unit
+                .conn()
+                .simple(sql, "running the application's statements")
+        });
         self.run(result)
     }
+}
+
+/// Refuses statements that would end or split the writer's transaction (`BEGIN`,
+/// `COMMIT`, `ROLLBACK`, savepoints, two-phase commit, advisory unlocks): the writer owns
+/// the transaction, and one of those would commit or drop other units' writes behind its
+/// back. Each statement of a `;`-separated text is looked at (a `;` inside a quoted
+/// string can make this refuse a harmless text, never pass a harmful one).
+fn transaction_control(sql: &str) -> Result<()> {
+    const ENDING: &[&str] = &[
+        "begin",
+        "start",
+        "commit",
+        "end",
+        "rollback",
+        "abort",
+        "savepoint",
+        "release",
+        "prepare transaction",
+        "set transaction",
+        "set session characteristics",
+    ];
+    for statement in sql.split(';') {
+        let words: String = statement
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_ascii_lowercase();
+        let refused = ENDING.iter().any(|keyword| {
+            words.strip_prefix(keyword).is_some_and(|rest| {
+                rest.is_empty()
+                    || rest.starts_with(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            })
+        }) || words.contains("advisory_unlock");
+        if refused {
+            return Err(Error::InvalidRecord {
+                table: "sql",
+                key: statement.trim().chars().take(80).collect(),
+                reason: "the writer owns the transaction: no BEGIN, COMMIT, ROLLBACK, \
+                         savepoint or advisory unlock in a unit"
+                    .into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The writer thread of the PostgreSQL backend.
@@ -1103,17 +1331,15 @@ struct PgWriter {
     /// `None` after the connection was lost, until the next batch connects again.
     conn: Option<Conn>,
     batch_units_max: usize,
-    /// The number of the last batch this writer sent; each batch writes its number into
-    /// `meta` (name `batch`), so that a commit whose reply was lost can be looked up.
-    batches: i64,
 }
 
 /// Why an attempt at a batch did not end with a known commit.
 enum NotCommitted {
     /// It did not commit (or it cannot be known): every unit gets the error.
     Failed(Error),
-    /// The connection went while `COMMIT` was under way: the batch numbered `number`
-    /// may have committed.
+    /// The connection went while `COMMIT` was under way: the batch whose token is
+    /// `number` (a random number it wrote into `meta`, name `batch`; random, so that
+    /// another owner's batch meanwhile cannot be taken for it) may have committed.
     Unknown { error: Error, number: i64, ran: Ran },
 }
 
@@ -1127,9 +1353,15 @@ impl From<Error> for NotCommitted {
 /// the server refusing: after a `COMMIT`, only the former leaves the outcome unknown.
 fn connection_failed(error: &Error) -> bool {
     match error {
-        Error::Backend { source, .. } => source
-            .postgres_error()
-            .is_some_and(|error| error.as_db_error().is_none()),
+        Error::Backend { source, .. } => source.postgres_error().is_some_and(|error| {
+            // No reply at all, or the server process ending the connection (it may have
+            // written the commit record first).
+            error.is_closed()
+                || error.as_db_error().is_none()
+                || error.code().is_some_and(|code| {
+                    code.code().starts_with("08") || code.code().starts_with("57P0")
+                })
+        }),
         Error::Io { .. } => true,
         _ => false,
     }
@@ -1180,14 +1412,30 @@ impl PgWriter {
         self.conn.as_ref().ok_or_else(|| self.shared.closed_error())
     }
 
-    /// Whether the batch numbered `number` committed, asked on a new connection (with the
-    /// ownership lock taken again).
+    /// `BEGIN`, on a new connection once if the current one turns out to be gone (a loss
+    /// `is_closed` had not seen yet): no unit has run, so nothing is lost by trying again.
+    fn begin(&mut self) -> Result<()> {
+        let begun = self.conn()?.simple("BEGIN", "beginning a batch");
+        match begun {
+            Err(error) if connection_failed(&error) => {
+                self.conn = None;
+                self.conn()?.simple("BEGIN", "beginning a batch")
+            }
+            other => other,
+        }
+    }
+
+    /// Whether the batch whose token is `number` committed, asked on a connection of its
+    /// own (reading needs no ownership lock, which the lost connection's server process
+    /// may still hold). The writer's connection is dropped: the next batch connects again.
     fn committed(&mut self, number: i64) -> Result<bool> {
         self.conn = None;
-        let schema = self.shared.schema.clone();
-        let conn = self.conn()?;
+        let conn = self.shared.connect('w', "connecting to look up a batch")?;
         let rows = conn.query(
-            &format!("SELECT value FROM {schema}.meta WHERE name = 'batch'"),
+            &format!(
+                "SELECT value FROM {}.meta WHERE name = 'batch'",
+                self.shared.schema
+            ),
             &[],
             "looking up a batch whose commit reply was lost",
         )?;
@@ -1205,7 +1453,10 @@ impl PgWriter {
                 Ok(false) => Err(error),
                 Err(lookup) => {
                     tracing::warn!(location = %self.shared.location.display(), %lookup, "cannot learn whether a batch committed");
-                    Err(error)
+                    Err(Error::CommitUnknown {
+                        dir: self.shared.location.clone(),
+                        reason: format!("{error}; looking it up: {lookup}"),
+                    })
                 }
             },
             Err(NotCommitted::Failed(error)) => Err(error),
@@ -1233,11 +1484,10 @@ impl PgWriter {
     }
 
     fn attempt(&mut self, batch: &mut [Box<dyn Job>]) -> Result<Ran, NotCommitted> {
-        self.batches += 1;
-        let number = self.batches;
+        let number: i64 = rand::random();
         let shared = Arc::clone(&self.shared);
+        self.begin()?;
         let conn = self.conn()?;
-        conn.simple("BEGIN", "beginning a batch")?;
         let mut overlay = Overlay::default();
         let mut failed = Vec::with_capacity(batch.len());
         for job in batch.iter_mut() {
@@ -1576,8 +1826,39 @@ mod tests {
             "a;drop",
             "pg_catalog",
             &"x".repeat(49),
+            "user",
+            "order",
+            "public",
+            "information_schema",
         ] {
             assert!(validate_schema(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn transaction_control_is_refused() {
+        for refused in [
+            "COMMIT",
+            "commit;",
+            "  Rollback",
+            "begin transaction",
+            "END",
+            "SAVEPOINT x",
+            "release savepoint bgsession_unit",
+            "INSERT INTO t VALUES (1); COMMIT",
+            "SELECT pg_advisory_unlock_all()",
+            "PREPARE TRANSACTION 'x'",
+        ] {
+            assert!(transaction_control(refused).is_err(), "{refused}");
+        }
+        for allowed in [
+            "INSERT INTO t (committed) VALUES (1)",
+            "SELECT * FROM ending",
+            "UPDATE beginnings SET n = 1",
+            "CREATE TABLE IF NOT EXISTS s.t (k text); INSERT INTO s.t VALUES ('a')",
+            "PREPARE q AS SELECT 1",
+        ] {
+            assert!(transaction_control(allowed).is_ok(), "{allowed}");
         }
     }
 

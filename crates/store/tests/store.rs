@@ -914,6 +914,13 @@ fn postgres_unit_sql_commits_with_its_records_or_not_at_all() {
     assert_eq!(ledger.get(&snapshot, "a").expect("read"), Some(1));
     assert_eq!(ledger.get(&snapshot, "b").expect("read"), None);
     assert_eq!(ledger.get(&snapshot, "c").expect("read"), Some(1));
+    drop(snapshot);
+    // The writer owns the transaction: a unit's COMMIT would commit other units' writes.
+    let refused = store.write(|scope| scope.postgres()?.batch_execute("COMMIT"));
+    assert!(
+        matches!(refused, Err(Error::InvalidRecord { table: "sql", .. })),
+        "{refused:?}"
+    );
 }
 
 /// PostgreSQL's bad days are typed errors: a schema name that is not a plain identifier
