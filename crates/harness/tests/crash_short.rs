@@ -9,37 +9,7 @@ use std::process::Command;
 /// carries the share of events delivered under faults.
 #[test]
 fn short_crash_run_passes() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let run_dir = dir.path().join("run");
-    let json = dir.path().join("report.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_session-harness"))
-        .args([
-            "crash",
-            "--seed",
-            "20260101",
-            // Large enough that the plan outlasts 20 kills and 5 aborts.
-            "--sessions",
-            "8",
-            "--tasks",
-            "8",
-        ])
-        .args(["--kills", "20", "--aborts", "5"])
-        .arg("--dir")
-        .arg(&run_dir)
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("the session-harness binary runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "crash run failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        output.status
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON report"))
-            .expect("the report is JSON");
+    let (_dir, run_dir, _stdout, report) = short_run("20260101", &[]);
     assert_eq!(report["verdict"], "pass", "{report:#}");
     assert!(report["kills"].as_u64().unwrap_or(0) >= 20, "{report:#}");
     assert!(
@@ -65,17 +35,7 @@ fn short_crash_run_passes() {
     );
 
     // The kept directory re-checks the same way.
-    let verify = Command::new(env!("CARGO_BIN_EXE_session-harness"))
-        .arg("verify")
-        .arg("--dir")
-        .arg(&run_dir)
-        .output()
-        .expect("verify runs");
-    assert!(
-        verify.status.success(),
-        "verify --dir failed:\n{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    verify_passes(&run_dir);
 }
 
 /// `crash --origin URL --manifest FILE` runs the same loop against a server it did not
@@ -145,46 +105,63 @@ fn short_crash_run_on_postgres_passes() {
     else {
         return;
     };
+    let url = cluster.url();
+    let (_dir, run_dir, stdout, report) = short_run("20261203", &["--store", &url]);
+    assert!(stdout.contains("store postgres"), "{stdout}");
+    assert_eq!(report["verdict"], "pass", "{report:#}");
+    assert_eq!(report["store"], "postgres", "{report:#}");
+    assert!(report["kills"].as_u64().unwrap_or(0) >= 20, "{report:#}");
+    assert_eq!(report["duplicate_events"], 0, "{report:#}");
+    assert_eq!(report["lost_events"], 0, "{report:#}");
+    verify_passes(&run_dir);
+    drop(cluster);
+}
+
+/// Runs `session-harness crash` with a small plan (8 sessions of 8 tasks, large enough
+/// that it outlasts 20 kills and 5 aborts) and `extra` arguments, keeping the run
+/// directory; asserts it exits 0. Returns the temporary directory (keep it alive), the
+/// run directory, the standard output and the JSON report.
+fn short_run(
+    seed: &str,
+    extra: &[&str],
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    String,
+    serde_json::Value,
+) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let run_dir = dir.path().join("run");
     let json = dir.path().join("report.json");
     let output = Command::new(env!("CARGO_BIN_EXE_session-harness"))
-        .args([
-            "crash",
-            "--seed",
-            "20261203",
-            "--sessions",
-            "8",
-            "--tasks",
-            "8",
-        ])
-        .args(["--kills", "20", "--aborts", "5", "--store", &cluster.url()])
+        .args(["crash", "--seed", seed, "--sessions", "8", "--tasks", "8"])
+        .args(["--kills", "20", "--aborts", "5"])
+        .args(extra)
         .arg("--dir")
         .arg(&run_dir)
         .arg("--json")
         .arg(&json)
         .output()
         .expect("the session-harness binary runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
         "crash run failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}",
         output.status
     );
-    assert!(stdout.contains("store postgres"), "{stdout}");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON report"))
             .expect("the report is JSON");
-    assert_eq!(report["verdict"], "pass", "{report:#}");
-    assert_eq!(report["store"], "postgres", "{report:#}");
-    assert!(report["kills"].as_u64().unwrap_or(0) >= 20, "{report:#}");
-    assert_eq!(report["duplicate_events"], 0, "{report:#}");
-    assert_eq!(report["lost_events"], 0, "{report:#}");
+    (dir, run_dir, stdout, report)
+}
+
+/// `session-harness verify --dir` re-checks a kept run directory and passes.
+fn verify_passes(run_dir: &std::path::Path) {
     let verify = Command::new(env!("CARGO_BIN_EXE_session-harness"))
         .arg("verify")
         .arg("--dir")
-        .arg(&run_dir)
+        .arg(run_dir)
         .output()
         .expect("verify runs");
     assert!(
@@ -192,5 +169,4 @@ fn short_crash_run_on_postgres_passes() {
         "verify --dir failed:\n{}",
         String::from_utf8_lossy(&verify.stdout)
     );
-    drop(cluster);
 }

@@ -1520,7 +1520,7 @@ impl PgWriter {
             }
             failed.push(sql_failed.filter(|_| matches!(status, UnitStatus::Succeeded)));
         }
-        crate::writer::batch_fail_point()?;
+        crate::writer::commit_fail_point("store-before-commit")?;
         flush(&shared, conn, &overlay, number)?;
         let committed = conn.simple("COMMIT", "committing a batch");
         #[cfg(feature = "failpoints")]
@@ -1546,7 +1546,7 @@ impl PgWriter {
                 NotCommitted::Failed(error)
             });
         }
-        if let Err(error) = crate::writer::after_commit_fail_point() {
+        if let Err(error) = crate::writer::commit_fail_point("store-after-commit") {
             // Committed: every unit gets the fail point's error, as on LMDB.
             return Ok(Ran {
                 failed: failed

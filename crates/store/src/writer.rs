@@ -141,31 +141,17 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-/// The fail points around a batch's commit, for a backend other than LMDB's writer:
-/// `store-before-commit` (this call) fails or aborts before the commit.
+/// A fail point around a backend's batch commit (`store-before-commit` before it,
+/// `store-after-commit` after it, for a backend other than LMDB's writer): `return` fails
+/// the batch with `FailPoint`, `return(abort)` aborts the process.
 #[cfg(feature = "postgres")]
-pub(crate) fn batch_fail_point() -> crate::error::Result<()> {
-    fail::fail_point!("store-before-commit", |arg| {
+#[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
+pub(crate) fn commit_fail_point(name: &'static str) -> crate::error::Result<()> {
+    fail::fail_point!(name, |arg| {
         if arg.as_deref() == Some("abort") {
             std::process::abort();
         }
-        Err(Error::FailPoint {
-            name: "store-before-commit",
-        })
-    });
-    Ok(())
-}
-
-/// `store-after-commit`: fails or aborts after a backend's commit, before the replies.
-#[cfg(feature = "postgres")]
-pub(crate) fn after_commit_fail_point() -> crate::error::Result<()> {
-    fail::fail_point!("store-after-commit", |arg| {
-        if arg.as_deref() == Some("abort") {
-            std::process::abort();
-        }
-        Err(Error::FailPoint {
-            name: "store-after-commit",
-        })
+        Err(Error::FailPoint { name })
     });
     Ok(())
 }

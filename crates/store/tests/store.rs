@@ -47,6 +47,44 @@ impl From<Error> for AppError {
     }
 }
 
+/// A unit that holds the writer until released: units submitted meanwhile queue behind
+/// it and run together, in the next batch.
+struct WriterHold {
+    release: mpsc::Sender<()>,
+    holder: thread::JoinHandle<Result<(), Error>>,
+}
+
+impl WriterHold {
+    /// Starts the holding unit and waits until it runs on the writer.
+    fn start(store: &Store) -> WriterHold {
+        let (started, holder_started) = mpsc::channel::<()>();
+        let (release, released) = mpsc::channel::<()>();
+        let released = std::sync::Mutex::new(released);
+        let store = store.clone();
+        let holder = thread::spawn(move || {
+            store.write(move |_| {
+                let _ = started.send(());
+                released.lock().expect("lock").recv().expect("released");
+                Ok::<_, Error>(())
+            })
+        });
+        holder_started.recv().expect("the holder's unit started");
+        WriterHold { release, holder }
+    }
+
+    /// Waits until `units` are queued behind the holder, then lets the writer go on.
+    fn release_after(self, store: &Store, units: usize) {
+        while store.queued_units() < units {
+            thread::yield_now();
+        }
+        self.release.send(()).expect("release the holder");
+        self.holder
+            .join()
+            .expect("holder thread")
+            .expect("holder unit");
+    }
+}
+
 /// Every record type survives a write and a read, both from a snapshot and from a later
 /// unit, and survives closing and reopening the store.
 fn every_record_roundtrips(place: &Place) {
@@ -375,21 +413,8 @@ fn app_tables_work_and_refuse_bad_names_and_keys(place: &Place) {
 fn failing_and_panicking_units_are_aborted_alone(place: &Place) {
     let store = place.open();
     let ledger = store.app_table::<u32>("ledger").expect("ledger");
-    let (started, holder_started) = mpsc::channel::<()>();
-    let (release, released) = mpsc::channel::<()>();
-    let released = std::sync::Mutex::new(released);
-    let holder = {
-        let store = store.clone();
-        thread::spawn(move || {
-            store.write(move |_| {
-                started.send(()).expect("signal start");
-                released.lock().expect("lock").recv().expect("released");
-                Ok::<_, Error>(())
-            })
-        })
-    };
     // The holder's unit is running on the writer: the next four queue up behind it.
-    holder_started.recv().expect("the holder's unit started");
+    let hold = WriterHold::start(&store);
     let submit = |name: &'static str, behaviour: u8| {
         let (store, ledger) = (store.clone(), ledger.clone());
         thread::spawn(move || {
@@ -409,11 +434,7 @@ fn failing_and_panicking_units_are_aborted_alone(place: &Place) {
         submit("panic", 2),
         submit("ok-2", 0),
     ];
-    while store.queued_units() < 4 {
-        thread::yield_now();
-    }
-    release.send(()).expect("release the holder");
-    holder.join().expect("holder thread").expect("holder unit");
+    hold.release_after(&store, 4);
     let results: Vec<_> = units
         .into_iter()
         .map(|unit| unit.join().expect("submitter"))
@@ -635,21 +656,8 @@ fn a_unit_reads_its_own_writes_in_order(place: &Place) {
         })
         .expect("committed events");
     let ledger = store.app_table::<u32>("ledger").expect("ledger");
-    let (hold, held) = mpsc::channel::<()>();
-    let (go, went) = mpsc::channel::<()>();
-    let went = std::sync::Mutex::new(went);
-    let holder = {
-        let store = store.clone();
-        thread::spawn(move || {
-            store.write(move |_| {
-                let _ = hold.send(());
-                went.lock().expect("lock").recv().expect("go");
-                Ok::<_, Error>(())
-            })
-        })
-    };
-    held.recv().expect("the holder runs");
     // Both units below queue behind the holder and run in one batch.
+    let hold = WriterHold::start(&store);
     let first = {
         let store = store.clone();
         let ledger = ledger.clone();
@@ -703,11 +711,7 @@ fn a_unit_reads_its_own_writes_in_order(place: &Place) {
             })
         })
     };
-    while store.queued_units() < 2 {
-        thread::sleep(std::time::Duration::from_millis(1));
-    }
-    go.send(()).expect("release the holder");
-    holder.join().expect("holder").expect("holder's unit");
+    hold.release_after(&store, 2);
     first.join().expect("first").expect("first unit");
     second.join().expect("second").expect("second unit");
     let snapshot = store.snapshot().expect("snapshot");
@@ -737,6 +741,27 @@ session_harness::on_every_backend!(
     a_second_owner_is_refused_while_the_first_is_open,
 );
 
+/// Runs `sql` on a connection of the test's own to the cluster at `url` (not the store's);
+/// returns how many rows it returned.
+fn admin_query(url: &str, sql: &str) -> usize {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let (client, connection) =
+            session_store::tokio_postgres::connect(url, session_store::tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+        tokio::spawn(connection);
+        client
+            .query(sql, &[])
+            .await
+            .expect("the test's statement")
+            .len()
+    })
+}
+
 /// PostgreSQL: the writer's connection, cut by the server (`pg_terminate_backend`), is
 /// made again (with the ownership lock taken again) and writes go on, the committed
 /// records intact; and an owner that lost its connection while a new owner took the lock
@@ -749,25 +774,13 @@ fn postgres_writer_reconnects_and_a_new_owner_fences_the_old() {
     };
     let (url, schema) = place.postgres_target();
     let terminate = |role: char| -> usize {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
-            let (client, connection) =
-                session_store::tokio_postgres::connect(url, session_store::tokio_postgres::NoTls)
-                    .await
-                    .expect("connect");
-            tokio::spawn(connection);
-            let rows = client
-                .query(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-                    &[&format!("bgsession-{role}:{schema}")],
-                )
-                .await
-                .expect("terminate");
-            rows.len()
-        })
+        admin_query(
+            url,
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = 'bgsession-{role}:{schema}'"
+            ),
+        )
     };
     let terminate_writer = || assert_eq!(terminate('w'), 1, "one writer connection");
     let store = place.open();
@@ -859,20 +872,7 @@ fn postgres_unit_sql_commits_with_its_records_or_not_at_all() {
             )
         })
         .expect("the application's table");
-    let (hold, held) = mpsc::channel::<()>();
-    let (go, went) = mpsc::channel::<()>();
-    let went = std::sync::Mutex::new(went);
-    let holder = {
-        let store = store.clone();
-        thread::spawn(move || {
-            store.write(move |_| {
-                let _ = hold.send(());
-                went.lock().expect("lock").recv().expect("go");
-                Ok::<_, Error>(())
-            })
-        })
-    };
-    held.recv().expect("the holder runs");
+    let hold = WriterHold::start(&store);
     let unit = |name: &'static str, swallow_a_failure: bool| {
         let store = store.clone();
         let ledger = ledger.clone();
@@ -889,11 +889,7 @@ fn postgres_unit_sql_commits_with_its_records_or_not_at_all() {
         })
     };
     let units = [unit("a", false), unit("b", true), unit("c", false)];
-    while store.queued_units() < 3 {
-        thread::sleep(std::time::Duration::from_millis(1));
-    }
-    go.send(()).expect("go");
-    holder.join().expect("holder").expect("holder's unit");
+    hold.release_after(&store, 3);
     let results: Vec<_> = units
         .into_iter()
         .map(|unit| unit.join().expect("unit"))
@@ -959,20 +955,7 @@ fn postgres_bad_options_servers_and_records_are_typed_errors() {
         return;
     };
     let (url, schema) = place.postgres_target();
-    let sql = |statement: String| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
-            let (client, connection) =
-                session_store::tokio_postgres::connect(url, session_store::tokio_postgres::NoTls)
-                    .await
-                    .expect("connect");
-            tokio::spawn(connection);
-            client.batch_execute(&statement).await.expect("statement");
-        });
-    };
+    let sql = |statement: String| admin_query(url, &statement);
     let store = place.open();
     store
         .write(|scope| scope.put_session(&session("s1")))

@@ -190,22 +190,16 @@ impl WriterSide {
             map_size_bytes_initial: MAP_SIZE_BYTES,
             ..StoreOptions::default().with_app_table(TABLE)
         };
-        let store = Store::open(dir, options)?;
-        let table = store.app_table::<BenchRecord>(TABLE)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .build()
-            .context("building the tokio runtime")?;
-        Ok(WriterSide {
-            store,
-            table,
-            runtime,
-        })
+        WriterSide::on(Store::open(dir, options)?)
     }
 
     fn open_postgres(url: &str, schema: &str) -> anyhow::Result<Self> {
         let options = session_store::PostgresOptions::new(url, schema).app_table(TABLE);
-        let store = Store::open_postgres(options)?;
+        WriterSide::on(Store::open_postgres(options)?)
+    }
+
+    /// The writer side on an opened store: its table and the submitters' runtime.
+    fn on(store: Store) -> anyhow::Result<Self> {
         let table = store.app_table::<BenchRecord>(TABLE)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
