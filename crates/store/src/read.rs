@@ -174,7 +174,8 @@ fn expiry_from(key: &[u8], bytes: &[u8]) -> Result<(u64, SessionId, TaskId)> {
 
 /// The LMDB reads of the seam: a read transaction's view of the tables.
 impl View<'_> {
-    fn table(&self, table: TableRef<'_>) -> Result<Option<Table>> {
+    /// The table's handle; `None` for a later table a store opened read-only lacks.
+    pub(crate) fn table(&self, table: TableRef<'_>) -> Result<Option<Table>> {
         let tables = self.tables;
         Ok(match table {
             TableRef::Builtin(builtin) => match builtin {

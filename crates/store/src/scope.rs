@@ -485,19 +485,7 @@ impl LmdbScope<'_> {
     /// The table to write, which a store opened for writing always has (`Store::open`
     /// creates every built-in table, and a `WriteScope` exists only in a store so opened).
     fn table(&self, table: TableRef<'_>) -> Result<Table> {
-        let tables = &self.shared.tables;
-        let found = match table {
-            TableRef::Builtin(builtin) => match builtin {
-                Builtin::Sessions => Some(tables.sessions),
-                Builtin::Tasks => Some(tables.tasks),
-                Builtin::Events => Some(tables.events),
-                Builtin::DeadLetters => tables.dead_letters,
-                Builtin::TaskExpiry => tables.task_expiry,
-                Builtin::ActiveSessions => tables.active_sessions,
-                Builtin::RemovedSessions => tables.removed_sessions,
-            },
-            TableRef::App(name) => Some(*read::app_table(tables, name)?),
-        };
+        let found = self.view().table(table)?;
         found.ok_or_else(|| {
             debug_assert!(
                 false,
